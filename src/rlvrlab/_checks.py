@@ -1,0 +1,66 @@
+"""Input checks shared by every layer: one place that words the error messages.
+
+A user mistake must end in a ``ValueError`` that names the field, what was given, and what is
+allowed; the CLI turns it into a one-line message and a non-zero exit (DESIGN.md, "Contracts").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+
+def fail(field: str, got: Any, allowed: str) -> None:
+    """Raise the project's standard ValueError: ``<field>: got <got>; allowed: <allowed>``."""
+    raise ValueError(f"{field}: got {got!r}; allowed: {allowed}")
+
+
+def choose(field: str, name: str, options: Mapping[str, Any] | Iterable[str]) -> Any:
+    """Look ``name`` up in ``options``; an unknown name lists the valid ones (STYLE.md, rule 3)."""
+    keys = list(options)
+    if name not in keys:
+        fail(field, name, ", ".join(sorted(keys)))
+    return options[name] if isinstance(options, Mapping) else name
+
+
+def finite_nonneg(field: str, value: float | torch.Tensor) -> None:
+    """Step sizes and constants: finite and >= 0."""
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        shown = value if t.numel() == 1 else f"a tensor with values in [{t.min().item():g}, {t.max().item():g}]"
+        fail(field, shown, "finite numbers >= 0")
+
+
+def positive(field: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        fail(field, value, "a finite number > 0")
+
+
+def probability(field: str, value: float | torch.Tensor) -> None:
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if bool(torch.isnan(t).any()) or bool(((t < 0) | (t > 1)).any()):
+        shown = value if t.numel() == 1 else "a tensor with entries outside [0, 1]"
+        fail(field, shown, "numbers in [0, 1]")
+
+
+def binary(field: str, reward: torch.Tensor) -> None:
+    """Verifiable rewards are pass/fail: every entry must be exactly 0 or 1."""
+    bad = ~((reward == 0) | (reward == 1))
+    if bool(bad.any()):
+        example = reward[bad].flatten()[0].item()
+        fail(field, f"a value {example!r} (and {int(bad.sum()) - 1} more outside {{0, 1}})", "0 or 1 only")
+
+
+def shape(field: str, t: torch.Tensor, expected: Sequence[int | None], letters: str) -> None:
+    """Check a tensor's trailing shape; ``None`` matches any size. ``letters`` documents it, e.g. '(..., N, d)'."""
+    if t.dim() < len(expected) or any(
+        e is not None and s != e for s, e in zip(t.shape[t.dim() - len(expected):], expected)
+    ):
+        fail(field, f"shape {tuple(t.shape)}", f"shape {letters} with {_dims(expected)}")
+
+
+def _dims(expected: Sequence[int | None]) -> str:
+    return "trailing sizes (" + ", ".join("*" if e is None else str(e) for e in expected) + ")"

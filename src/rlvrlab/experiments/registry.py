@@ -1,0 +1,26 @@
+"""Experiments by name. The library never imports from here (STYLE.md, rule 7)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from rlvrlab import _checks
+from rlvrlab.experiments.base import Experiment
+
+__all__ = ["experiments", "get", "names"]
+
+
+@cache
+def experiments() -> dict[str, Experiment]:
+    from rlvrlab.experiments import bounds, collapse, contextual, mab, two_response
+
+    found = [mab.EXPERIMENT, contextual.EXPERIMENT, two_response.EXPERIMENT, collapse.EXPERIMENT, bounds.EXPERIMENT]
+    return {e.name: e for e in found}
+
+
+def names() -> list[str]:
+    return list(experiments())
+
+
+def get(name: str) -> Experiment:
+    return _checks.choose("experiment", name, experiments())

@@ -1,0 +1,173 @@
+"""Token-level autoregressive softmax policies over a finite vocabulary (Section 4, App. F.2).
+
+A response o = (o_1, ..., o_ℓ) is generated token by token from V tokens; it ends when the EOS
+token is emitted or when it reaches the maximum length T (truncated), so 1 <= ℓ <= T = T_inf.
+Without an EOS token every response has length exactly T (the App. F.2 instance). With
+
+    log π(o) = Σ_{t <= ℓ} log softmax(h_t)[o_t],
+
+the logits h_t at step t come from one of three parametrizations, all linear in theta:
+
+    "position"  h_t = θ[t]                       tabular per position, d = T·V
+    "prefix"    h_t = θ[o_<t]                    tabular per prefix (a full tree), d = #prefixes·V
+    "linear"    h_t = Φ θ                        shared linear features of the token, d = d_f,
+                                                 the same at every step (App. F.2: "features of
+                                                 the last token")
+
+Each step reads the softmax of one "context" (a position, a prefix, or the single shared one), so
+every response is a list of (context, token) pairs; log π, projected scores, curvature and the
+vector-Jacobian product are gathers and scatters over those pairs (closed forms: the token score
+is e_v - π_ctx mapped through the linear logits).
+
+Regularity (Assumption 2): the token score is the feature of the chosen token minus its mean,
+so G_p = D and L_p = D²/4 with D the diameter of the token features (sqrt(2) for the tabular
+parametrizations). The trajectory constants follow as in the proof of Theorem 3:
+G_o = G_p·T_inf, L_o = L_p·T_inf.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlvrlab import _checks
+from rlvrlab.policies.base import Constants, EnumerablePolicy
+
+__all__ = ["MAX_RESPONSES", "TokenSoftmax", "enumerate_responses"]
+
+MAX_RESPONSES = 2_000_000
+PARAMETRIZATIONS = ("position", "prefix", "linear")
+
+
+def enumerate_responses(vocab: int, max_len: int, eos: int | None) -> tuple[torch.Tensor, ...]:
+    """Every response of length 1..max_len, breadth first.
+
+    Returns tokens (N, T) (padded with 0), lengths (N,), prefix ids (N, T) of the context each
+    step reads in the "prefix" parametrization (padded with 0), and the number of prefixes.
+    """
+    count = vocab**max_len if eos is None else sum((vocab - 1) ** (t - 1) for t in range(1, max_len + 1)) + (vocab - 1) ** max_len
+    if count > MAX_RESPONSES:
+        _checks.fail("vocab/max_len", f"V={vocab}, T={max_len} ({count} responses)",
+                     f"at most {MAX_RESPONSES} enumerated responses; use fewer tokens or a shorter maximum length")
+    T = max_len
+    alive_tok = torch.zeros(1, 0, dtype=torch.long)  # open prefixes, tokens so far
+    alive_ctx = torch.zeros(1, 0, dtype=torch.long)  # their prefix ids per step
+    next_id, done_tok, done_ctx, done_len = 0, [], [], []
+    for t in range(T):
+        P = alive_tok.shape[0]
+        ids = torch.arange(next_id, next_id + P)
+        next_id += P
+        ctx = torch.cat([alive_ctx, ids.unsqueeze(1)], 1).repeat_interleave(vocab, 0)
+        tok = torch.cat([alive_tok.repeat_interleave(vocab, 0), torch.arange(vocab).repeat(P).unsqueeze(1)], 1)
+        stop = torch.zeros(tok.shape[0], dtype=torch.bool) if eos is None else tok[:, -1] == eos
+        if t == T - 1:
+            stop = torch.ones_like(stop)
+        pad = T - (t + 1)
+        done_tok.append(torch.nn.functional.pad(tok[stop], (0, pad)))
+        done_ctx.append(torch.nn.functional.pad(ctx[stop], (0, pad)))
+        done_len.append(torch.full((int(stop.sum()),), t + 1, dtype=torch.long))
+        alive_tok, alive_ctx = tok[~stop], ctx[~stop]
+    return torch.cat(done_tok), torch.cat(done_len), torch.cat(done_ctx), next_id
+
+
+class TokenSoftmax(EnumerablePolicy):
+    """Autoregressive softmax over V tokens with optional EOS and maximum length T (one prompt).
+
+    vocab: V; max_len: T = T_inf; eos: index of the EOS token or None;
+    parametrization: "position", "prefix" or "linear"; features: (V, d_f) for "linear".
+    """
+
+    def __init__(self, vocab: int, max_len: int, *, eos: int | None = None,
+                 parametrization: str = "position", features: torch.Tensor | None = None):
+        if not (isinstance(vocab, int) and vocab >= 2):
+            _checks.fail("vocab", vocab, "an integer >= 2")
+        if not (isinstance(max_len, int) and max_len >= 1):
+            _checks.fail("max_len", max_len, "an integer >= 1")
+        if eos is not None and not (isinstance(eos, int) and 0 <= eos < vocab):
+            _checks.fail("eos", eos, f"None or a token index in [0, {vocab - 1}]")
+        _checks.choose("parametrization", parametrization, PARAMETRIZATIONS)
+        if (parametrization == "linear") != (features is not None):
+            _checks.fail("features", "given" if features is not None else None,
+                         "a (V, d_f) tensor exactly when parametrization is 'linear'")
+        self.vocab, self.max_len, self.eos, self.parametrization = vocab, max_len, eos, parametrization
+        tok, length, prefix_ids, n_prefixes = enumerate_responses(vocab, max_len, eos)
+        self.tokens, self._lengths = tok, length                          # (N, T), (N,)
+        self.alive = torch.arange(max_len).unsqueeze(0) < length.unsqueeze(1)  # (N, T)
+        if parametrization == "position":
+            self.n_ctx, self.ctx = max_len, torch.arange(max_len).expand_as(tok).clone()
+        elif parametrization == "prefix":
+            self.n_ctx, self.ctx = n_prefixes, prefix_ids
+        else:
+            _checks.shape("features", features, (vocab, None), "(V, d_f)")
+            self.features = features.to(torch.float64)
+            self.n_ctx, self.ctx = 1, torch.zeros_like(tok)
+        self.ctx = torch.where(self.alive, self.ctx, 0)
+        self.flat = (self.ctx * vocab + tok).masked_fill(~self.alive, 0)  # (N, T) index into (n_ctx·V)
+        self.n_prompts, self.n_responses = 1, tok.shape[0]
+        self.n_params = self.features.shape[1] if parametrization == "linear" else self.n_ctx * vocab
+
+    # --- the linear logit map ------------------------------------------------------------------
+
+    def logits(self, theta: torch.Tensor) -> torch.Tensor:
+        """(R, d) -> (R, n_ctx, V)."""
+        if self.parametrization == "linear":
+            return (theta @ self.features.to(theta.dtype).T).unsqueeze(1)
+        return theta.view(theta.shape[0], self.n_ctx, self.vocab)
+
+    def logits_adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """(R, n_ctx, V) -> (R, d)."""
+        if self.parametrization == "linear":
+            return g.sum(1) @ self.features.to(g.dtype)
+        return g.reshape(g.shape[0], -1)
+
+    def _per_step(self, table: torch.Tensor) -> torch.Tensor:
+        """Gather a (R, n_ctx·V) table at every (context, token) step: (R, N, T), zero past the end."""
+        return table[:, self.flat] * self.alive.to(table.dtype)
+
+    def _per_ctx(self, table: torch.Tensor) -> torch.Tensor:
+        """Gather a (R, n_ctx) table at every step's context: (R, N, T), zero past the end."""
+        return table[:, self.ctx] * self.alive.to(table.dtype)
+
+    # --- EnumerablePolicy ------------------------------------------------------------------------
+
+    def logp(self, theta: torch.Tensor) -> torch.Tensor:
+        logpi = torch.log_softmax(self.logits(theta), -1)
+        return self._per_step(logpi.flatten(1)).sum(-1).unsqueeze(1)
+
+    def logp_and_jvp(self, theta: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logpi = torch.log_softmax(self.logits(theta), -1)
+        dl = self.logits(w)
+        mean = (logpi.exp() * dl).sum(-1)  # (R, n_ctx)
+        proj = self._per_step(dl.flatten(1)).sum(-1) - self._per_ctx(mean).sum(-1)
+        return self._per_step(logpi.flatten(1)).sum(-1).unsqueeze(1), proj.unsqueeze(1)
+
+    def curvature(self, theta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.logits(theta), -1)
+        dl = self.logits(w)
+        mean = (p * dl).sum(-1)
+        var = (p * dl * dl).sum(-1) - mean**2
+        return -self._per_ctx(var).sum(-1).unsqueeze(1)
+
+    def vjp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.logits(theta), -1)  # (R, n_ctx, V)
+        R = v.shape[0]
+        a = v.sum(1).unsqueeze(-1) * self.alive.to(v.dtype)  # (R, N, T): every prompt shares π
+        chosen = torch.zeros(R, self.n_ctx * self.vocab, dtype=v.dtype).index_add_(1, self.flat.flatten(), a.flatten(1))
+        visits = torch.zeros(R, self.n_ctx, dtype=v.dtype).index_add_(1, self.ctx.flatten(), a.flatten(1))
+        return self.logits_adjoint(chosen.view(R, self.n_ctx, self.vocab) - p * visits.unsqueeze(-1))
+
+    def lengths(self) -> torch.Tensor:
+        return self._lengths
+
+    def constants(self) -> Constants:
+        if self.parametrization == "linear":
+            D = float(torch.cdist(self.features, self.features).max())
+        else:
+            D = math.sqrt(2.0)
+        T = self.max_len
+        return Constants(G_o=D * T, L_o=D * D / 4 * T, G_p=D, L_p=D * D / 4, T_inf=T)
+
+    def decode(self, index: int) -> tuple[int, ...]:
+        """The token sequence of response ``index``."""
+        return tuple(int(x) for x in self.tokens[index, : int(self._lengths[index])])

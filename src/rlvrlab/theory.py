@@ -1,0 +1,324 @@
+"""Closed forms of "On the Optimization Dynamics of RLVR: Gradient Gap and Step Size Thresholds".
+
+Equation numbers refer to ../shared/papers/gradient-gap-step-size-thresholds.txt. Everything here
+is a formula: no sampling, no policies. Arguments are Python numbers or tensors (broadcast
+together); a function returns a float when every argument was a number, a float64 tensor otherwise.
+
+Constants follow the paper: G_o, L_o bound the trajectory score and its Lipschitz constant
+(Assumption 1); G_p, L_p the same per token (Assumption 2); T_inf and T_psi1 bound the response
+length and its psi_1 (Orlicz) norm (Assumption 3).
+
+Two places where this module departs from the printed text, both checked numerically in tests:
+- Thm 1(a) prints the ceiling with exp(+(C0 + C0')); the proof (App. C.1.1) gives
+  exp(-(C0 + C0')), the only sign under which it is a ceiling at all. We implement the proof.
+- App. F prints the second-order term as (Var+ - Var-)·eta²; the Taylor expansion of the log-MGFs
+  of Lemma 3 gives half of that (plus a curvature term that vanishes for softmax policies with
+  logits linear in theta). We implement the expansion; see `log_odds_change_second_order`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from rlvrlab import _checks
+
+Number = float | torch.Tensor
+
+__all__ = [
+    "CollapseWindow",
+    "collapse_window_token",
+    "collapse_window_trajectory",
+    "effective_step_drgrpo",
+    "effective_step_grpo",
+    "eta_crit_second_order",
+    "lemma1_band",
+    "lemma2_penalty",
+    "lemma2_step_cap",
+    "linear_rate_error_bound",
+    "linear_rate_step",
+    "log_odds",
+    "log_odds_change_second_order",
+    "logistic_lower_bound",
+    "psi1_norm",
+    "smoothness_step_cap",
+    "stagnation_ceiling",
+    "step_condition_token",
+    "step_condition_trajectory",
+    "theory_step_cap",
+]
+
+
+def _t(x: Number) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float64)
+
+
+def _out(value: torch.Tensor, *args: Number) -> Number:
+    """A float when every input was a plain number, else the tensor."""
+    if all(isinstance(a, (int, float)) for a in args):
+        return float(value)
+    return value
+
+
+def _logit(J: torch.Tensor) -> torch.Tensor:
+    return torch.log(J) - torch.log1p(-J)
+
+
+def log_odds(J: Number) -> Number:
+    """log(J / (1 - J)), the coordinate in which the theory is linear (eq. 14)."""
+    _checks.probability("J", J)
+    return _out(_logit(_t(J)), J)
+
+
+# --- Convergence and stagnation (Theorem 1, Corollary 3.1, Theorem 3) -------------------------
+
+
+def logistic_lower_bound(J0: Number, M: Number) -> Number:
+    """Lower bound on J(K) given the cumulative Gap Alignment M(K) (eq. 13b, 15b, 21).
+
+        J(K) >= J0 / (J0 + (1 - J0) * exp(-M / 2))
+
+    Holds when every step size satisfied (13a) (trajectory level) or (15a) (token level).
+    Computed as sigmoid(logit(J0) + M/2), exact at J0 in {0, 1}.
+    """
+    _checks.probability("J0", J0)
+    return _out(torch.sigmoid(_logit(_t(J0)) + _t(M) / 2), J0, M)
+
+
+def stagnation_ceiling(J0: Number, C0: Number, C0_prime: Number) -> Number:
+    """Ceiling on J(K) when the alignment signal stays bounded (Theorem 1(a), proof in App. C.1.1).
+
+    If sum_k Delta_mu(k)·eta_k <= C0 (in particular if M(K) <= C0) and
+    (L_o + 8 G_o²)·sum_k eta_k² <= C0', then
+
+        J(K) <= J0 / (J0 + (1 - J0) * exp(-(C0 + C0'))) < 1.
+
+    The theorem's statement prints exp(+(C0 + C0')), which would put the ceiling below J0; the
+    proof's telescoped inequality (28) gives the sign used here.
+    """
+    _checks.probability("J0", J0)
+    return _out(torch.sigmoid(_logit(_t(J0)) + _t(C0) + _t(C0_prime)), J0, C0, C0_prime)
+
+
+def smoothness_step_cap(L_o: Number) -> Number:
+    """eta <= 1 / (2 sqrt(L_o)): the step-size premise of Lemma 1 and Theorem 1 (inf when L_o = 0)."""
+    _checks.finite_nonneg("L_o", L_o)
+    L = _t(L_o)
+    return _out(torch.where(L > 0, 0.5 / torch.sqrt(L), torch.full_like(L, math.inf)), L_o)
+
+
+def step_condition_trajectory(delta_mu: Number, L_o: Number, G_o: Number) -> Number:
+    """Largest step allowed by (13a): eta_k <= [Delta_mu(k)]_+ / (2 (L_o + 8 G_o²))."""
+    _checks.finite_nonneg("L_o", L_o)
+    _checks.finite_nonneg("G_o", G_o)
+    dm = _t(delta_mu).clamp(min=0)
+    return _out(dm / (2 * (_t(L_o) + 8 * _t(G_o) ** 2)), delta_mu, L_o, G_o)
+
+
+def linear_rate_step(delta_mu: Number, L_o: Number, G_o: Number) -> Number:
+    """Fixed step of Corollary 3.1: min{Delta_mu / (2 (L_o + 8 G_o²)), 1 / (2 sqrt(L_o))}."""
+    a = _t(step_condition_trajectory(delta_mu, L_o, G_o))
+    b = _t(smoothness_step_cap(L_o))
+    return _out(torch.minimum(a, b), delta_mu, L_o, G_o)
+
+
+def linear_rate_error_bound(J0: Number, delta_mu: Number, eta: Number, K: Number) -> Number:
+    """Corollary 3.1: 1 - J(K) <= (1 - J0)/J0 · exp(-Delta_mu·eta·K / 2) under a uniform gap."""
+    _checks.probability("J0", J0)
+    J0t = _t(J0)
+    return _out((1 - J0t) / J0t * torch.exp(-_t(delta_mu) * _t(eta) * _t(K) / 2), J0, delta_mu, eta, K)
+
+
+def step_condition_token(
+    delta_mu: Number, J: Number, L_p: Number, G_p: Number, T_inf: Number, T_psi1: Number
+) -> Number:
+    """Largest step allowed by (15a), the token-level condition of Theorem 3:
+
+        eta_k <= min{ ([Delta_mu]_+ / 2) / (L_p T_inf + G_p² min{T_psi1 / (1 - J), 8 T_inf²}),
+                      1 / (2 sqrt(L_p T_inf + G_p² T_psi1)) }
+    """
+    _checks.probability("J", J)
+    for name, v in (("L_p", L_p), ("G_p", G_p), ("T_inf", T_inf), ("T_psi1", T_psi1)):
+        _checks.finite_nonneg(name, v)
+    dm, Jt, Lp, Gp, Ti, Tp = map(_t, (delta_mu, J, L_p, G_p, T_inf, T_psi1))
+    length_term = torch.minimum(Tp / (1 - Jt), 8 * Ti**2)  # 1/(1-J) = inf at J = 1: min picks 8 T²
+    first = (dm.clamp(min=0) / 2) / (Lp * Ti + Gp**2 * length_term)
+    second = 0.5 / torch.sqrt(Lp * Ti + Gp**2 * Tp)
+    return _out(torch.minimum(first, second), delta_mu, J, L_p, G_p, T_inf, T_psi1)
+
+
+# --- One-step log-odds change (Lemmas 1 and 2) -----------------------------------------------
+
+
+def lemma1_band(eta: Number, L_o: Number, G_o: Number) -> Number:
+    """Half-width of Lemma 1's band (27), valid when eta <= 1/(2 sqrt(L_o)):
+
+        |Δ log-odds - Delta_mu·eta| <= (L_o + 8 G_o²) eta²
+    """
+    _checks.finite_nonneg("eta", eta)
+    return _out((_t(L_o) + 8 * _t(G_o) ** 2) * _t(eta) ** 2, eta, L_o, G_o)
+
+
+def lemma2_step_cap(G_p: Number, T_psi1: Number) -> Number:
+    """Premise (30a) of Lemma 2: eta <= 1 / sqrt(2 G_p² T_psi1)."""
+    return _out(1 / torch.sqrt(2 * _t(G_p) ** 2 * _t(T_psi1)), G_p, T_psi1)
+
+
+def lemma2_penalty(eta: Number, J: Number, L_p: Number, G_p: Number, T_inf: Number, T_psi1: Number) -> Number:
+    """Second-order penalty of Lemma 2 (30b), the token-level inequality (19):
+
+        Δ log-odds >= Delta_mu·eta - (L_p T_inf + G_p² T_psi1 / (1 - J)) eta²
+    """
+    _checks.finite_nonneg("eta", eta)
+    _checks.probability("J", J)
+    Jt = _t(J)
+    coef = _t(L_p) * _t(T_inf) + _t(G_p) ** 2 * _t(T_psi1) / (1 - Jt)
+    return _out(coef * _t(eta) ** 2, eta, J, L_p, G_p, T_inf, T_psi1)
+
+
+# --- Collapse (Theorems 2 and 4) ---------------------------------------------------------------
+
+
+class CollapseWindow(NamedTuple):
+    """Step sizes [low, high] for which the paper's instance collapses; ``valid`` says whether the
+    theorem's premise on Delta_mu holds (and so whether the window is a statement at all)."""
+
+    low: float
+    high: float
+    valid: bool
+
+
+def collapse_window_trajectory(delta_mu: float, L_o: float, G_o: float) -> CollapseWindow:
+    """Theorem 2 (52): with 0 < Delta_mu <= sqrt(L_o + G_o²)/120 and G_o >= sqrt(L_o), every fixed
+    eta in [60 Delta_mu / (L_o + G_o²), 1 / (2 sqrt(L_o + G_o²))] drives J to 0 on the App. F.1 instance."""
+    s = L_o + G_o**2
+    valid = 0 < delta_mu <= math.sqrt(s) / 120 and G_o**2 >= L_o
+    return CollapseWindow(60 * delta_mu / s, 1 / (2 * math.sqrt(s)), valid)
+
+
+def collapse_window_token(delta_mu: float, L_p: float, G_p: float, T_inf: int) -> CollapseWindow:
+    """Theorem 4 (16): with 0 < Delta_mu <= sqrt(L_p T^½ + G_p² T)/240 and G_p >= sqrt(L_p), every
+    fixed eta in [120 Delta_mu / (L_p T^½ + G_p² T), 1 / (2 sqrt(L_p T^½ + G_p² T))] collapses the
+    App. F.2 instance (T = T_inf)."""
+    s = L_p * math.sqrt(T_inf) + G_p**2 * T_inf
+    valid = 0 < delta_mu <= math.sqrt(s) / 240 and G_p**2 >= L_p
+    return CollapseWindow(120 * delta_mu / s, 1 / (2 * math.sqrt(s)), valid)
+
+
+# --- GRPO and Dr. GRPO (Section 4, eq. 17-18) --------------------------------------------------
+
+
+def effective_step_grpo(alpha: Number, delta_mu: Number, J: Number, T_psi1: Number) -> Number:
+    """GRPO's effective step along the Gradient Gap, eq. (17): eta ≍ alpha·Delta_mu·sqrt(J(1-J))/T_psi1.
+
+    The ≍ hides constants of order one; the form is what the theory compares with (18).
+    """
+    _checks.probability("J", J)
+    Jt = _t(J)
+    return _out(_t(alpha) * _t(delta_mu) * torch.sqrt(Jt * (1 - Jt)) / _t(T_psi1), alpha, delta_mu, J, T_psi1)
+
+
+def effective_step_drgrpo(alpha: Number, delta_mu: Number, J: Number) -> Number:
+    """Dr. GRPO's (and REINFORCE's) effective step, eq. (17): eta ≍ alpha·Delta_mu·J(1-J)."""
+    _checks.probability("J", J)
+    Jt = _t(J)
+    return _out(_t(alpha) * _t(delta_mu) * Jt * (1 - Jt), alpha, delta_mu, J)
+
+
+def theory_step_cap(delta_mu: Number, J: Number, T_psi1: Number) -> Number:
+    """The theory's cap (18), condition (15a) with L_p << G_p²: eta ≲ Delta_mu·(1 - J)/T_psi1."""
+    _checks.probability("J", J)
+    return _out(_t(delta_mu) * (1 - _t(J)) / _t(T_psi1), delta_mu, J, T_psi1)
+
+
+# --- Response length (Assumption 3) ------------------------------------------------------------
+
+
+def psi1_norm(lengths: torch.Tensor | list[float], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The psi_1 (Orlicz) norm inf{a > 0 : E exp(|X| / a) <= 2} (Assumption 3, footnote 3).
+
+    lengths: (..., n) a sample of response lengths, or the support of a distribution.
+    weights: (..., n) probabilities of those values (summing to 1); None means the empirical
+             distribution of the sample. Leading dimensions are batch.
+    Returns (...,). Solved by bisection between the bounds E|X|/log 2 <= a <= max|X|/log 2
+    (Jensen and the trivial bound), to float64 precision.
+    """
+    x = _t(lengths).abs()
+    if x.dim() == 0 or x.shape[-1] == 0:
+        _checks.fail("lengths", "an empty sample", "at least one length")
+    if weights is None:
+        logw = torch.full_like(x, -math.log(x.shape[-1]))
+    else:
+        w = _t(weights)
+        _checks.shape("weights", w, tuple(x.shape), "(..., n) like lengths")
+        if bool((w < 0).any()) or not torch.allclose(w.sum(-1), torch.ones(()).double(), atol=1e-9):
+            _checks.fail("weights", "weights that are not probabilities", "non-negative weights summing to 1")
+        logw = torch.log(w)
+    mean = (logw.exp() * x).sum(-1)
+    hi = x.amax(-1) / math.log(2)
+    lo = mean / math.log(2)
+    zero = hi == 0
+    hi = torch.where(zero, torch.ones_like(hi), hi)
+    lo = torch.where(zero, torch.ones_like(lo), lo).clamp(max=hi)
+
+    def excess(a: torch.Tensor) -> torch.Tensor:  # log E exp(X/a) - log 2, decreasing in a
+        return torch.logsumexp(logw + x / a.unsqueeze(-1), dim=-1) - math.log(2)
+
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        too_small = excess(mid) > 0
+        lo = torch.where(too_small, mid, lo)
+        hi = torch.where(too_small, hi, mid)
+        if bool(((hi - lo) <= 1e-15 * hi).all()):
+            break
+    return torch.where(zero, torch.zeros_like(hi), hi)
+
+
+# --- Second order (App. F) --------------------------------------------------------------------
+
+
+def log_odds_change_second_order(
+    eta: Number,
+    delta_mu: Number,
+    var_plus: Number,
+    var_minus: Number,
+    curv_plus: Number = 0.0,
+    curv_minus: Number = 0.0,
+) -> Number:
+    """Second-order expansion of the one-step log-odds change (App. F, via Lemma 3).
+
+    With s(o) = w·∇log π(o) and h(o) = wᵀ∇²log π(o) w, a step theta + eta·w changes
+    log π(o) by eta·s + eta²·h/2 + O(eta³), and Lemma 3's log-MGFs expand as
+
+        Δ log-odds = Delta_mu·eta + ½ (Var+ - Var- + E+[h] - E-[h]) eta² + O(eta³).
+
+    The paper prints (Var+ - Var-)·eta² without the ½ and without the curvature term; the
+    curvature term is exactly 0 when h does not depend on the response (softmax policies with
+    logits linear in theta: bandits, the App. F instances, fixed-length token policies).
+    curv_plus / curv_minus are E+[h] and E-[h].
+    """
+    e = _t(eta)
+    c2 = (_t(var_plus) - _t(var_minus) + _t(curv_plus) - _t(curv_minus)) / 2
+    return _out(_t(delta_mu) * e + c2 * e**2, eta, delta_mu, var_plus, var_minus, curv_plus, curv_minus)
+
+
+def eta_crit_second_order(
+    delta_mu: Number, var_plus: Number, var_minus: Number, curv_gap: Number = 0.0
+) -> Number:
+    """Step size at which the second-order log-odds change turns negative (App. F; DESIGN.md):
+
+        eta_crit = 2·Delta_mu / (Var- - Var+ - (E+[h] - E-[h]))   when Delta_mu > 0 and the
+                                                                  denominator is > 0,
+        +inf  when Delta_mu > 0 and the denominator is <= 0 (no second-order threshold),
+        0     when Delta_mu <= 0 (every small step already lowers the log-odds).
+
+    curv_gap is E+[h] - E-[h] (0 for linear-logit softmax policies).
+    """
+    dm = _t(delta_mu)
+    den = _t(var_minus) - _t(var_plus) - _t(curv_gap)
+    dm, den = torch.broadcast_tensors(dm, den)
+    crit = torch.where(den > 0, 2 * dm / den.where(den > 0, torch.ones_like(den)), torch.full_like(den, math.inf))
+    crit = torch.where(dm > 0, crit, torch.zeros_like(crit))
+    return _out(crit, delta_mu, var_plus, var_minus, curv_gap)
