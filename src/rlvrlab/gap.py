@@ -226,6 +226,10 @@ def combine_prompts(stats: GapStats, weights: torch.Tensor) -> GapStats:
         out[f"log_{'J' if side == 'plus' else '1mJ'}"] = total
         out[f"mean_{side}"] = torch.where(total > _NEG_INF, mean, nan)
         out[f"var_{side}"] = torch.where(total > _NEG_INF, var, nan)
+        curv = getattr(stats, f"curv_{side}")
+        if curv is not None:
+            curv_mean = (cw * torch.where(present, curv, 0.0)).sum(-1)
+            out[f"curv_{side}"] = torch.where(total > _NEG_INF, curv_mean, nan)
     return GapStats(**out)
 
 
@@ -314,7 +318,9 @@ def _log_mean_exp(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, to
     """log of the masked mean of exp(x) and its delta-method standard error, stable for large |x|."""
     shift = x.masked_fill(~mask, -math.inf).amax(-1, keepdim=True)
     shift = torch.where(torch.isfinite(shift), shift, 0.0)
-    n, mean, _, se, _ = _side_moments(torch.exp(x - shift), mask)
+    # Mask before exponentiating: a sample of the other side may lie far above this side's shift,
+    # and its exp would overflow to inf (then inf·0 = NaN in the masked sums).
+    n, mean, _, se, _ = _side_moments(torch.exp((x - shift).masked_fill(~mask, -math.inf)), mask)
     return torch.log(mean) + shift.squeeze(-1), se / mean
 
 

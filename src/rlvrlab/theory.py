@@ -26,6 +26,7 @@ import torch
 from rlvrlab import _checks
 
 Number = float | torch.Tensor
+_ROUNDING = 1e-12
 
 __all__ = [
     "CollapseWindow",
@@ -183,7 +184,8 @@ def lemma2_penalty(eta: Number, J: Number, L_p: Number, G_p: Number, T_inf: Numb
 
 class CollapseWindow(NamedTuple):
     """Step sizes [low, high] for which the paper's instance collapses; ``valid`` says whether the
-    theorem's premise on Delta_mu holds (and so whether the window is a statement at all)."""
+    theorem's premise on Delta_mu holds (and so whether the window is a statement at all), up to a
+    relative rounding tolerance of 1e-12 at the boundary."""
 
     low: float
     high: float
@@ -194,7 +196,7 @@ def collapse_window_trajectory(delta_mu: float, L_o: float, G_o: float) -> Colla
     """Theorem 2 (52): with 0 < Delta_mu <= sqrt(L_o + G_o²)/120 and G_o >= sqrt(L_o), every fixed
     eta in [60 Delta_mu / (L_o + G_o²), 1 / (2 sqrt(L_o + G_o²))] drives J to 0 on the App. F.1 instance."""
     s = L_o + G_o**2
-    valid = 0 < delta_mu <= math.sqrt(s) / 120 and G_o**2 >= L_o
+    valid = 0 < delta_mu <= math.sqrt(s) / 120 * (1 + _ROUNDING) and G_o**2 >= L_o
     return CollapseWindow(60 * delta_mu / s, 1 / (2 * math.sqrt(s)), valid)
 
 
@@ -203,7 +205,7 @@ def collapse_window_token(delta_mu: float, L_p: float, G_p: float, T_inf: int) -
     fixed eta in [120 Delta_mu / (L_p T^½ + G_p² T), 1 / (2 sqrt(L_p T^½ + G_p² T))] collapses the
     App. F.2 instance (T = T_inf)."""
     s = L_p * math.sqrt(T_inf) + G_p**2 * T_inf
-    valid = 0 < delta_mu <= math.sqrt(s) / 240 and G_p**2 >= L_p
+    valid = 0 < delta_mu <= math.sqrt(s) / 240 * (1 + _ROUNDING) and G_p**2 >= L_p
     return CollapseWindow(120 * delta_mu / s, 1 / (2 * math.sqrt(s)), valid)
 
 

@@ -90,7 +90,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is tuple:
         inner = typing.get_args(tp)[0]
-        return f"a comma-separated list of {_type_name(inner)}s"
+        plural = {int: "integers", float: "numbers", str: "strings"}.get(inner, _type_name(inner))
+        return f"a comma-separated list of {plural}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "none"}.get(tp, str(tp))

@@ -39,16 +39,13 @@ def _check_eta(eta: float | torch.Tensor, field: str = "eta") -> None:
 
 
 def fixed(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, eta: float | torch.Tensor) -> torch.Tensor:
-    """A constant step size."""
-    _check_eta(eta)
+    """A constant step size (checked once, when the rule is made)."""
     return _per_run(eta, ctx)
 
 
 def cosine(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, eta: float | torch.Tensor,
            eta_min: float = 0.0) -> torch.Tensor:
     """Cosine decay from eta to eta_min over the run."""
-    _check_eta(eta)
-    _check_eta(eta_min, "eta_min")
     frac = 0.5 * (1 + math.cos(math.pi * ctx.k / max(ctx.steps, 1)))
     return _per_run(eta_min + (torch.as_tensor(eta) - eta_min) * frac, ctx)
 
@@ -98,6 +95,7 @@ STEP_SIZES: dict[str, Callable[..., torch.Tensor]] = {
 
 def make_step_size(name: str, **options: Any) -> Callable[[StepContext, GapStats, torch.Tensor], torch.Tensor]:
     """The step-size rule ``name`` with its options bound, e.g. make_step_size("fixed", eta=0.1)."""
-    if "eta" in options:
-        _check_eta(options["eta"])
+    for key in ("eta", "eta_min"):
+        if key in options:
+            _check_eta(options[key], key)
     return bind("step size", STEP_SIZES, name, options)

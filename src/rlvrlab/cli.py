@@ -1,0 +1,141 @@
+"""The ``rlvrlab`` command: list, run and reproduce the experiments.
+
+A user mistake (an unknown name, a bad --set) prints one line naming the problem and the allowed
+values and exits with status 2, never a traceback. ``run`` and ``reproduce`` exit with status 1
+when a theorem check fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rlvrlab.experiments import experiments, names, resolve_config, run_experiment
+from rlvrlab.experiments.base import describe_fields
+from rlvrlab.report import write_report
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="rlvrlab: the optimization dynamics of RL with verifiable rewards (Gradient Gap, step-size thresholds).")
+out_console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """ValueError from the library is a user mistake: one line on stderr, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            err_console.print(f"[bold red]rlvrlab:[/] {err}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+class RichProgress:
+    """The experiments' progress interface on a rich progress bar."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        task_id = self.progress.add_task(description, total=total)
+        return lambda n: self.progress.advance(task_id, n)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err_console, transient=True)
+
+
+def _print_checks(name: str, summary: dict[str, Any], out: Path) -> bool:
+    table = Table(title=f"{name}: {summary['title']}", show_lines=False)
+    for col in ("", "kind", "check", "measured"):
+        table.add_column(col, overflow="fold")
+    ok = True
+    for c in summary["checks"]:
+        if c["kind"] == "theorem":
+            mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
+            ok &= c["passed"]
+        else:
+            mark = "[green]seen[/]" if c["passed"] else "[yellow]not seen[/]"
+        table.add_row(mark, c["kind"], c["name"], c["measured"])
+    out_console.print(table)
+    out_console.print(f"results: {out}  ({summary['seconds']:.1f} s)")
+    return ok
+
+
+@app.command("list")
+@_user_errors
+def list_experiments(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every setting of every experiment.")) -> None:
+    """Name every experiment (and with -v its settings and defaults)."""
+    for name, exp in experiments().items():
+        out_console.print(f"[bold]{name}[/]  {exp.title}", highlight=False)
+        if verbose:
+            table = Table(show_header=True, box=None, padding=(0, 2))
+            for col in ("setting", "type", "default", "meaning"):
+                table.add_column(col, overflow="fold")
+            for row in describe_fields(exp.settings()):
+                table.add_row(*row)
+            out_console.print(table)
+
+
+@app.command()
+@_user_errors
+def run(
+    name: str = typer.Argument(..., help="Experiment name (see `rlvrlab list`)."),
+    quick: bool = typer.Option(False, "--quick", help="Small settings that finish in seconds."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/NAME)."),
+    settings: list[str] | None = typer.Option(None, "--set", help="Override a setting: --set key=value (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Start over in a directory that holds a run of other settings."),
+) -> None:
+    """Run one experiment into its run directory (resumes a finished run with the same settings)."""
+    resolve_config(name, quick, settings or [])  # validate before any output
+    out = out or Path("runs") / name
+    with _progress() as progress:
+        summary = run_experiment(name, out, quick=quick, settings=settings or [], force=force, progress=RichProgress(progress))
+    if not _print_checks(name, summary, out):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def reproduce(
+    quick: bool = typer.Option(False, "--quick", help="Small settings: the whole reproduction in about a minute."),
+    out: Path = typer.Option(Path("runs/reproduce"), "--out", help="Directory for the runs and report.html."),
+    only: list[str] | None = typer.Option(None, "--only", help="Reproduce only these experiments (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Start over where a directory holds other settings."),
+) -> None:
+    """Run every experiment and write OUT/report.html."""
+    chosen = only or names()
+    for name in chosen:
+        resolve_config(name, quick)
+    ok = True
+    with _progress() as progress:
+        for name in chosen:
+            summary = run_experiment(name, out / name, quick=quick, force=force, progress=RichProgress(progress))
+            ok &= summary["checks_passed"]
+            progress.console.print(f"{name}: {'all theorem checks passed' if summary['checks_passed'] else 'A THEOREM CHECK FAILED'}"
+                                   f" ({summary['seconds']:.1f} s)")
+    report = write_report(out, chosen)
+    out_console.print(f"report: {report}")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Each experiment end to end on small settings, and the run-directory contract."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from rlvrlab.experiments import apply_settings, experiments, get, names, resolve_config, run_experiment
+from rlvrlab.experiments.base import describe_fields
+from rlvrlab.io import columns, read_table
+
+# Small enough for the test suite, large enough that every check has something to check.
+SMALL = {
+    "mab": ["steps=400"],
+    "contextual": ["steps=150", "eval_contexts=40", "pool=30", "record_every=5"],
+    "two-response": ["steps=200"],
+    "collapse": ["steps=300", "T_infs=1,3", "record_every=5"],
+    "bounds": ["steps=25", "runs_per_direction=3"],
+}
+VOCABULARY = {"run", "step", "J", "log_odds", "M", "delta_mu", "eta"}
+
+
+def test_every_experiment_is_registered_and_small_settings_cover_them():
+    assert set(names()) == set(SMALL) == {"mab", "contextual", "two-response", "collapse", "bounds"}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_experiment_end_to_end(name, tmp_path):
+    summary = run_experiment(name, tmp_path, quick=True, settings=SMALL[name])
+    # The contract: config first, tables, figures, summary last.
+    for f in ("config.json", "summary.json", "metrics.parquet"):
+        assert (tmp_path / f).exists()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["experiment"] == name and config["quick"] is True
+    assert summary["figures"], "every experiment draws at least one figure"
+    for fig in summary["figures"]:
+        assert (tmp_path / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    theorems = [c for c in summary["checks"] if c["kind"] == "theorem"]
+    assert theorems, "every experiment checks at least one statement of the theory"
+    failed = [c for c in theorems if not c["passed"]]
+    assert not failed, failed
+    assert summary["checks_passed"] is True
+    table = read_table(tmp_path / "metrics.parquet")
+    assert VOCABULARY <= set(table.column_names)
+    cols = columns(table, ("J", "step"))
+    assert np.nanmin(cols["J"]) >= 0 and np.nanmax(cols["J"]) <= 1
+    assert cols["step"].min() == 0
+
+
+def test_mab_checks_the_closed_form_of_app_i1(tmp_path):
+    summary = run_experiment("mab", tmp_path, quick=True, settings=["steps=300", "etas=0.5,5"])
+    names_ = [c["name"] for c in summary["checks"]]
+    assert any("App. I.1 closed form" in n for n in names_)
+    # max over steps of Delta_mu cannot exceed the quadratic's maximum K/(4(K-1)).
+    assert max(summary["headline"]["max_delta_mu"]) <= summary["headline"]["max_delta_mu_closed_form"] + 1e-12
+
+
+def test_finished_run_is_read_back_not_recomputed(tmp_path, monkeypatch):
+    first = run_experiment("two-response", tmp_path, quick=True, settings=["steps=50"])
+    exp = get("two-response")
+
+    def boom(*a, **k):
+        raise AssertionError("a finished run was recomputed")
+
+    monkeypatch.setitem(experiments(), "two-response", dataclasses.replace(exp, run=boom))
+    again = run_experiment("two-response", tmp_path, quick=True, settings=["steps=50"])
+    assert again == first
+
+
+def test_other_settings_in_the_same_directory_are_refused_then_forced(tmp_path):
+    run_experiment("two-response", tmp_path, quick=True, settings=["steps=50"])
+    with pytest.raises(ValueError, match="--force"):
+        run_experiment("two-response", tmp_path, quick=True, settings=["steps=60"])
+    summary = run_experiment("two-response", tmp_path, quick=True, settings=["steps=60"], force=True)
+    assert json.loads((tmp_path / "config.json").read_text())["settings"]["steps"] == 60
+    assert summary["checks_passed"]
+
+
+def test_interrupted_run_is_run_again(tmp_path):
+    run_experiment("two-response", tmp_path, quick=True, settings=["steps=50"])
+    (tmp_path / "summary.json").unlink()  # as if killed before the last write
+    (tmp_path / "metrics.parquet").write_bytes(b"half a file")
+    summary = run_experiment("two-response", tmp_path, quick=True, settings=["steps=50"])
+    assert summary["checks_passed"]
+    assert read_table(tmp_path / "metrics.parquet").num_rows == 6 * 51  # 6 runs × (50 steps + final)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_settings_are_parsed_by_type():
+    cfg = resolve_config("mab", settings=["steps=12", "etas=0.5, 2", "dtype=float32", "record_every=3"])
+    assert (cfg.steps, cfg.etas, cfg.dtype, cfg.record_every) == (12, (0.5, 2.0), "float32", 3)
+    assert apply_settings(cfg, {"steps": 7}).steps == 7
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("bogus=1", "setting 'bogus'.*allowed: the settings of this experiment: arms, steps"),
+        ("steps=abc", "--set steps: got 'abc'; allowed: an integer"),
+        ("dtype=float16", "--set dtype.*one of 'float32', 'float64'"),
+        ("etas=", "--set etas.*comma-separated list of numbers"),
+        ("steps", "--set: got 'steps'; allowed: key=value"),
+        ("steps=0", "steps: got 0; allowed: an integer >= 1"),
+        ("etas=0.1,-1", "etas: got -1.0; allowed: finite numbers > 0"),
+        ("etas=nan", "etas: got nan; allowed: finite numbers > 0"),
+        ("best_arm=100", "best_arm: got 100; allowed: an arm index in \\[0, 99\\]"),
+    ],
+)
+def test_bad_settings_name_the_field_and_the_allowed_values(assignment, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config("mab", settings=[assignment])
+
+
+def test_unknown_experiment_lists_the_valid_names():
+    with pytest.raises(ValueError, match="experiment: got 'nope'; allowed: bounds, collapse, contextual, mab, two-response"):
+        get("nope")
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_setting_is_documented(name):
+    for field, _, _, help_text in describe_fields(get(name).settings()):
+        assert help_text, f"{name}.{field} has no help"
