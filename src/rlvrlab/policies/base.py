@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
-from torch.func import jacfwd, jvp, vjp, vmap
+from torch.func import jvp, vjp, vmap
 
 __all__ = ["Constants", "EnumerablePolicy"]
 
@@ -84,8 +84,14 @@ class EnumerablePolicy(ABC):
         return jvp(lambda t: jvp(self.logp, (t,), (w,))[1], (theta,), (w,))[1]
 
     def scores(self, theta: torch.Tensor) -> torch.Tensor:
-        """Full scores ∇_θ log π(o | c): (R, C, N, d). Memory R·C·N·d: small instances only."""
-        return vmap(jacfwd(lambda t: self.logp(t.unsqueeze(0)).squeeze(0)))(theta)
+        """Full scores ∇_θ log π(o | c): (R, C, N, d). Memory R·C·N·d: small instances only.
+
+        Run r's log π depends on theta[r] alone, so coordinate j of every run's score is one
+        forward derivative along e_j placed in every row. (Calling logp on one row at a time
+        would break policies whose prompts differ per run, e.g. per-run contexts.)
+        """
+        basis = torch.eye(theta.shape[-1], dtype=theta.dtype)
+        return vmap(lambda e: jvp(self.logp, (theta,), (e.expand_as(theta),))[1], out_dims=-1)(basis)
 
     # --- what every experiment needs ----------------------------------------------------------
 
@@ -104,6 +110,28 @@ class EnumerablePolicy(ABC):
         J = torch.logsumexp(logp.masked_fill(~correct, -torch.inf), -1, keepdim=True).exp()
         one_minus_J = torch.logsumexp(logp.masked_fill(correct, -torch.inf), -1, keepdim=True).exp()
         v = logp.exp() * torch.where(correct, one_minus_J, -J) * weights.unsqueeze(-1)
+        if v.shape[-2] != self.n_prompts:  # a policy shared by all prompts
+            v = v.sum(-2, keepdim=True)
+        return self.vjp(theta, v)
+
+    def gap_vector(self, theta: torch.Tensor, reward: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The batch-level Gradient Gap g+ - g- (eq. 8, Section 5) for the prompt distribution ``weights``.
+
+        g± = E_{P±}[∇log π] with P±(q, o) ∝ weights_q π(o|q) 1{r = 1 / 0}, computed as the
+        vector-Jacobian product of P+ - P-, whose weights come from log-sum-exps: unlike
+        ∇J / (J(1-J)) it stays exact when J(1-J) underflows. Returns (R, d); zero for runs where
+        one side has no mass.
+        """
+        logp = self.logp(theta)
+        correct = reward.to(torch.bool).expand(*logp.shape[:-2], reward.shape[-2], logp.shape[-1])
+        lw = logp.expand_as(correct) + weights.log().unsqueeze(-1)
+        side = []
+        for mask in (correct, ~correct):
+            lp = lw.masked_fill(~mask, -torch.inf)
+            total = torch.logsumexp(lp.flatten(-2), -1)[..., None, None]
+            side.append(torch.where(total > -torch.inf, (lp - total).exp(), 0.0))
+        present = (side[0].flatten(-2).sum(-1) > 0) & (side[1].flatten(-2).sum(-1) > 0)
+        v = (side[0] - side[1]) * present[..., None, None]
         if v.shape[-2] != self.n_prompts:  # a policy shared by all prompts
             v = v.sum(-2, keepdim=True)
         return self.vjp(theta, v)

@@ -21,8 +21,10 @@ is e_v - π_ctx mapped through the linear logits).
 
 Regularity (Assumption 2): the token score is the feature of the chosen token minus its mean,
 so G_p = D and L_p = D²/4 with D the diameter of the token features (sqrt(2) for the tabular
-parametrizations). The trajectory constants follow as in the proof of Theorem 3:
-G_o = G_p·T_inf, L_o = L_p·T_inf.
+parametrizations). Trajectory constants (Assumption 1): for "linear" those of the proof of
+Theorem 3, G_o = G_p·T_inf and L_o = L_p·T_inf (tight: every step uses the same features); for
+the tabular parametrizations every step reads its own block of theta, which gives the tighter
+G_o = sqrt(2·T_inf) and L_o = 1/2.
 """
 
 from __future__ import annotations
@@ -161,12 +163,15 @@ class TokenSoftmax(EnumerablePolicy):
         return self._lengths
 
     def constants(self) -> Constants:
-        if self.parametrization == "linear":
-            D = float(torch.cdist(self.features, self.features).max())
-        else:
-            D = math.sqrt(2.0)
         T = self.max_len
-        return Constants(G_o=D * T, L_o=D * D / 4 * T, G_p=D, L_p=D * D / 4, T_inf=T)
+        if self.parametrization == "linear":
+            # One shared softmax: a response's score sums up to T token scores in the same space.
+            D = float(torch.cdist(self.features, self.features).max())
+            return Constants(G_o=D * T, L_o=D * D / 4 * T, G_p=D, L_p=D * D / 4, T_inf=T)
+        # Tabular: each step reads its own block of theta (a position or a prefix), so a response's
+        # score is a sum of orthogonal token scores, ‖·‖² <= 2 per step, and its Hessian is block
+        # diagonal with blocks -Cov_π of norm <= 1/2. Tighter than the proof's G_p·T, L_p·T.
+        return Constants(G_o=math.sqrt(2.0 * T), L_o=0.5, G_p=math.sqrt(2.0), L_p=0.5, T_inf=T)
 
     def decode(self, index: int) -> tuple[int, ...]:
         """The token sequence of response ``index``."""

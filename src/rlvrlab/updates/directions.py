@@ -7,6 +7,8 @@ step's prompt distribution ctx.weights (the batch objective J = Σ_c weights_c J
     "normalized-gradient"  w = ∇J / ‖∇J‖ (w = 0 where ∇J = 0)
     "gap"                  w = (g+ - g-) / ‖g+ - g-‖, the Gradient Gap direction; by (9) and
                            Lemma 8 it is the normalized exact gradient
+Both normalized directions are computed from the Gradient Gap (``EnumerablePolicy.gap_vector``),
+which stays exact when J(1-J) underflows (J within 1e-300 of 1), where ∇J itself rounds to 0.
     "reinforce"            w = Σ_c weights_c (1/G) Σ_i A_i ∇log π(o_i | c) from G samples per
                            prompt, baseline "exact" (J_c), "mean" (group mean) or "loo"
                            (leave-one-out mean, RLOO); optionally normalized
@@ -38,12 +40,12 @@ def gradient(ctx: StepContext) -> Direction:
 
 def normalized_gradient(ctx: StepContext) -> Direction:
     """∇J / ‖∇J‖: the paper's generic form w_k = ∇J/‖∇J‖ with eta_k = alpha‖∇J‖ (Section 2)."""
-    return Direction(_normalize(gradient(ctx).w))
+    return gap(ctx)
 
 
 def gap(ctx: StepContext) -> Direction:
     """The normalized Gradient Gap g+ - g- (eq. 8): parallel to ∇J by (9) / Lemma 8."""
-    return normalized_gradient(ctx)
+    return Direction(_normalize(ctx.policy.gap_vector(ctx.theta, ctx.reward, ctx.weights)))
 
 
 BASELINES = ("exact", "mean", "loo")

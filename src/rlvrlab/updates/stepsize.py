@@ -47,7 +47,7 @@ def cosine(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, eta: floa
            eta_min: float = 0.0) -> torch.Tensor:
     """Cosine decay from eta to eta_min over the run."""
     frac = 0.5 * (1 + math.cos(math.pi * ctx.k / max(ctx.steps, 1)))
-    return _per_run(eta_min + (torch.as_tensor(eta) - eta_min) * frac, ctx)
+    return _per_run(eta_min + (torch.as_tensor(eta, dtype=torch.float64) - eta_min) * frac, ctx)
 
 
 def _fraction(fraction: float) -> None:
@@ -60,7 +60,8 @@ def condition_13a(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, fr
     _fraction(fraction)
     c = ctx.constants
     eta = theory.step_condition_trajectory(stats.delta_mu.nan_to_num(0.0), c.L_o, c.G_o)
-    return fraction * torch.minimum(eta, torch.as_tensor(theory.smoothness_step_cap(c.L_o))).to(ctx.theta.dtype)
+    cap = torch.as_tensor(theory.smoothness_step_cap(c.L_o), dtype=torch.float64)  # not the default float32
+    return fraction * torch.minimum(eta, cap).to(ctx.theta.dtype)
 
 
 T_PSI1_MODES = ("current", "uniform")
@@ -79,7 +80,7 @@ def condition_15a(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, fr
     _fraction(fraction)
     _checks.choose("T_psi1", T_psi1, T_PSI1_MODES)
     c = ctx.constants
-    tpsi = current_psi1(ctx) if T_psi1 == "current" else torch.tensor(c.T_inf / math.log(2))
+    tpsi = current_psi1(ctx) if T_psi1 == "current" else torch.tensor(c.T_inf / math.log(2), dtype=torch.float64)
     J = stats.J.clamp(0, 1)
     eta = theory.step_condition_token(stats.delta_mu.nan_to_num(0.0), J, c.L_p, c.G_p, c.T_inf, tpsi)
     return (fraction * eta).to(ctx.theta.dtype)

@@ -1,0 +1,29 @@
+"""Shared test settings: one thread (tests run in parallel under xdist), a modest, reproducible
+Hypothesis profile, and a fixture for modules that want float64 as the default dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+torch.set_num_threads(1)
+
+settings.register_profile(
+    "rlvrlab",
+    max_examples=30,
+    deadline=None,
+    derandomize=True,  # fixed examples: a failure reproduces on every run
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("rlvrlab")
+
+
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for one test, restored afterwards (the library's users keep
+    float32 as their default, so tests that create tensors implicitly opt in explicitly)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
