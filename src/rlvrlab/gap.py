@@ -70,7 +70,7 @@ class GapStats:
 
     @property
     def J(self) -> torch.Tensor:
-        return self.log_J.exp()
+        return self.log_J.exp().clamp(max=1.0)  # a log-sum-exp can round a hair above 0
 
     def map(self, fn) -> GapStats:
         """Apply ``fn`` to every tensor field (e.g. select a prompt: ``s.map(lambda t: t[..., 0])``)."""

@@ -142,7 +142,7 @@ def simulate(
         logp = policy.logp(theta).expand(R, C, N)
         log_J = torch.logsumexp(logp.masked_fill(~correct, -torch.inf), -1)
         log_1mJ = torch.logsumexp(logp.masked_fill(correct, -torch.inf), -1)
-        obj_J = (weights * log_J.exp()).sum(-1)
+        obj_J = (weights * log_J.exp()).sum(-1).clamp(max=1.0)  # rounding can exceed 1 by an ulp
         obj_lo = torch.logsumexp(weights.log() + log_J, -1) - torch.logsumexp(weights.log() + log_1mJ, -1)
         if prev_log_odds is not None and rec.due(k - 1):
             rec.put(k - 1, log_odds_change=obj_lo - prev_log_odds)
@@ -152,7 +152,7 @@ def simulate(
         if rec.due(k):
             rec.put(k, J=obj_J, log_odds=obj_lo, M=M.clone())
             if per_prompt:
-                rec.put_prompt(k, J=log_J.exp(), log_odds=log_J - log_1mJ, M=M_prompt.clone())
+                rec.put_prompt(k, J=log_J.exp().clamp(max=1.0), log_odds=log_J - log_1mJ, M=M_prompt.clone())
             if train_prompts is not None:
                 rec.put(k, M_train=M_train.clone())
         if k == steps:
