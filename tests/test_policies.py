@@ -380,3 +380,20 @@ def test_bad_input_names_the_field():
         TokenSoftmax(2, 0)
     with pytest.raises(ValueError, match="^vocab/max_len: "):
         TokenSoftmax(50, 5)
+
+
+@pytest.mark.parametrize("param", ["position", "prefix"])
+def test_token_sparse_count_matrices_equal_dense(param, monkeypatch):
+    # Large prefix trees keep their count matrices sparse; the results must not change.
+    dense = TokenSoftmax(3, 3, eos=0, parametrization=param)
+    monkeypatch.setattr("rlvrlab.policies.token.DENSE_COUNTS", 0)
+    sparse = TokenSoftmax(3, 3, eos=0, parametrization=param)
+    assert sparse._A.is_sparse and not dense._A.is_sparse
+    gen = _gen(31)
+    theta = torch.randn(4, dense.n_params, generator=gen, dtype=F64)
+    w = torch.randn(4, dense.n_params, generator=gen, dtype=F64)
+    v = torch.randn(4, 1, dense.n_responses, generator=gen, dtype=F64)
+    for a, b in zip(dense.logp_and_jvp(theta, w), sparse.logp_and_jvp(theta, w)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dense.vjp(theta, v), sparse.vjp(theta, v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dense.curvature(theta, w), sparse.curvature(theta, w), rtol=1e-12, atol=1e-12)

@@ -15,9 +15,16 @@ the logits h_t at step t come from one of three parametrizations, all linear in 
                                                  the last token")
 
 Each step reads the softmax of one "context" (a position, a prefix, or the single shared one), so
-every response is a list of (context, token) pairs; log π, projected scores, curvature and the
-vector-Jacobian product are gathers and scatters over those pairs (closed forms: the token score
-is e_v - π_ctx mapped through the linear logits).
+every response is a list of (context, token) pairs. Two count matrices hold that structure,
+A[o, (c, v)] = #steps of o choosing v in context c and B[o, c] = #steps of o reading c, and every
+quantity is a product with them (the token score is e_v - π_c mapped through the linear logits):
+
+    log π(o)        = A[o] · log π_flat
+    w·∇log π(o)     = A[o] · h_w - B[o] · E_π[h_w]          (h_w = logits(w))
+    wᵀ∇²log π(o) w  = -B[o] · Var_π[h_w]
+    Σ_o v_o ∇log π(o) = logits_adjoint( vA - (vB) ⊙ π )
+
+dense (BLAS) when the context table is small, sparse (COO) for large prefix trees.
 
 Regularity (Assumption 2): the token score is the feature of the chosen token minus its mean,
 so G_p = D and L_p = D²/4 with D the diameter of the token features (sqrt(2) for the tabular
@@ -73,6 +80,18 @@ def enumerate_responses(vocab: int, max_len: int, eos: int | None) -> tuple[torc
     return torch.cat(done_tok), torch.cat(done_len), torch.cat(done_ctx), next_id
 
 
+DENSE_COUNTS = 4096  # context-table size (n_ctx·V) up to which the count matrices are dense
+
+
+def _counts(index: torch.Tensor, alive: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, size) matrix counting, per response, the alive steps at each index (dense or sparse COO)."""
+    N = index.shape[0]
+    rows = torch.arange(N).unsqueeze(1).expand_as(index)[alive]
+    coo = torch.sparse_coo_tensor(torch.stack([rows, index[alive]]), torch.ones(int(alive.sum()), dtype=torch.float64),
+                                  (N, size), check_invariants=True).coalesce()
+    return coo.to_dense() if size <= DENSE_COUNTS else coo
+
+
 class TokenSoftmax(EnumerablePolicy):
     """Autoregressive softmax over V tokens with optional EOS and maximum length T (one prompt).
 
@@ -108,6 +127,10 @@ class TokenSoftmax(EnumerablePolicy):
         self.flat = (self.ctx * vocab + tok).masked_fill(~self.alive, 0)  # (N, T) index into (n_ctx·V)
         self.n_prompts, self.n_responses = 1, tok.shape[0]
         self.n_params = self.features.shape[1] if parametrization == "linear" else self.n_ctx * vocab
+        self._A = _counts(self.flat, self.alive, self.n_ctx * vocab)  # (N, n_ctx·V)
+        self._B = _counts(self.ctx, self.alive, self.n_ctx)  # (N, n_ctx)
+        self._At, self._Bt = self._A.t().coalesce() if self._A.is_sparse else self._A.t(), \
+            self._B.t().coalesce() if self._B.is_sparse else self._B.t()
 
     # --- the linear logit map ------------------------------------------------------------------
 
@@ -123,41 +146,42 @@ class TokenSoftmax(EnumerablePolicy):
             return g.sum(1) @ self.features.to(g.dtype)
         return g.reshape(g.shape[0], -1)
 
-    def _per_step(self, table: torch.Tensor) -> torch.Tensor:
-        """Gather a (R, n_ctx·V) table at every (context, token) step: (R, N, T), zero past the end."""
-        return table[:, self.flat] * self.alive.to(table.dtype)
+    def _per_response(self, counts: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """(N, K) counts times a (R, K) table: (R, N)."""
+        counts = counts.to(table.dtype)
+        return (counts @ table.T).T if counts.is_sparse else table @ counts.T
 
-    def _per_ctx(self, table: torch.Tensor) -> torch.Tensor:
-        """Gather a (R, n_ctx) table at every step's context: (R, N, T), zero past the end."""
-        return table[:, self.ctx] * self.alive.to(table.dtype)
+    def _per_entry(self, counts_t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(K, N) transposed counts times per-response weights v (R, N): (R, K)."""
+        counts_t = counts_t.to(v.dtype)
+        return (counts_t @ v.T).T if counts_t.is_sparse else v @ counts_t.T
 
     # --- EnumerablePolicy ------------------------------------------------------------------------
 
     def logp(self, theta: torch.Tensor) -> torch.Tensor:
         logpi = torch.log_softmax(self.logits(theta), -1)
-        return self._per_step(logpi.flatten(1)).sum(-1).unsqueeze(1)
+        return self._per_response(self._A, logpi.flatten(1)).unsqueeze(1)
 
     def logp_and_jvp(self, theta: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logpi = torch.log_softmax(self.logits(theta), -1)
         dl = self.logits(w)
         mean = (logpi.exp() * dl).sum(-1)  # (R, n_ctx)
-        proj = self._per_step(dl.flatten(1)).sum(-1) - self._per_ctx(mean).sum(-1)
-        return self._per_step(logpi.flatten(1)).sum(-1).unsqueeze(1), proj.unsqueeze(1)
+        proj = self._per_response(self._A, dl.flatten(1)) - self._per_response(self._B, mean)
+        return self._per_response(self._A, logpi.flatten(1)).unsqueeze(1), proj.unsqueeze(1)
 
     def curvature(self, theta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         p = torch.softmax(self.logits(theta), -1)
         dl = self.logits(w)
         mean = (p * dl).sum(-1)
         var = (p * dl * dl).sum(-1) - mean**2
-        return -self._per_ctx(var).sum(-1).unsqueeze(1)
+        return -self._per_response(self._B, var).unsqueeze(1)
 
     def vjp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         p = torch.softmax(self.logits(theta), -1)  # (R, n_ctx, V)
-        R = v.shape[0]
-        a = v.sum(1).unsqueeze(-1) * self.alive.to(v.dtype)  # (R, N, T): every prompt shares π
-        chosen = torch.zeros(R, self.n_ctx * self.vocab, dtype=v.dtype).index_add_(1, self.flat.flatten(), a.flatten(1))
-        visits = torch.zeros(R, self.n_ctx, dtype=v.dtype).index_add_(1, self.ctx.flatten(), a.flatten(1))
-        return self.logits_adjoint(chosen.view(R, self.n_ctx, self.vocab) - p * visits.unsqueeze(-1))
+        vv = v.sum(1)  # (R, N): every prompt shares π
+        chosen = self._per_entry(self._At, vv).view(-1, self.n_ctx, self.vocab)
+        visits = self._per_entry(self._Bt, vv)
+        return self.logits_adjoint(chosen - p * visits.unsqueeze(-1))
 
     def lengths(self) -> torch.Tensor:
         return self._lengths
