@@ -72,3 +72,15 @@ def test_reproduce_writes_a_report_with_figures_and_checks(tmp_path):
     assert 'src="two-response/two_response.png"' in html and 'src="mab/figure4.png"' in html
     assert "PASS" in html and "FAIL" not in html
     assert str(tmp_path / "report.html") in result.output
+
+
+def test_resume_is_the_default_and_force_starts_over(tmp_path):
+    out = tmp_path / "tr"
+    assert invoke("run", "two-response", "--quick", "--set", "steps=30", "--out", str(out)).exit_code == 0
+    first = (out / "summary.json").read_text()
+    assert invoke("run", "two-response", "--quick", "--set", "steps=30", "--out", str(out), "--resume").exit_code == 0
+    assert (out / "summary.json").read_text() == first  # read back, not rewritten
+    refused = invoke("run", "two-response", "--quick", "--set", "steps=40", "--out", str(out))
+    assert refused.exit_code == 2 and "--force" in refused.output
+    assert invoke("run", "two-response", "--quick", "--set", "steps=40", "--out", str(out), "--force").exit_code == 0
+    assert '"steps": 40' in (out / "config.json").read_text()

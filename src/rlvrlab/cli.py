@@ -97,9 +97,12 @@ def run(
     quick: bool = typer.Option(False, "--quick", help="Small settings that finish in seconds."),
     out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/NAME)."),
     settings: list[str] | None = typer.Option(None, "--set", help="Override a setting: --set key=value (repeatable)."),
-    force: bool = typer.Option(False, "--force", help="Start over in a directory that holds a run of other settings."),
+    resume: bool = typer.Option(True, "--resume/--force",
+                                help="--resume (default): a finished run with the same settings is read back, an interrupted one "
+                                     "rerun; --force: start over, also where OUT holds a run of other settings."),
 ) -> None:
-    """Run one experiment into its run directory (resumes a finished run with the same settings)."""
+    """Run one experiment into its run directory."""
+    force = not resume
     resolve_config(name, quick, settings or [])  # validate before any output
     out = out or Path("runs") / name
     with _progress() as progress:
@@ -114,9 +117,12 @@ def reproduce(
     quick: bool = typer.Option(False, "--quick", help="Small settings: the whole reproduction in about a minute."),
     out: Path = typer.Option(Path("runs/reproduce"), "--out", help="Directory for the runs and report.html."),
     only: list[str] | None = typer.Option(None, "--only", help="Reproduce only these experiments (repeatable)."),
-    force: bool = typer.Option(False, "--force", help="Start over where a directory holds other settings."),
+    resume: bool = typer.Option(True, "--resume/--force",
+                                help="--resume (default): finished experiments with the same settings are read back; "
+                                     "--force: run everything again."),
 ) -> None:
     """Run every experiment and write OUT/report.html."""
+    force = not resume
     chosen = only or names()
     for name in chosen:
         resolve_config(name, quick)
