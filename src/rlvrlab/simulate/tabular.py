@@ -45,7 +45,7 @@ __all__ = ["applies", "run"]
 LOG2E = 1.0 / math.log(2.0)
 DIRECTIONS = ("gradient", "normalized-gradient", "gap")
 FIELDS = ("J", "log_odds", "delta_mu", "w_norm", "var_plus", "var_minus")
-CHUNK = 8  # steps per compiled call: amortizes the call overhead (~25 us) over several steps
+CHUNK = 8  # steps per compiled call: amortizes the call overhead (~0.2 ms) over several steps
 COMPILE_ABOVE = 2e8  # R·K·steps above which compiling pays for its few seconds
 
 
@@ -94,7 +94,7 @@ def _step(p: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, normalized: bool,
     coef = (eta * c * LOG2E / Z).unsqueeze(1)
     shift = (coef.squeeze(1) * A * Jm).unsqueeze(1)
     exponent = coef * p * (r * Jm.unsqueeze(1) - (1 - r) * J.unsqueeze(1)) - shift
-    return p * torch.exp2(exponent) / Z.unsqueeze(1), torch.stack(records)
+    return p * torch.exp2(exponent) * (1 / Z).unsqueeze(1), torch.stack(records)
 
 
 def _chunk(p: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, n: int, normalized: bool, second_order: bool):
