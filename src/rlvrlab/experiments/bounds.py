@@ -98,6 +98,7 @@ def _step_quantities(traj: Trajectory) -> dict[str, torch.Tensor]:
 def run(config: BoundsConfig, progress: Progress) -> Result:
     gen = torch.Generator().manual_seed(config.seed)
     tally = {key: [0, 0] for key in ("lemma1", "lemma2", "ceiling", "logistic")}
+    tightness = {"lemma1": 0.0, "lemma2": 0.0}  # largest |error| / allowance seen: how close to binding
     second = {"half_better": 0, "steps": 0}
     tables, per_instance = [], []
     insts = instances(gen)
@@ -118,9 +119,12 @@ def run(config: BoundsConfig, progress: Progress) -> Result:
             ok = torch.isfinite(change) & torch.isfinite(dm)
             # Lemma 1 / Lemma 6.
             premise = (e <= cap) & ok
-            held = (change - dm * e).abs() <= theory.lemma1_band(e, c.L_o, c.G_o) * (1 + 1e-9) + 1e-12
+            band = theory.lemma1_band(e, c.L_o, c.G_o)
+            held = (change - dm * e).abs() <= band * (1 + 1e-9) + 1e-12
             tally["lemma1"][0] += int(premise.sum())
             tally["lemma1"][1] += int((premise & held).sum())
+            ratio = ((change - dm * e).abs() / band)[premise & (band > 0)]
+            tightness["lemma1"] = max(tightness["lemma1"], float(ratio.max()) if ratio.numel() else 0.0)
             # Lemma 2 (token level), T_psi1 = T_inf / log 2.
             if token:
                 T_psi1 = c.T_inf / math.log(2)
@@ -128,6 +132,8 @@ def run(config: BoundsConfig, progress: Progress) -> Result:
                 lower = dm * e - theory.lemma2_penalty(e, J.clamp(max=1 - 1e-16), c.L_p, c.G_p, c.T_inf, T_psi1)
                 tally["lemma2"][0] += int(p2.sum())
                 tally["lemma2"][1] += int((p2 & (change >= lower - 1e-12)).sum())
+                shortfall = ((dm * e - change) / (dm * e - lower))[p2 & (dm * e > lower)]
+                tightness["lemma2"] = max(tightness["lemma2"], float(shortfall.max()) if shortfall.numel() else 0.0)
             # Theorem 1(a): ceiling for runs whose every step satisfies the premise.
             all_in = (e <= cap).all(0)
             C0 = torch.cumsum(dm.nan_to_num(0.0) * e, 0)
@@ -174,6 +180,7 @@ def run(config: BoundsConfig, progress: Progress) -> Result:
     ]
     summary = {
         "checked": {k: {"steps_checked": v[0], "held": v[1]} for k, v in tally.items()},
+        "largest_fraction_of_allowance_used": tightness,
         "second_order": second,
         "instances": per_instance,
     }
