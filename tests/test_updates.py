@@ -16,7 +16,8 @@ import torch
 from rlvrlab import theory
 from rlvrlab.gap import combine_prompts, gap_along
 from rlvrlab.policies import LinearContextualSoftmax, TabularSoftmax, TokenSoftmax
-from rlvrlab.updates import DIRECTIONS, STEP_SIZES, StepContext, make_direction, make_step_size
+from rlvrlab.policies.model import Enumerated
+from rlvrlab.updates import DIRECTIONS, STEP_SIZES, Direction, StepContext, make_direction, make_step_size
 
 F64 = torch.float64
 
@@ -26,24 +27,29 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _ctx(policy, theta, reward, weights=None, *, k=0, steps=10, generator=None) -> StepContext:
-    R, C, N = theta.shape[0], reward.shape[-2], policy.n_responses
+    R, C = theta.shape[0], reward.shape[-2]
     if weights is None:
         weights = torch.full((R, C), 1.0 / C, dtype=F64)
-    logp = policy.logp(theta).expand(R, C, N)
-    return StepContext(k, steps, theta, policy, reward, weights.expand(R, C), logp, policy.constants(), generator)
+    return StepContext(k, steps, theta, Enumerated(policy, reward), weights.expand(R, C), policy.constants(), generator)
+
+
+def _logp(ctx: StepContext) -> torch.Tensor:
+    R, C, N = ctx.theta.shape[0], ctx.model.n_prompts, ctx.model.reward.shape[-1]
+    return ctx.model.policy.logp(ctx.theta).expand(R, C, N)
 
 
 def _stats(ctx: StepContext, w: torch.Tensor):
-    """Exact GapStats of the step's objective along w, batch shape (R,)."""
-    R, C, N = ctx.logp.shape
-    _, proj = ctx.policy.logp_and_jvp(ctx.theta, w)
-    per = gap_along(ctx.logp, proj.expand(R, C, N), ctx.reward.expand(R, C, N))
+    """Exact GapStats of the step's objective along w, batch shape (R,), from gap_along."""
+    logp = _logp(ctx)
+    R, C, N = logp.shape
+    _, proj = ctx.model.policy.logp_and_jvp(ctx.theta, w)
+    per = gap_along(logp, proj.expand(R, C, N), ctx.model.reward.expand(R, C, N))
     return per.map(lambda t: t[..., 0]) if C == 1 else combine_prompts(per, ctx.weights)
 
 
 def _autograd_grad(ctx: StepContext) -> torch.Tensor:
     theta = ctx.theta.clone().requires_grad_(True)
-    J = (ctx.weights * (ctx.policy.logp(theta).exp() * ctx.reward).sum(-1)).sum()
+    J = (ctx.weights * (ctx.model.policy.logp(theta).exp() * ctx.model.reward).sum(-1)).sum()
     return torch.autograd.grad(J, theta)[0]
 
 
@@ -60,7 +66,7 @@ def _contextual(R=3, seed=0):
 
 
 def test_unknown_names_and_options_list_the_valid_ones():
-    with pytest.raises(ValueError, match="^direction: got 'sgd'; allowed: gap, gradient, normalized-gradient, prescribed, reinforce$"):
+    with pytest.raises(ValueError, match="^direction: got 'sgd'; allowed: expected, gap, gradient, normalized-gradient, prescribed, preset, reinforce$"):
         make_direction("sgd")
     with pytest.raises(ValueError, match="^step size: got 'adam'; allowed: condition-13a, condition-15a, cosine, fixed$"):
         make_step_size("adam")
@@ -74,7 +80,7 @@ def test_unknown_names_and_options_list_the_valid_ones():
         make_step_size("fixed")
     with pytest.raises(ValueError, match="^direction 'reinforce': got 'no value for G'"):
         make_direction("reinforce")
-    assert set(DIRECTIONS) == {"gap", "gradient", "normalized-gradient", "prescribed", "reinforce"}
+    assert set(DIRECTIONS) == {"expected", "gap", "gradient", "normalized-gradient", "prescribed", "preset", "reinforce"}
     assert set(STEP_SIZES) == {"condition-13a", "condition-15a", "cosine", "fixed"}
 
 
@@ -94,13 +100,13 @@ def test_bad_options_are_rejected_when_the_rule_runs():
     w = torch.zeros_like(theta)
     stats = _stats(ctx, w)
     with pytest.raises(ValueError, match="^eta_min: "):
-        make_step_size("cosine", eta=0.1, eta_min=-1.0)(ctx, stats, w.norm(dim=-1))
+        make_step_size("cosine", eta=0.1, eta_min=-1.0)(ctx, stats, Direction(w))
     with pytest.raises(ValueError, match="^fraction: got 0"):
-        make_step_size("condition-13a", fraction=0)(ctx, stats, w.norm(dim=-1))
+        make_step_size("condition-13a", fraction=0)(ctx, stats, Direction(w))
     with pytest.raises(ValueError, match="^fraction: got 1.5"):
-        make_step_size("condition-15a", fraction=1.5)(ctx, stats, w.norm(dim=-1))
+        make_step_size("condition-15a", fraction=1.5)(ctx, stats, Direction(w))
     with pytest.raises(ValueError, match="^T_psi1: got 'max'; allowed: current, uniform$"):
-        make_step_size("condition-15a", T_psi1="max")(ctx, stats, w.norm(dim=-1))
+        make_step_size("condition-15a", T_psi1="max")(ctx, stats, Direction(w))
     with pytest.raises(ValueError, match="^baseline: got 'median'; allowed: exact, loo, mean$"):
         make_direction("reinforce", G=4, baseline="median")(ctx)
     with pytest.raises(ValueError, match="^G: got 1"):
@@ -226,13 +232,13 @@ def test_fixed_and_cosine():
         # eta_min + (eta - eta_min)(1 + cos(pi k/K))/2 with eta = 0.4, eta_min = 0.1, K = 10:
         # k = 0: 0.4; k = K/2: 0.1 + 0.3·½ = 0.25; k = K: 0.1
         ctx = _ctx(policy, theta, reward, weights, k=k, steps=10)
-        eta = make_step_size("cosine", eta=0.4, eta_min=0.1)(ctx, _stats(ctx, w), w.norm(dim=-1))
+        eta = make_step_size("cosine", eta=0.4, eta_min=0.1)(ctx, _stats(ctx, w), Direction(w))
         assert eta.dtype == F64 and eta.shape == (3,)
         torch.testing.assert_close(eta, torch.full((3,), expected, dtype=F64), rtol=1e-14, atol=0)
     ctx = _ctx(policy, theta, reward, weights)
     per_run = torch.tensor([0.1, 0.2, 0.3], dtype=F64)
-    assert torch.equal(make_step_size("fixed", eta=per_run)(ctx, _stats(ctx, w), w.norm(dim=-1)), per_run)
-    assert torch.equal(make_step_size("fixed", eta=0.5)(ctx, _stats(ctx, w), w.norm(dim=-1)), torch.full((3,), 0.5, dtype=F64))
+    assert torch.equal(make_step_size("fixed", eta=per_run)(ctx, _stats(ctx, w), Direction(w)), per_run)
+    assert torch.equal(make_step_size("fixed", eta=0.5)(ctx, _stats(ctx, w), Direction(w)), torch.full((3,), 0.5, dtype=F64))
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.3])
@@ -246,7 +252,7 @@ def test_condition_13a(fraction):
     w = torch.stack([unit[0], 1e4 * unit[1], -unit[2]])
     stats = _stats(ctx, w)
     c = policy.constants()
-    eta = make_step_size("condition-13a", fraction=fraction)(ctx, stats, w.norm(dim=-1))
+    eta = make_step_size("condition-13a", fraction=fraction)(ctx, stats, Direction(w))
     assert eta.dtype == F64
     for r in range(3):
         dm = float(stats.delta_mu[r])
@@ -279,7 +285,7 @@ def test_condition_15a(mode, fraction):
     w[2] = -w[2]
     stats = _stats(ctx, w)
     c = policy.constants()
-    eta = make_step_size("condition-15a", fraction=fraction, T_psi1=mode)(ctx, stats, w.norm(dim=-1))
+    eta = make_step_size("condition-15a", fraction=fraction, T_psi1=mode)(ctx, stats, Direction(w))
     assert eta.dtype == F64
     lengths = policy.lengths().tolist()
     assert min(lengths) == 1 and max(lengths) == 4

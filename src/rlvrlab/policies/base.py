@@ -136,6 +136,17 @@ class EnumerablePolicy(ABC):
             v = v.sum(-2, keepdim=True)
         return self.vjp(theta, v)
 
+    def response_tokens(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (..., T) and their mask of the responses ``index`` (...). A trajectory-level
+        policy's response is one token: itself."""
+        return index.unsqueeze(-1), torch.ones(*index.shape, 1, dtype=torch.bool)
+
+    def token_logp(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Per-token log π of the responses ``index`` (R, C, G), differentiable in theta: (R, C, G, T)."""
+        logp = self.logp(theta)
+        logp = logp.expand(theta.shape[0], index.shape[1], logp.shape[-1])
+        return logp.gather(-1, index).unsqueeze(-1)
+
     def sample(self, theta: torch.Tensor, G: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Indices (R, C, G) of G responses drawn from π(· | c) for every run and prompt."""
         p = self.logp(theta).exp()

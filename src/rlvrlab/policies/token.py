@@ -186,6 +186,15 @@ class TokenSoftmax(EnumerablePolicy):
     def lengths(self) -> torch.Tensor:
         return self._lengths
 
+    def response_tokens(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens[index], self.alive[index]
+
+    def token_logp(self, theta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        logpi = torch.log_softmax(self.logits(theta), -1).flatten(1)  # (R, n_ctx·V)
+        flat = self.flat[index]  # (R, C, G, T)
+        out = logpi.gather(1, flat.reshape(flat.shape[0], -1)).view(flat.shape)
+        return out * self.alive[index].to(out.dtype)
+
     def constants(self) -> Constants:
         T = self.max_len
         if self.parametrization == "linear":

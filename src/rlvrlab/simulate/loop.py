@@ -1,7 +1,7 @@
 """The batched simulation loop: theta_{k+1} = theta_k + eta_k · w_k (eq. 3) for R runs at once.
 
-At every step, for every run, the loop computes exactly (over the enumerated responses) the
-quantities of the theory along the direction actually taken, per prompt and for the objective
+At every step, for every run, the loop computes exactly (over the enumerated responses, or in
+closed form) the quantities of the theory along the direction actually taken, per prompt and for the objective
 J = Σ_c weights_c J_c (Section 5), before applying the step:
 
     J, log_odds, delta_mu, var_plus, var_minus (and E±[wᵀ∇²log π w] on request), eta, ‖w‖,
@@ -23,32 +23,17 @@ from collections.abc import Callable
 import torch
 
 from rlvrlab import _checks
-from rlvrlab.gap import GapStats, _along, combine_prompts, gap_stats_mc
+from rlvrlab.gap import GapStats, combine_prompts, gap_stats_mc
 from rlvrlab.policies import EnumerablePolicy
+from rlvrlab.policies.model import Enumerated, Model, as_model
 from rlvrlab.simulate.record import Recorder, Trajectory
 from rlvrlab.updates import Direction, StepContext, make_direction, make_step_size
 
 __all__ = ["simulate"]
 
 DirectionRule = Callable[[StepContext], Direction]
-StepRule = Callable[[StepContext, GapStats, torch.Tensor], torch.Tensor]
+StepRule = Callable[[StepContext, GapStats, Direction], torch.Tensor]
 PromptSampler = Callable[[int, torch.Tensor, torch.Generator | None], torch.Tensor]
-
-
-def _prepare_reward(reward: torch.Tensor, policy: EnumerablePolicy, runs: int, dtype: torch.dtype) -> torch.Tensor:
-    reward = torch.as_tensor(reward)
-    if reward.dim() == 1:
-        reward = reward.unsqueeze(0)
-    if reward.dim() not in (2, 3) or reward.shape[-1] != policy.n_responses:
-        _checks.fail("reward", f"shape {tuple(reward.shape)}",
-                     f"(C, N) or (R, C, N) with N = {policy.n_responses} responses of the policy")
-    if reward.dim() == 3 and reward.shape[0] != runs:
-        _checks.fail("reward", f"{reward.shape[0]} runs", f"{runs} runs, as in theta0, or a (C, N) reward shared by all runs")
-    C = reward.shape[-2]
-    if policy.n_prompts not in (1, C):
-        _checks.fail("reward", f"{C} prompts", f"{policy.n_prompts} prompts (the policy's), or any number for a policy shared by all prompts")
-    _checks.binary("reward", reward)
-    return reward.to(dtype)
 
 
 def _prepare_weights(weights: torch.Tensor | None, runs: int, prompts: int, dtype: torch.dtype) -> torch.Tensor:
@@ -75,8 +60,8 @@ def _first_prompt(stats: GapStats) -> GapStats:
 
 
 def simulate(
-    policy: EnumerablePolicy,
-    reward: torch.Tensor,
+    policy: EnumerablePolicy | Model,
+    reward: torch.Tensor | object | None,
     theta0: torch.Tensor,
     *,
     steps: int,
@@ -93,8 +78,10 @@ def simulate(
 ) -> Trajectory:
     """Run R simulations of eq. (3) for ``steps`` steps and record the theory's vocabulary.
 
-    policy:        an EnumerablePolicy with N responses and C (or 1, shared) prompts
-    reward:        (C, N) shared by all runs, or (R, C, N); entries 0/1
+    policy:        an EnumerablePolicy with N responses and C (or 1, shared) prompts, or a
+                   closed-form policy (rlvrlab.policies.independent)
+    reward:        (C, N) shared by all runs, or (R, C, N), entries 0/1; or the closed-form
+                   policy's reward object
     theta0:        (R, d) initial parameters, one row per run
     direction:     a rule name ("gradient", "normalized-gradient", "gap") or a rule from make_direction
     step_size:     a number or (R,) tensor (fixed eta), or a rule from make_step_size
@@ -116,21 +103,20 @@ def simulate(
     if not bool(torch.isfinite(theta0).all()):
         _checks.fail("theta0", "non-finite entries", "finite parameters")
     R, dtype = theta0.shape[0], theta0.dtype
-    reward = _prepare_reward(reward, policy, R, dtype)
-    C, N = reward.shape[-2], reward.shape[-1]
+    model = as_model(policy, reward, R, dtype)
+    C = model.n_prompts
     weights = _prepare_weights(weights, R, C, dtype)
     direction, step_size = _as_direction(direction), _as_step_size(step_size)
     per_prompt = C > 1 if per_prompt is None else per_prompt
 
-    if fast and train_prompts is None and not curvature and not per_prompt:
+    if fast and train_prompts is None and not curvature and not per_prompt and isinstance(model, Enumerated):
         from rlvrlab.simulate import tabular
 
-        if tabular.applies(policy, reward, direction, step_size):
-            return tabular.run(policy, reward, theta0, steps=steps, direction=direction, step_size=step_size,
+        if tabular.applies(model.policy, model.reward, direction, step_size):
+            return tabular.run(model.policy, model.reward, theta0, steps=steps, direction=direction, step_size=step_size,
                                record_every=record_every, on_step=on_step)
 
-    correct = reward.to(torch.bool).expand(R, C, N)
-    constants = policy.constants()
+    constants = model.constants()
     rec = Recorder(steps, record_every, R, C, dtype)
     theta = theta0.clone()
     M = torch.zeros(R, dtype=dtype)
@@ -139,9 +125,7 @@ def simulate(
     prev_log_odds = None
 
     for k in range(steps + 1):
-        logp = policy.logp(theta).expand(R, C, N)
-        log_J = torch.logsumexp(logp.masked_fill(~correct, -torch.inf), -1)
-        log_1mJ = torch.logsumexp(logp.masked_fill(correct, -torch.inf), -1)
+        log_J, log_1mJ = model.masses(theta)  # (R, C)
         obj_J = (weights * log_J.exp()).sum(-1).clamp(max=1.0)  # rounding can exceed 1 by an ulp
         obj_lo = torch.logsumexp(weights.log() + log_J, -1) - torch.logsumexp(weights.log() + log_1mJ, -1)
         if prev_log_odds is not None and rec.due(k - 1):
@@ -159,16 +143,14 @@ def simulate(
             break
 
         train_w = weights if train_prompts is None else train_prompts(k, log_J.exp(), generator)
-        ctx = StepContext(k, steps, theta, policy, reward, train_w, logp, constants, generator)
+        ctx = StepContext(k, steps, theta, model, train_w, constants, generator)
         dirn = direction(ctx)
         w = dirn.w
-        _, proj = policy.logp_and_jvp(theta, w)
-        curv = policy.curvature(theta, w).expand(R, C, N) if curvature else None
-        per = _along(logp, proj.expand(R, C, N), correct, curv)  # (R, C)
+        per = model.along(theta, w, curvature=curvature)  # (R, C)
         obj = _first_prompt(per) if C == 1 else combine_prompts(per, weights)
         trn = obj if train_prompts is None else combine_prompts(per, train_w)
         w_norm = w.norm(dim=-1)
-        eta = torch.as_tensor(step_size(ctx, trn, w_norm), dtype=dtype).expand(R)
+        eta = torch.as_tensor(step_size(ctx, trn, dirn), dtype=dtype).expand(R)
         if not bool(torch.isfinite(eta).all()) or bool((eta < 0).any()):
             _checks.fail(f"step size at step {k}", f"eta in [{eta.min().item():g}, {eta.max().item():g}]",
                          "finite step sizes >= 0 (check the rule's settings)")
@@ -181,9 +163,10 @@ def simulate(
                 rec.put(k, train_J=trn.J, train_delta_mu=trn.delta_mu)
             if per_prompt:
                 rec.put_prompt(k, delta_mu=per.delta_mu, var_plus=per.var_plus, var_minus=per.var_minus)
+            for name, value in (dirn.metrics or {}).items():
+                rec.put(k, **{name.replace("/", "_"): value})
             if dirn.samples is not None:
-                sample_proj = proj.expand(R, C, N).gather(-1, dirn.samples.index)
-                mc = gap_stats_mc(dirn.samples.reward, proj=sample_proj)
+                mc = gap_stats_mc(dirn.samples.reward, proj=model.sample_proj(theta, w, dirn.samples))
                 if C == 1:
                     rec.put(k, J_mc=mc.J[:, 0], delta_mu_mc=mc.delta_mu[:, 0], se_delta_mu_mc=mc.se_delta_mu[:, 0])
                 if per_prompt:

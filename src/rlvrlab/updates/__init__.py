@@ -1,12 +1,32 @@
-"""How an update is built: a direction rule and a step-size rule, each a named choice.
+"""How an update is built.
 
-Directions (``make_direction``): gradient, normalized-gradient, gap, reinforce, prescribed.
-Step sizes (``make_step_size``): fixed, cosine, condition-13a, condition-15a.
+Directions (``make_direction``): exact (gradient, normalized-gradient, gap, expected), sampled
+(reinforce, preset) or prescribed. A sampled preset is advantage × surrogate × aggregation
+(``rlvrlab.updates.presets``: REINFORCE, RLOO, GRPO, Dr. GRPO, DAPO, GSPO).
+Step sizes (``make_step_size``): fixed, cosine, condition-13a, condition-15a, gap-adaptive.
 Both take a ``StepContext``; the simulator applies theta <- theta + eta·w (eq. 3).
 """
 
-from rlvrlab.updates.context import Direction, Samples, StepContext
+from rlvrlab.updates.advantages import ADVANTAGES
+from rlvrlab.updates.aggregation import AGGREGATIONS
+from rlvrlab.updates.context import Direction, StepContext
 from rlvrlab.updates.directions import DIRECTIONS, make_direction
+from rlvrlab.updates.presets import PRESETS, Preset, get_preset, policy_loss
 from rlvrlab.updates.stepsize import STEP_SIZES, make_step_size
+from rlvrlab.updates.surrogates import SURROGATES
 
-__all__ = ["DIRECTIONS", "STEP_SIZES", "Direction", "Samples", "StepContext", "make_direction", "make_step_size"]
+__all__ = [
+    "ADVANTAGES",
+    "AGGREGATIONS",
+    "DIRECTIONS",
+    "PRESETS",
+    "STEP_SIZES",
+    "SURROGATES",
+    "Direction",
+    "Preset",
+    "StepContext",
+    "get_preset",
+    "make_direction",
+    "make_step_size",
+    "policy_loss",
+]

@@ -10,42 +10,36 @@ from typing import Any, NamedTuple
 import torch
 
 from rlvrlab import _checks
-from rlvrlab.policies import Constants, EnumerablePolicy
+from rlvrlab.policies import Constants
+from rlvrlab.policies.model import Batch, Model
 
-__all__ = ["Direction", "Samples", "StepContext", "bind"]
+__all__ = ["Direction", "StepContext", "bind"]
 
 
 @dataclass
 class StepContext:
     """State of all R runs at step k of a simulation.
 
-    theta: (R, d); reward: (C, N) or (R, C, N) float 0/1; weights: (R, C) the prompt distribution
-    the update trains on at this step; logp: (R, C, N) log π at theta (cached).
+    theta: (R, d); model: the policy with its reward (rlvrlab.policies.model); weights: (R, C)
+    the prompt distribution the update trains on at this step.
     """
 
     k: int
     steps: int
     theta: torch.Tensor
-    policy: EnumerablePolicy
-    reward: torch.Tensor
+    model: Model
     weights: torch.Tensor
-    logp: torch.Tensor
     constants: Constants
     generator: torch.Generator | None = None
 
 
-class Samples(NamedTuple):
-    """Responses a sampled update drew: indices (R, C, G) and their rewards (R, C, G)."""
-
-    index: torch.Tensor
-    reward: torch.Tensor
-
-
 class Direction(NamedTuple):
-    """An update direction w (R, d) and, for sampled updates, the samples it was built from."""
+    """An update direction w (R, d); for sampled updates, the batch it was built from and the
+    preset's ``loss/...`` diagnostics (R,)."""
 
     w: torch.Tensor
-    samples: Samples | None = None
+    samples: Batch | None = None
+    metrics: dict[str, torch.Tensor] | None = None
 
 
 def bind(kind: str, table: Mapping[str, Callable[..., Any]], name: str, options: Mapping[str, Any]) -> Callable[..., Any]:
@@ -53,8 +47,9 @@ def bind(kind: str, table: Mapping[str, Callable[..., Any]], name: str, options:
     fn = _checks.choose(kind, name, table)
     params = inspect.signature(fn).parameters
     allowed = {p.name: p for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # checked by the rule
     for key in options:
-        if key not in allowed:
+        if key not in allowed and not open_ended:
             _checks.fail(f"{kind} '{name}' option", key, ", ".join(sorted(allowed)) or "no options")
     missing = [p for p, spec in allowed.items() if spec.default is inspect.Parameter.empty and p not in options]
     if missing:

@@ -1,4 +1,4 @@
-"""Update directions w_k for enumerable policies (eq. 3: theta <- theta + eta·w).
+"""Update directions w_k (eq. 3: theta <- theta + eta·w).
 
 Every rule has the signature ``rule(ctx: StepContext, **options) -> Direction`` and trains on the
 step's prompt distribution ctx.weights (the batch objective J = Σ_c weights_c J_c of Section 5).
@@ -7,12 +7,18 @@ step's prompt distribution ctx.weights (the batch objective J = Σ_c weights_c J
     "normalized-gradient"  w = ∇J / ‖∇J‖ (w = 0 where ∇J = 0)
     "gap"                  w = (g+ - g-) / ‖g+ - g-‖, the Gradient Gap direction; by (9) and
                            Lemma 8 it is the normalized exact gradient
-Both normalized directions are computed from the Gradient Gap (``EnumerablePolicy.gap_vector``),
-which stays exact when J(1-J) underflows (J within 1e-300 of 1), where ∇J itself rounds to 0.
     "reinforce"            w = Σ_c weights_c (1/G) Σ_i A_i ∇log π(o_i | c) from G samples per
-                           prompt, baseline "exact" (J_c), "mean" (group mean) or "loo"
-                           (leave-one-out mean, RLOO); optionally normalized
+                           prompt, baseline "exact" (J_c), "mean" (group mean) or "loo" (RLOO);
+                           optionally normalized
+    "preset"               a preset of rlvrlab.updates.presets (GRPO, Dr. GRPO, DAPO, GSPO, ...) on
+                           G samples per prompt: w = -∇loss at theta; with epochs > 1 the preset
+                           takes that many steps of size lr on the batch (θ_old fixed) and
+                           w = (θ_μ - θ)/lr, so that eta = lr reproduces them
+    "expected"             a preset's update in expectation (G -> ∞) at θ = θ_old, exactly: e.g.
+                           eq. (5) for GRPO, ∇J for REINFORCE (rlvrlab.policies.model.Model.expected_update)
     "prescribed"           w = fn(k, theta), a given sequence (the App. F constructions)
+Both normalized directions are computed from the Gradient Gap (``Model.gap_vector``), which stays
+exact when J(1-J) underflows (J within 1e-300 of 1), where ∇J itself rounds to 0.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any
 import torch
 
 from rlvrlab import _checks
-from rlvrlab.updates.context import Direction, Samples, StepContext, bind
+from rlvrlab.updates.context import Direction, StepContext, bind
+from rlvrlab.updates.presets import Preset, get_preset, policy_loss
 
 __all__ = ["DIRECTIONS", "make_direction"]
 
@@ -35,7 +42,7 @@ def _normalize(g: torch.Tensor) -> torch.Tensor:
 
 def gradient(ctx: StepContext) -> Direction:
     """Exact policy gradient ∇J (eq. 4 with the exact baseline; App. I.1)."""
-    return Direction(ctx.policy.grad_J(ctx.theta, ctx.reward, ctx.weights))
+    return Direction(ctx.model.grad_J(ctx.theta, ctx.weights))
 
 
 def normalized_gradient(ctx: StepContext) -> Direction:
@@ -45,7 +52,29 @@ def normalized_gradient(ctx: StepContext) -> Direction:
 
 def gap(ctx: StepContext) -> Direction:
     """The normalized Gradient Gap g+ - g- (eq. 8): parallel to ∇J by (9) / Lemma 8."""
-    return Direction(_normalize(ctx.policy.gap_vector(ctx.theta, ctx.reward, ctx.weights)))
+    return Direction(_normalize(ctx.model.gap_vector(ctx.theta, ctx.weights)))
+
+
+def _sampled_update(ctx: StepContext, preset: Preset, G: int, lr: float | None) -> Direction:
+    """Sample G responses per prompt and apply ``preset``; see "preset" in the module docstring."""
+    if not (isinstance(G, int) and G >= 2):
+        _checks.fail("G", G, "an integer >= 2 (responses per prompt)")
+    if preset.epochs > 1 and not (isinstance(lr, (int, float)) and lr > 0):
+        _checks.fail("lr", lr, "the step size (> 0) of the preset's inner steps when epochs > 1")
+    model, theta0 = ctx.model, ctx.theta.detach()
+    batch = model.sample(theta0, G, ctx.generator)
+    J = model.masses(theta0)[0].exp() if preset.advantage == "exact" else None
+    logp_old = model.token_logp(theta0, batch).detach()
+    theta, metrics = theta0, {}
+    for _ in range(preset.epochs):
+        t = theta.detach().requires_grad_(True)
+        loss, metrics = policy_loss(preset, model.token_logp(t, batch), logp_old, batch.reward, batch.mask,
+                                    weights=ctx.weights, J=J)
+        grad = torch.autograd.grad(loss.sum(), t)[0]  # runs are independent: row r is run r's gradient
+        if preset.epochs == 1:
+            return Direction(-grad, batch, metrics)
+        theta = theta - lr * grad
+    return Direction((theta - theta0) / lr, batch, metrics)
 
 
 BASELINES = ("exact", "mean", "loo")
@@ -53,25 +82,19 @@ BASELINES = ("exact", "mean", "loo")
 
 def reinforce(ctx: StepContext, *, G: int, baseline: str = "loo", normalize: bool = True) -> Direction:
     """Sampled REINFORCE with G responses per prompt and a baseline (eq. 4)."""
-    if not (isinstance(G, int) and G >= 2):
-        _checks.fail("G", G, "an integer >= 2 (responses per prompt)")
     _checks.choose("baseline", baseline, BASELINES)
-    R, C, N = ctx.logp.shape[0], ctx.weights.shape[-1], ctx.logp.shape[-1]
-    # A policy shared by all prompts (n_prompts = 1) draws G independent responses for each prompt.
-    idx = ctx.policy.sample(ctx.theta, G * (C // ctx.policy.n_prompts), ctx.generator).view(R, C, G)
-    reward = ctx.reward.expand(R, C, N).gather(-1, idx)  # (R, C, G)
-    if baseline == "exact":
-        b = (ctx.logp.exp() * ctx.reward).sum(-1, keepdim=True).expand(R, C, 1)
-    elif baseline == "mean":
-        b = reward.mean(-1, keepdim=True)
-    else:
-        b = (reward.sum(-1, keepdim=True) - reward) / (G - 1)
-    adv = (reward - b) * ctx.weights.unsqueeze(-1) / G  # (R, C, G)
-    v = torch.zeros(R, C, N, dtype=ctx.theta.dtype).scatter_add_(-1, idx, adv.to(ctx.theta.dtype))
-    if ctx.policy.n_prompts == 1 and C > 1:
-        v = v.sum(1, keepdim=True)
-    w = ctx.policy.vjp(ctx.theta, v)
-    return Direction(_normalize(w) if normalize else w, Samples(idx, reward))
+    d = _sampled_update(ctx, Preset(baseline, "pg", "seq-mean-token-sum"), G, None)
+    return Direction(_normalize(d.w) if normalize else d.w, d.samples, d.metrics)
+
+
+def preset_update(ctx: StepContext, *, preset: str, G: int, lr: float | None = None, **overrides: Any) -> Direction:
+    """A preset's sampled update (GRPO, Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE)."""
+    return _sampled_update(ctx, get_preset(preset, **overrides), G, lr)
+
+
+def expected(ctx: StepContext, *, preset: str, **overrides: Any) -> Direction:
+    """A preset's expected update at θ = θ_old, computed exactly by the model."""
+    return Direction(ctx.model.expected_update(ctx.theta, ctx.weights, get_preset(preset, **overrides)))
 
 
 def prescribed(ctx: StepContext, *, fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Direction:
@@ -84,10 +107,12 @@ DIRECTIONS: dict[str, Callable[..., Direction]] = {
     "normalized-gradient": normalized_gradient,
     "gap": gap,
     "reinforce": reinforce,
+    "preset": preset_update,
+    "expected": expected,
     "prescribed": prescribed,
 }
 
 
 def make_direction(name: str, **options: Any) -> Callable[[StepContext], Direction]:
-    """The direction rule ``name`` with its options bound, e.g. make_direction("reinforce", G=8)."""
+    """The direction rule ``name`` with its options bound, e.g. make_direction("preset", preset="grpo", G=8)."""
     return bind("direction", DIRECTIONS, name, options)

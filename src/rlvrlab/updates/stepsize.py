@@ -1,7 +1,7 @@
-"""Step-size rules eta_k (eq. 3), one signature: ``rule(ctx, stats, w_norm, **options) -> eta (R,)``.
+"""Step-size rules eta_k (eq. 3), one signature: ``rule(ctx, stats, direction, **options) -> eta (R,)``.
 
-stats are the exact GapStats of the step's training objective along w (batch shape (R,)), w_norm
-is ‖w‖ (R,). Rules:
+stats are the exact GapStats of the step's training objective along w (batch shape (R,));
+direction is the Direction the step takes (w (R, d), and for sampled updates the batch). Rules:
 
     "fixed"         eta_k = eta (a number, or one per run)
     "cosine"        eta_k = eta_min + (eta - eta_min)(1 + cos(pi k / K)) / 2, the schedule GRPO
@@ -24,7 +24,7 @@ import torch
 
 from rlvrlab import _checks, theory
 from rlvrlab.gap import GapStats
-from rlvrlab.updates.context import StepContext, bind
+from rlvrlab.updates.context import Direction, StepContext, bind
 
 __all__ = ["STEP_SIZES", "make_step_size"]
 
@@ -38,12 +38,12 @@ def _check_eta(eta: float | torch.Tensor, field: str = "eta") -> None:
     _checks.finite_nonneg(field, eta)
 
 
-def fixed(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, eta: float | torch.Tensor) -> torch.Tensor:
+def fixed(ctx: StepContext, stats: GapStats, direction: Direction, *, eta: float | torch.Tensor) -> torch.Tensor:
     """A constant step size (checked once, when the rule is made)."""
     return _per_run(eta, ctx)
 
 
-def cosine(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, eta: float | torch.Tensor,
+def cosine(ctx: StepContext, stats: GapStats, direction: Direction, *, eta: float | torch.Tensor,
            eta_min: float = 0.0) -> torch.Tensor:
     """Cosine decay from eta to eta_min over the run."""
     frac = 0.5 * (1 + math.cos(math.pi * ctx.k / max(ctx.steps, 1)))
@@ -55,7 +55,7 @@ def _fraction(fraction: float) -> None:
         _checks.fail("fraction", fraction, "a number in (0, 1]")
 
 
-def condition_13a(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, fraction: float = 1.0) -> torch.Tensor:
+def condition_13a(ctx: StepContext, stats: GapStats, direction: Direction, *, fraction: float = 1.0) -> torch.Tensor:
     """Theorem 1(b): a step inside (13a) and inside Lemma 1's premise eta <= 1/(2 sqrt(L_o))."""
     _fraction(fraction)
     c = ctx.constants
@@ -69,12 +69,10 @@ T_PSI1_MODES = ("current", "uniform")
 
 def current_psi1(ctx: StepContext) -> torch.Tensor:
     """psi_1 norm of the response length under pi_k, per run (the largest over prompts)."""
-    lengths = ctx.policy.lengths().to(ctx.logp.dtype)
-    p = ctx.logp.exp()  # (R, C, N)
-    return theory.psi1_norm(lengths.expand_as(p), p).amax(-1)
+    return ctx.model.length_psi1(ctx.theta)
 
 
-def condition_15a(ctx: StepContext, stats: GapStats, w_norm: torch.Tensor, *, fraction: float = 1.0,
+def condition_15a(ctx: StepContext, stats: GapStats, direction: Direction, *, fraction: float = 1.0,
                   T_psi1: str = "current") -> torch.Tensor:
     """Theorem 3: a step inside the token-level condition (15a)."""
     _fraction(fraction)
@@ -94,7 +92,7 @@ STEP_SIZES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def make_step_size(name: str, **options: Any) -> Callable[[StepContext, GapStats, torch.Tensor], torch.Tensor]:
+def make_step_size(name: str, **options: Any) -> Callable[[StepContext, GapStats, Direction], torch.Tensor]:
     """The step-size rule ``name`` with its options bound, e.g. make_step_size("fixed", eta=0.1)."""
     for key in ("eta", "eta_min"):
         if key in options:

@@ -1,0 +1,117 @@
+"""Paper algorithms as presets over three independent choices: advantage × surrogate × aggregation.
+
+    preset     advantage  surrogate  aggregation               clip (low, high)  other
+    reinforce  exact      pg         seq-mean-token-sum        —                 eq. (4)
+    rloo       loo        pg         seq-mean-token-sum        —
+    grpo       mean-std   clip       seq-mean-token-mean       0.2, 0.2          eq. (22)-(23)
+    dr-grpo    mean       clip       seq-mean-token-sum-norm   0.2, 0.2          constant normalizer
+    dapo       mean-std   clip       token-mean                0.2, 0.28         dynamic sampling
+    gspo       mean-std   gspo       seq-mean-token-mean       3e-4, 4e-4        sequence ratio
+
+``policy_loss`` computes a preset's loss on a sampled batch, one value per leading index (run);
+its gradient at θ = θ_old is the preset's policy-gradient estimate, e.g. for GRPO
+-(1/G) Σ_i A_i (1/|o_i|) ∇log π(o_i), whose expectation is eq. (5) when A uses the exact J and σ.
+``epochs`` > 1 takes several steps on one batch with θ_old fixed (PPO's μ); clipping then acts.
+DAPO's dynamic sampling drops groups whose rewards are all equal (they carry no gap signal).
+No KL penalty: the paper (and most RLVR recipes) train with β = 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlvrlab import _checks
+from rlvrlab.updates.advantages import ADVANTAGES
+from rlvrlab.updates.aggregation import AGGREGATIONS
+from rlvrlab.updates.surrogates import SURROGATES
+
+__all__ = ["PRESETS", "Preset", "get_preset", "policy_loss"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One update rule as its three choices and their hyperparameters."""
+
+    advantage: str
+    surrogate: str
+    aggregation: str
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dynamic_sampling: bool = False
+    epochs: int = 1
+    norm: float | None = None  # Dr. GRPO's constant normalizer (default: the maximum length T)
+    std_eps: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _checks.choose("advantage", self.advantage, ADVANTAGES)
+        _checks.choose("surrogate", self.surrogate, SURROGATES)
+        _checks.choose("aggregation", self.aggregation, AGGREGATIONS)
+        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
+            _checks.fail("eps_low/eps_high", (self.eps_low, self.eps_high), "0 <= eps_low < 1 and eps_high >= 0")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            _checks.fail("epochs", self.epochs, "an integer >= 1 (PPO's μ)")
+        if self.norm is not None and not self.norm > 0:
+            _checks.fail("norm", self.norm, "None or a length > 0")
+
+
+PRESETS: dict[str, Preset] = {
+    "reinforce": Preset("exact", "pg", "seq-mean-token-sum"),
+    "rloo": Preset("loo", "pg", "seq-mean-token-sum"),
+    "grpo": Preset("mean-std", "clip", "seq-mean-token-mean", 0.2, 0.2),
+    "dr-grpo": Preset("mean", "clip", "seq-mean-token-sum-norm", 0.2, 0.2),
+    "dapo": Preset("mean-std", "clip", "token-mean", 0.2, 0.28, dynamic_sampling=True),
+    "gspo": Preset("mean-std", "gspo", "seq-mean-token-mean", 3e-4, 4e-4),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """A preset by name, with fields overridden (e.g. get_preset("grpo", epochs=4))."""
+    preset = _checks.choose("preset", name, PRESETS)
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    for key in overrides:
+        if key not in fields:
+            _checks.fail(f"preset '{name}' option", key, ", ".join(sorted(fields)))
+    return dataclasses.replace(preset, **overrides)
+
+
+def policy_loss(
+    preset: Preset,
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    reward: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    J: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A preset's loss on a batch and its diagnostics.
+
+    logp, logp_old, mask: (..., B, G, T); reward: (..., B, G) 0/1; weights: (..., B) prompt
+    distribution (default uniform); J: (..., B) exact success rates (advantage "exact" only).
+    Returns the loss (...) and ``loss/...`` diagnostics (...): clip fraction, fraction of groups
+    with zero reward variance, mean |advantage|.
+    """
+    B = reward.shape[-2]
+    if weights is None:
+        weights = torch.full(reward.shape[:-1], 1.0 / B, dtype=logp.dtype)
+    weights = weights.to(logp.dtype)
+    adv = ADVANTAGES[preset.advantage](reward.to(logp.dtype), J=J, eps=preset.std_eps)
+    flat = (reward == reward[..., :1]).all(-1)  # (..., B) all-correct or all-wrong groups
+    if preset.dynamic_sampling:
+        weights = weights * ~flat
+        total = weights.sum(-1, keepdim=True)
+        weights = torch.where(total > 0, weights / total.clamp(min=1e-300), torch.zeros_like(weights))
+    loss_t, clipped = SURROGATES[preset.surrogate](logp, logp_old, adv, mask, eps_low=preset.eps_low, eps_high=preset.eps_high)
+    loss = AGGREGATIONS[preset.aggregation](loss_t, mask, weights, norm=preset.norm)
+    m = mask.to(logp.dtype)
+    tokens = m.sum((-1, -2, -3)).clamp(min=1)
+    metrics = {
+        "loss/clipfrac": (clipped.to(logp.dtype) * m).sum((-1, -2, -3)).detach() / tokens,
+        "loss/zero_variance_groups": flat.to(logp.dtype).mean(-1),
+        "loss/abs_advantage": adv.abs().mean((-1, -2)).detach(),
+    }
+    return loss, metrics
