@@ -81,7 +81,7 @@ def test_unknown_names_and_options_list_the_valid_ones():
     with pytest.raises(ValueError, match="^direction 'reinforce': got 'no value for G'"):
         make_direction("reinforce")
     assert set(DIRECTIONS) == {"expected", "gap", "gradient", "normalized-gradient", "prescribed", "preset", "reinforce"}
-    assert set(STEP_SIZES) == {"condition-13a", "condition-15a", "cosine", "fixed"}
+    assert set(STEP_SIZES) == {"condition-13a", "condition-15a", "cosine", "fixed", "gap-adaptive"}
 
 
 @pytest.mark.parametrize("eta", [-0.1, math.nan, math.inf, -math.inf])

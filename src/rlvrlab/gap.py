@@ -334,12 +334,14 @@ def gap_stats_mc(
     proj: torch.Tensor | None = None,
     scores: torch.Tensor | None = None,
     direction: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> GapStatsMC:
     """Monte Carlo Gap statistics from responses sampled from π.
 
     reward:    (..., G) 0/1 of the sampled responses
     proj:      (..., G) w·∇log π of each sample, or
     scores:    (..., G, d) full scores with direction (..., d); then g_plus / g_minus are estimated too.
+    mask:      (..., G) optional, False for samples to leave out (e.g. prompts not trained on)
 
     delta_mu = mean+(s) - mean-(s) with se = sqrt(s+²/n+ + s-²/n-); J = n+/G with the binomial se;
     log_odds = log(n+/n-) with the delta-method se sqrt(1/n+ + 1/n-).
@@ -347,7 +349,8 @@ def gap_stats_mc(
     _checks.binary("reward", reward)
     if (proj is None) == (scores is None):
         _checks.fail("proj/scores", "both or neither", "exactly one of proj (..., G) or scores (..., G, d)")
-    correct = reward.to(torch.bool)
+    keep = torch.ones_like(reward, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    correct, incorrect = reward.to(torch.bool) & keep, ~reward.to(torch.bool) & keep
     g_plus = g_minus = se_gp = se_gm = None
     if scores is not None:
         _checks.shape("scores", scores, (reward.shape[-1], None), "(..., G, d)")
@@ -356,14 +359,14 @@ def gap_stats_mc(
         _checks.shape("direction", direction, (scores.shape[-1],), "(..., d)")
         proj = (scores * direction.unsqueeze(-2)).sum(-1)
         _, g_plus, _, se_gp, _ = _side_moments(scores, correct)
-        _, g_minus, _, se_gm, _ = _side_moments(scores, ~correct)
+        _, g_minus, _, se_gm, _ = _side_moments(scores, incorrect)
     assert proj is not None
     _checks.shape("proj", proj, (reward.shape[-1],), "(..., G) like reward")
     proj = proj.to(torch.promote_types(proj.dtype, torch.float32))
     n_p, mean_p, var_p, se_mp, se_vp = _side_moments(proj, correct)
-    n_m, mean_m, var_m, se_mm, se_vm = _side_moments(proj, ~correct)
-    G = reward.shape[-1]
-    J = n_p / G
+    n_m, mean_m, var_m, se_mm, se_vm = _side_moments(proj, incorrect)
+    G = keep.to(proj.dtype).sum(-1)
+    J = n_p / G.clamp(min=1)
     nan = torch.full_like(J, math.nan)
     both = (n_p >= 1) & (n_m >= 1)
     log_odds = torch.where(both, torch.log(n_p.clamp(min=1)) - torch.log(n_m.clamp(min=1)), nan)
@@ -372,7 +375,7 @@ def gap_stats_mc(
         n_plus=n_p,
         n_minus=n_m,
         J=J,
-        se_J=(J * (1 - J) / G).sqrt(),
+        se_J=(J * (1 - J) / G.clamp(min=1)).sqrt(),
         log_odds=log_odds,
         se_log_odds=se_lo,
         delta_mu=torch.where(both, mean_p - mean_m, nan),

@@ -12,6 +12,8 @@ direction is the Direction the step takes (w (R, d), and for sampled updates the
                     Theorem 3's condition, so (15b) must hold. T_psi1 "current" uses the psi_1
                     norm under pi_k (all that Lemma 2's proof uses, eq. 46b), "uniform" the bound
                     T_inf / log 2 valid for every policy (Assumption 3)
+    "gap-adaptive"  eta_k = fraction · the second-order critical step along w (App. F), from
+                    exact statistics or from the step's own samples, capped by (18) or (15a)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 
 from rlvrlab import _checks, theory
-from rlvrlab.gap import GapStats
+from rlvrlab.gap import GapStats, gap_stats_mc
 from rlvrlab.updates.context import Direction, StepContext, bind
 
 __all__ = ["STEP_SIZES", "make_step_size"]
@@ -84,11 +86,72 @@ def condition_15a(ctx: StepContext, stats: GapStats, direction: Direction, *, fr
     return (fraction * eta).to(ctx.theta.dtype)
 
 
+ESTIMATES = ("exact", "samples")
+CAPS = ("18", "15a", "none")
+
+
+def _estimates(ctx: StepContext, stats: GapStats, direction: Direction, estimate: str):
+    """(J, delta_mu, var_plus, var_minus, curvature gap) along w: exact, or from the step's batch."""
+    if estimate == "exact":
+        curv = (stats.curv_plus - stats.curv_minus) if stats.curv_plus is not None else torch.zeros_like(stats.delta_mu)
+        return stats.J, stats.delta_mu, stats.var_plus, stats.var_minus, curv
+    if direction.samples is None:
+        _checks.fail("estimate", "'samples'", "a sampled direction (reinforce, preset), or estimate='exact'")
+    batch = direction.samples
+    proj = ctx.model.sample_proj(ctx.theta, direction.w, batch)  # (R, C, G)
+    keep = ctx.weights > 0  # the prompts this step trained on, pooled (uniform weights: P_Q × π)
+    R = proj.shape[0]
+    proj = torch.where(keep.unsqueeze(-1), proj, torch.nan).reshape(R, -1)
+    reward = batch.reward.reshape(R, -1)
+    mc = gap_stats_mc(reward.nan_to_num(0.0), proj=proj.nan_to_num(0.0), mask=~torch.isnan(proj))
+    return mc.J, mc.delta_mu, mc.var_plus, mc.var_minus, torch.zeros_like(mc.J)
+
+
+def gap_adaptive(ctx: StepContext, stats: GapStats, direction: Direction, *, fraction: float = 0.5,
+                 estimate: str = "exact", cap: str = "18", cap_scale: float = 1.0, eta_max: float | None = None,
+                 eta_min: float = 0.0) -> torch.Tensor:
+    """eta_k = fraction · eta_crit, the second-order critical step along w (App. F), capped by the theory.
+
+    eta_crit = 2·Delta_mu / (Var- - Var+ - curvature gap), all along w (theory.eta_crit_second_order);
+    with estimate="samples" Delta_mu, Var± and J are estimated from the step's own batch (what a
+    trainer without enumeration can know). The cap keeps the step along the unit direction u = w/‖w‖
+    inside the theory's length- and success-aware scale:
+        "18"   eta·‖w‖ <= cap_scale · Delta_mu_u (1 - J) / (G_p² T_psi1)   (eq. 18, G_p² restored)
+        "15a"  eta·‖w‖ <= condition (15a) with the model's constants
+        "none" only eta_max.
+    Where Delta_mu <= 0 (or the estimate is undefined) the step is eta_min: do no harm.
+    """
+    _fraction(fraction)
+    _checks.choose("estimate", estimate, ESTIMATES)
+    _checks.choose("cap", cap, CAPS)
+    if cap == "none" and eta_max is None:
+        _checks.fail("eta_max", None, "a finite eta_max when cap='none' (eta_crit can be infinite)")
+    J, dm, vp, vm, curv = _estimates(ctx, stats, direction, estimate)
+    crit = torch.as_tensor(theory.eta_crit_second_order(dm.nan_to_num(0.0), vp.nan_to_num(0.0), vm.nan_to_num(0.0),
+                                                        curv.nan_to_num(0.0)), dtype=ctx.theta.dtype)
+    eta = fraction * crit
+    w_norm = direction.w.norm(dim=-1)
+    c = ctx.constants
+    dm_unit = dm / w_norm.clamp(min=1e-300)
+    J = J.nan_to_num(0.0).clamp(0, 1)
+    if cap == "18":
+        bound = cap_scale * dm_unit * (1 - J) / (c.G_p**2 * ctx.model.length_psi1(ctx.theta))
+        eta = torch.minimum(eta, bound / w_norm.clamp(min=1e-300))
+    elif cap == "15a":
+        bound = theory.step_condition_token(dm_unit.nan_to_num(0.0), J, c.L_p, c.G_p, c.T_inf, ctx.model.length_psi1(ctx.theta))
+        eta = torch.minimum(eta, bound / w_norm.clamp(min=1e-300))
+    if eta_max is not None:
+        eta = eta.clamp(max=eta_max)
+    signal = torch.isfinite(dm) & (dm > 0) & (w_norm > 0)
+    return torch.where(signal & torch.isfinite(eta), eta, torch.full_like(eta, eta_min)).clamp(min=eta_min).to(ctx.theta.dtype)
+
+
 STEP_SIZES: dict[str, Callable[..., torch.Tensor]] = {
     "fixed": fixed,
     "cosine": cosine,
     "condition-13a": condition_13a,
     "condition-15a": condition_15a,
+    "gap-adaptive": gap_adaptive,
 }
 
 

@@ -1,0 +1,248 @@
+"""Token-level policies with independent positions, in closed form for any length T.
+
+A response is T tokens drawn independently, o_t ~ softmax(h_t) over V tokens, with logits linear
+in theta: tabular per position and shared by all prompts (θ of shape (T, V)), or explicit features
+φ[c, t, v] (shape (C, T, V, d)) that may depend on the prompt. The reward counts the positions
+where the response matches the prompt's target sequence:
+
+    r(o | c) = 1{ #{t : o_t = target[c, t]} >= m }        (m = T: the whole sequence is right)
+
+The response space has V^T elements (3^32 ≈ 2e15 for the experiments), but everything the theory
+needs is a sum over the count of matches, so a dynamic program over positions computes it
+exactly: with S = Σ_t s_t(o_t), s_t(v) = w·∇log π_t(v) the projected token score,
+
+    M0[k] = P(count = k),  M1[k] = E[S 1{count = k}],  M2[k] = E[S² 1{count = k}]
+
+and J = Σ_{k >= m} M0[k], E+[S] = Σ_{k >= m} M1[k] / J, E+[S²] = Σ_{k >= m} M2[k] / J (the
+incorrect side over k < m, summed directly so that 1 - J stays exact as J -> 1). Gradients are
+autograd through the same program. Every response has length T, so the second-order curvature
+term of App. F is the same for all responses and cancels, and the psi_1 norm of the length is
+T / log 2. Tests hold all of it against enumeration for small T.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from rlvrlab import _checks
+from rlvrlab.gap import GapStats
+from rlvrlab.policies.base import Constants
+from rlvrlab.policies.model import Batch, Model
+
+__all__ = ["CountModel", "CountReward", "IndependentSoftmax"]
+
+
+@dataclass(frozen=True)
+class CountReward:
+    """Pass when at least ``threshold`` positions match the prompt's target: targets (C, T) long."""
+
+    targets: torch.Tensor
+    threshold: int
+
+
+class IndependentSoftmax:
+    """T independent positions over V tokens; tabular logits θ (T, V) shared by all prompts, or
+    features (C, T, V, d) with h[c, t, v] = φ[c, t, v]·θ."""
+
+    def __init__(self, vocab: int, length: int, *, features: torch.Tensor | None = None):
+        if not (isinstance(vocab, int) and vocab >= 2):
+            _checks.fail("vocab", vocab, "an integer >= 2")
+        if not (isinstance(length, int) and length >= 1):
+            _checks.fail("length", length, "an integer >= 1")
+        self.vocab, self.length = vocab, length
+        if features is not None:
+            _checks.shape("features", features, (length, vocab, None), "(C, T, V, d)")
+            self.features = features.to(torch.float64)
+            self.n_params = features.shape[-1]
+        else:
+            self.features = None
+            self.n_params = length * vocab
+
+    def logits(self, theta: torch.Tensor) -> torch.Tensor:
+        """(R, d) -> (R, C, T, V), C = 1 for the tabular parametrization."""
+        if self.features is None:
+            return theta.view(theta.shape[0], 1, self.length, self.vocab)
+        return torch.einsum("ctvd,rd->rctv", self.features.to(theta.dtype), theta)
+
+    def init(self, runs: int, *, scale: float = 0.0, generator: torch.Generator | None = None,
+             dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        theta = torch.zeros(runs, self.n_params, dtype=dtype)
+        if scale > 0:
+            theta.normal_(0.0, scale, generator=generator)
+        return theta
+
+    def constants(self) -> Constants:
+        T = self.length
+        if self.features is None:  # orthogonal blocks per position, as for TokenSoftmax
+            return Constants(G_o=math.sqrt(2.0 * T), L_o=0.5, G_p=math.sqrt(2.0), L_p=0.5, T_inf=T)
+        phi = self.features.flatten(0, 1)  # (C·T, V, d)
+        D = float(torch.cdist(phi, phi).max())
+        return Constants(G_o=D * T, L_o=D * D / 4 * T, G_p=D, L_p=D * D / 4, T_inf=T)
+
+    def bind(self, reward: CountReward, *, dtype: torch.dtype = torch.float64) -> CountModel:
+        return CountModel(self, reward)
+
+
+def _dp(p_hit: torch.Tensor, p_miss: torch.Tensor, moments: tuple[torch.Tensor, ...] | None, T: int) -> list[torch.Tensor]:
+    """Distribution of the match count (and of S's first two moments per count) over T positions.
+
+    p_hit, p_miss (..., T): probabilities that position t matches / does not (the miss mass is
+    summed over the other tokens, not taken as 1 - p_hit). moments: per position (a1, a0, b1, b0),
+    the expectations of s·1{hit}, s·1{miss}, s²·1{hit}, s²·1{miss}, each (..., T).
+    Returns [M0] or [M0, M1, M2], each (..., T + 1).
+    """
+    shape = (*p_hit.shape[:-1], T + 1)
+    M0 = torch.zeros(shape, dtype=p_hit.dtype)
+    M0[..., 0] = 1.0
+    M1 = M2 = None
+    if moments is not None:
+        M1, M2 = torch.zeros_like(M0), torch.zeros_like(M0)
+    for t in range(T):
+        p1, p0 = p_hit[..., t : t + 1], p_miss[..., t : t + 1]
+        hit0 = p1 * M0
+        if moments is None:
+            M0 = p0 * M0 + torch.nn.functional.pad(hit0[..., :-1], (1, 0))
+            continue
+        a1, a0, b1, b0 = (m[..., t : t + 1] for m in moments)
+        hit1 = p1 * M1 + a1 * M0
+        hit2 = p1 * M2 + 2 * a1 * M1 + b1 * M0
+        M2 = p0 * M2 + 2 * a0 * M1 + b0 * M0 + torch.nn.functional.pad(hit2[..., :-1], (1, 0))
+        M1 = p0 * M1 + a0 * M0 + torch.nn.functional.pad(hit1[..., :-1], (1, 0))
+        M0 = p0 * M0 + torch.nn.functional.pad(hit0[..., :-1], (1, 0))
+    return [M0] if moments is None else [M0, M1, M2]
+
+
+class CountModel(Model):
+    """IndependentSoftmax with a CountReward: the Model interface in closed form."""
+
+    def __init__(self, policy: IndependentSoftmax, reward: CountReward):
+        targets = torch.as_tensor(reward.targets, dtype=torch.long)
+        if targets.dim() == 1:
+            targets = targets.unsqueeze(0)
+        T, V = policy.length, policy.vocab
+        if targets.dim() != 2 or targets.shape[1] != T or bool(((targets < 0) | (targets >= V)).any()):
+            _checks.fail("targets", f"shape {tuple(targets.shape)}", f"(C, T) token indices in [0, {V - 1}] with T = {T}")
+        if policy.features is not None and policy.features.shape[0] not in (1, targets.shape[0]):
+            _checks.fail("targets", f"{targets.shape[0]} prompts", f"{policy.features.shape[0]} prompts, as the features")
+        if not (isinstance(reward.threshold, int) and 1 <= reward.threshold <= T):
+            _checks.fail("threshold", reward.threshold, f"an integer in [1, {T}] (matches needed out of T)")
+        self.policy, self.targets, self.m = policy, targets, reward.threshold
+        self.n_params, self.n_prompts = policy.n_params, targets.shape[0]
+        self.T = T
+
+    # --- the per-position pieces ---------------------------------------------------------------
+
+    def _probs(self, theta: torch.Tensor) -> torch.Tensor:
+        """π (R, C, T, V), expanded over prompts."""
+        p = torch.softmax(self.policy.logits(theta), -1)
+        return p.expand(theta.shape[0], self.n_prompts, self.T, self.policy.vocab)
+
+    def _hit(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probability of matching the target at each position, and of missing it: (R, C, T) each."""
+        onehot = torch.nn.functional.one_hot(self.targets, self.policy.vocab).to(p.dtype)  # (C, T, V)
+        return (p * onehot).sum(-1), (p * (1 - onehot)).sum(-1)
+
+    def _split(self, M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums over counts >= m (correct) and < m (incorrect)."""
+        return M[..., self.m :].sum(-1), M[..., : self.m].sum(-1)
+
+    # --- Model ------------------------------------------------------------------------------------
+
+    def masses(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (M0,) = _dp(*self._hit(self._probs(theta)), None, self.T)
+        J, Jm = self._split(M0)
+        return torch.log(J), torch.log(Jm)
+
+    def along(self, theta: torch.Tensor, w: torch.Tensor, *, curvature: bool = False) -> GapStats:
+        p = self._probs(theta)
+        dl = self.policy.logits(w).expand_as(p)
+        s = dl - (p * dl).sum(-1, keepdim=True)  # projected token scores (R, C, T, V)
+        hit, miss = self._hit(p)
+        onehot = torch.nn.functional.one_hot(self.targets, self.policy.vocab).to(p.dtype)
+        a1, b1 = (p * s * onehot).sum(-1), (p * s * s * onehot).sum(-1)
+        a0, b0 = (p * s * (1 - onehot)).sum(-1), (p * s * s * (1 - onehot)).sum(-1)
+        var_t = b1 + b0  # Σ_v π s² per position (Σ_v π s = 0)
+        M0, M1, M2 = _dp(hit, miss, (a1, a0, b1, b0), self.T)
+        J, Jm = self._split(M0)
+        S1p, S1m = self._split(M1)
+        S2p, S2m = self._split(M2)
+        mean_p, mean_m = S1p / J, S1m / Jm
+        var_p = (S2p / J - mean_p**2).clamp(min=0)
+        var_m = (S2m / Jm - mean_m**2).clamp(min=0)
+        nan = torch.full_like(J, math.nan)
+        stats = dict(
+            log_J=torch.log(J), log_1mJ=torch.log(Jm),
+            mean_plus=torch.where(J > 0, mean_p, nan), mean_minus=torch.where(Jm > 0, mean_m, nan),
+            var_plus=torch.where(J > 0, var_p, nan), var_minus=torch.where(Jm > 0, var_m, nan),
+        )
+        if curvature:  # -Σ_t Var_π(h_w): the same for every response
+            curv = -var_t.sum(-1)
+            stats["curv_plus"], stats["curv_minus"] = curv, curv.clone()
+        return GapStats(**stats)
+
+    def _weighted_J_gradient(self, theta: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """∇_θ Σ_c coef_c J_c (R, d), differentiating J where J < 1/2 and -(1 - J) elsewhere,
+        so that the result keeps its relative precision as J -> 0 or 1."""
+        t = theta.detach().requires_grad_(True)
+        (M0,) = _dp(*self._hit(self._probs(t)), None, self.T)
+        J, Jm = self._split(M0)
+        objective = torch.where(J.detach() < 0.5, J, -Jm)
+        return torch.autograd.grad((coef * objective).sum(), t)[0]
+
+    def grad_J(self, theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self._weighted_J_gradient(theta, weights)
+
+    def gap_vector(self, theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        log_J, log_1mJ = self.masses(theta)
+        J_b = (weights * log_J.exp()).sum(-1, keepdim=True)
+        Jm_b = (weights * log_1mJ.exp()).sum(-1, keepdim=True)
+        ok = (J_b > 0) & (Jm_b > 0)
+        return self._weighted_J_gradient(theta, weights / (J_b * Jm_b).clamp(min=1e-300)) * ok
+
+    def expected_update(self, theta: torch.Tensor, weights: torch.Tensor, preset) -> torch.Tensor:
+        """Every response has length T: token sum n = 1, every other aggregation n = 1/T (or
+        1/norm); E[(r - J)∇log π] = ∇J, so the update is ∇ Σ_c weights_c n J_c / sigma_c^{std}."""
+        n = {"seq-mean-token-sum": 1.0, "seq-mean-token-sum-norm": 1.0 / (preset.norm or self.T)}.get(preset.aggregation, 1.0 / self.T)
+        coef = weights * n
+        if preset.advantage == "mean-std":
+            log_J, log_1mJ = self.masses(theta)
+            sigma = (log_J + log_1mJ).mul(0.5).exp()
+            coef = torch.where(sigma > 0, coef / sigma.clamp(min=1e-300), torch.zeros_like(coef))
+        return self._weighted_J_gradient(theta, coef)
+
+    def sample(self, theta: torch.Tensor, G: int, generator: torch.Generator | None = None) -> Batch:
+        p = self._probs(theta)  # (R, C, T, V)
+        R, C, T, V = p.shape
+        tokens = torch.multinomial(p.reshape(-1, V), G, replacement=True, generator=generator)
+        tokens = tokens.view(R, C, T, G).permute(0, 1, 3, 2).contiguous()  # (R, C, G, T)
+        matches = (tokens == self.targets.view(1, C, 1, T)).sum(-1)
+        reward = (matches >= self.m).to(theta.dtype)
+        return Batch(tokens, torch.ones_like(tokens, dtype=torch.bool), reward)
+
+    def token_logp(self, theta: torch.Tensor, batch: Batch) -> torch.Tensor:
+        logpi = torch.log_softmax(self.policy.logits(theta), -1)  # (R, C', T, V)
+        R, C, G, T = batch.tokens.shape
+        logpi = logpi.expand(R, C, T, self.policy.vocab)
+        return logpi.unsqueeze(2).expand(R, C, G, T, -1).gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)
+
+    def length_psi1(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.full((theta.shape[0],), self.T / math.log(2), dtype=theta.dtype)
+
+    def constants(self) -> Constants:
+        return self.policy.constants()
+
+    def initial_logit_for(self, J0: float) -> float:
+        """The target-token logit a (others 0, the same at every position) giving J = J0 on the
+        tabular policy: solves P(Binomial(T, q) >= m) = J0 with q = e^a / (e^a + V - 1)."""
+        lo, hi = -60.0, 60.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            q = 1 / (1 + (self.policy.vocab - 1) * math.exp(-mid))
+            hit = torch.full((1, self.T), q, dtype=torch.float64)
+            (M0,) = _dp(hit, 1 - hit, None, self.T)
+            J = float(M0[0, self.m :].sum())
+            lo, hi = (mid, hi) if J < J0 else (lo, mid)
+        return (lo + hi) / 2
