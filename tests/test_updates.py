@@ -68,7 +68,7 @@ def _contextual(R=3, seed=0):
 def test_unknown_names_and_options_list_the_valid_ones():
     with pytest.raises(ValueError, match="^direction: got 'sgd'; allowed: expected, gap, gradient, normalized-gradient, prescribed, preset, reinforce$"):
         make_direction("sgd")
-    with pytest.raises(ValueError, match="^step size: got 'adam'; allowed: condition-13a, condition-15a, cosine, fixed$"):
+    with pytest.raises(ValueError, match="^step size: got 'adam'; allowed: condition-13a, condition-15a, cosine, fixed, gap-adaptive$"):
         make_step_size("adam")
     with pytest.raises(ValueError, match="^direction 'reinforce' option: got 'temperature'; allowed: G, baseline, normalize$"):
         make_direction("reinforce", G=4, temperature=1.0)
