@@ -20,7 +20,7 @@ def invoke(*args: str):
 def test_list_names_every_experiment():
     result = invoke("list")
     assert result.exit_code == 0
-    for name in ("mab", "contextual", "two-response", "collapse", "bounds"):
+    for name in ("mab", "contextual", "two-response", "collapse", "bounds", "phase", "stagnation", "controller"):
         assert name in result.output
 
 
@@ -33,7 +33,7 @@ def test_list_verbose_shows_settings_and_defaults():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("run", "nope"), "allowed: bounds, collapse, contextual, mab, two-response"),
+        (("run", "nope"), "allowed: bounds, collapse, contextual, controller, mab, phase, stagnation, two-response"),
         (("run", "mab", "--set", "bogus=1"), "allowed: the settings of this experiment"),
         (("run", "mab", "--set", "steps=abc"), "allowed: an integer"),
         (("run", "mab", "--set", "etas=-0.1"), "finite numbers > 0"),

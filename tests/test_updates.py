@@ -66,7 +66,7 @@ def _contextual(R=3, seed=0):
 
 
 def test_unknown_names_and_options_list_the_valid_ones():
-    with pytest.raises(ValueError, match="^direction: got 'sgd'; allowed: expected, gap, gradient, normalized-gradient, prescribed, preset, reinforce$"):
+    with pytest.raises(ValueError, match="^direction: got 'sgd'; allowed: expected, gap, gradient, normalized-gradient, prescribed, preset, prompt-adaptive, reinforce$"):
         make_direction("sgd")
     with pytest.raises(ValueError, match="^step size: got 'adam'; allowed: condition-13a, condition-15a, cosine, fixed, gap-adaptive$"):
         make_step_size("adam")
@@ -80,7 +80,7 @@ def test_unknown_names_and_options_list_the_valid_ones():
         make_step_size("fixed")
     with pytest.raises(ValueError, match="^direction 'reinforce': got 'no value for G'"):
         make_direction("reinforce")
-    assert set(DIRECTIONS) == {"expected", "gap", "gradient", "normalized-gradient", "prescribed", "preset", "reinforce"}
+    assert set(DIRECTIONS) == {"expected", "gap", "gradient", "normalized-gradient", "prescribed", "preset", "prompt-adaptive", "reinforce"}
     assert set(STEP_SIZES) == {"condition-13a", "condition-15a", "cosine", "fixed", "gap-adaptive"}
 
 

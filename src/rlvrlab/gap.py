@@ -306,6 +306,7 @@ def _side_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ..
     vector = x.dim() > mask.dim()
     n = mask.to(x.dtype).sum(-1)
     m, nn, dim = (mask.unsqueeze(-1), n.unsqueeze(-1), -2) if vector else (mask, n, -1)
+    x = torch.where(m, x, 0.0)  # a left-out value (NaN, inf) must not reach the sums: 0·NaN = NaN
     m = m.to(x.dtype)
     one, two = nn >= 1, nn >= 2
     mean = torch.where(one, (m * x).sum(dim) / nn.clamp(min=1), math.nan)

@@ -3,8 +3,9 @@
     config   a frozen dataclass; every field has a default that runs on a laptop CPU and a
              ``help`` in its metadata; ``quick()`` returns the settings of ``--quick``;
              ``__post_init__`` checks cross-field constraints with a message that says how to fix them
-    run      (config, progress) -> Result: calls the library, returns tables, headline numbers and
-             the theory checks; never writes files (the runner does)
+    run      (config, progress, workdir) -> Result: calls the library, returns tables, headline
+             numbers and the theory checks; writes nothing but what it keeps in workdir (the run
+             directory) to resume from, e.g. the cells of a sweep (the runner writes the results)
     plot     (run directory) -> names of the PNGs it wrote, from the stored tables only, so that
              figures can be remade without rerunning
 
@@ -74,7 +75,7 @@ class Experiment:
     title: str
     description: str
     config: type
-    run: Callable[[Any, Progress], Result]
+    run: Callable[[Any, Progress, Path], Result]
     plot: Callable[[Path], list[str]]
 
     def settings(self, quick: bool = False) -> Any:

@@ -95,7 +95,7 @@ def _step_quantities(traj: Trajectory) -> dict[str, torch.Tensor]:
     return {k: m[k][:-1] for k in ("J", "delta_mu", "eta", "log_odds_change", "var_plus", "var_minus", "curv_plus", "curv_minus") if k in m}
 
 
-def run(config: BoundsConfig, progress: Progress) -> Result:
+def run(config: BoundsConfig, progress: Progress, workdir: Path) -> Result:
     gen = torch.Generator().manual_seed(config.seed)
     tally = {key: [0, 0] for key in ("lemma1", "lemma2", "ceiling", "logistic")}
     tightness = {"lemma1": 0.0, "lemma2": 0.0}  # largest |error| / allowance seen: how close to binding

@@ -94,7 +94,7 @@ def _instance(G: float, T: int | None):
     return policy, reward, "F.2"
 
 
-def run(config: CollapseConfig, progress: Progress) -> Result:
+def run(config: CollapseConfig, progress: Progress, workdir: Path) -> Result:
     G = config.G
     tables, checks, summary = [], [], {"instances": []}
     settings = [None, *config.T_infs]

@@ -97,7 +97,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def run(config: ContextualConfig, progress: Progress) -> Result:
+def run(config: ContextualConfig, progress: Progress, workdir: Path) -> Result:
     gen = torch.Generator().manual_seed(0)
     policy, reward, theta0 = instance(config, gen)
     R, C = reward.shape[0], reward.shape[1]

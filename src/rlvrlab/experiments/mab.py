@@ -63,7 +63,7 @@ def _closed_form_delta_mu(pi: torch.Tensor, best: int) -> torch.Tensor:
     return star * (1 - star) + star * (others**2).sum(1) / (1 - star)
 
 
-def run(config: MabConfig, progress: Progress) -> Result:
+def run(config: MabConfig, progress: Progress, workdir: Path) -> Result:
     dtype = getattr(torch, config.dtype)
     K = config.arms
     policy = TabularSoftmax(K)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -64,11 +65,13 @@ def run_experiment(
             return read_json(sum_path)
     if sum_path.exists():
         sum_path.unlink()
+    if force and (out / "sweep").exists():  # start over: also the cells a sweep kept to resume from
+        shutil.rmtree(out / "sweep")
     atomic_write_json(cfg_path, record)
 
     torch.manual_seed(0)
     started = time.perf_counter()
-    result = exp.run(config, progress or NoProgress())
+    result = exp.run(config, progress or NoProgress(), out)
     seconds = time.perf_counter() - started
     for table_name, table in result.tables.items():
         write_table(out / f"{table_name}.parquet", table)

@@ -49,7 +49,7 @@ class TwoResponseConfig:
         return cls(steps=600)
 
 
-def run(config: TwoResponseConfig, progress: Progress) -> Result:
+def run(config: TwoResponseConfig, progress: Progress, workdir: Path) -> Result:
     policy = TabularSoftmax(2)
     c = policy.constants()
     eta_star = theory.linear_rate_step(math.sqrt(2), c.L_o, c.G_o)

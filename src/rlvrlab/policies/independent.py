@@ -231,6 +231,9 @@ class CountModel(Model):
     def length_psi1(self, theta: torch.Tensor) -> torch.Tensor:
         return torch.full((theta.shape[0],), self.T / math.log(2), dtype=theta.dtype)
 
+    def mean_length(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.full((theta.shape[0],), float(self.T), dtype=theta.dtype)
+
     def constants(self) -> Constants:
         return self.policy.constants()
 

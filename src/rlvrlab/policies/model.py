@@ -10,7 +10,9 @@ The simulator never looks inside a policy; it asks a ``Model`` (R runs, C prompt
     sample(theta, G)            G responses per prompt: tokens, mask, rewards (a ``Batch``)
     token_logp(theta, batch)    per-token log π of a batch, differentiable in theta, (R, C, G, T)
     sample_proj(theta, w, batch) w·∇log π(o_i) of each sampled response, (R, C, G)
+    sample_token_proj(theta, w, batch)  the same per token, (R, C, G, T)
     length_psi1(theta)          psi_1 norm of the response length under π, (R,)
+    mean_length(theta)          expected response length, averaged over prompts, (R,)
 
 ``Enumerated`` answers these over an enumerated response space (any ``EnumerablePolicy`` and a
 (C, N) or (R, C, N) 0/1 reward). Policies too long to enumerate answer them in closed form
@@ -84,10 +86,17 @@ class Model(ABC):
     @abstractmethod
     def constants(self) -> Constants: ...
 
-    def sample_proj(self, theta: torch.Tensor, w: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """w·∇log π(o_i) for each sampled response (R, C, G): a forward derivative of token_logp."""
+    @abstractmethod
+    def mean_length(self, theta: torch.Tensor) -> torch.Tensor: ...
+
+    def sample_token_proj(self, theta: torch.Tensor, w: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """w·∇log π(o_t | o_<t) for each sampled token (R, C, G, T): a forward derivative of token_logp."""
         _, tangent = jvp(lambda t: self.token_logp(t, batch), (theta,), (w,))
-        return (tangent * batch.mask).sum(-1)
+        return tangent * batch.mask
+
+    def sample_proj(self, theta: torch.Tensor, w: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """w·∇log π(o_i) for each sampled response (R, C, G)."""
+        return self.sample_token_proj(theta, w, batch).sum(-1)
 
 
 class Enumerated(Model):
@@ -126,7 +135,8 @@ class Enumerated(Model):
         """The G -> ∞ limit of a preset's update at θ = θ_old: Σ_c w_c E[a(o)·n(o)·∇log π(o|c)].
 
         a = r - J, divided by sigma = sqrt(J(1-J)) for "mean-std" (any baseline leaves the
-        expectation at r - J; dynamic sampling drops nothing as G -> ∞); n = 1 (token sum), 1/|o|
+        expectation at r - J; a = r for "none"; dynamic sampling drops only the prompts with J = 0
+        or 1 as G -> ∞, and renormalizes the weights over the rest); n = 1 (token sum), 1/|o|
         (token mean per sequence), 1/norm (Dr. GRPO), 1/Σ_c w_c E_c|o| (DAPO's token mean).
         At θ = θ_old every surrogate has the gradient of "pg". E.g. GRPO gives eq. (5).
         """
@@ -135,6 +145,13 @@ class Enumerated(Model):
         log_J, log_1mJ = self.masses(theta)
         J, Jm = log_J.exp().unsqueeze(-1), log_1mJ.exp().unsqueeze(-1)
         a = torch.where(correct, Jm, -J)
+        if preset.advantage == "none":  # no baseline: E[r·n(o)∇log π] differs from r - J where n depends on |o|
+            a = correct.to(logp.dtype)
+        if preset.dynamic_sampling:  # a prompt with J = 0 or 1 only ever gives all-equal groups: always dropped
+            live = ((J > 0) & (Jm > 0)).squeeze(-1)
+            weights = weights * live
+            total = weights.sum(-1, keepdim=True)
+            weights = torch.where(total > 0, weights / total.clamp(min=1e-300), torch.zeros_like(weights))
         if preset.advantage == "mean-std":
             sigma = (J * Jm).sqrt()
             a = torch.where(sigma > 0, a / sigma.clamp(min=1e-300), torch.zeros_like(a))
@@ -174,6 +191,10 @@ class Enumerated(Model):
         p = self._logp(theta).exp()
         lengths = self.policy.lengths().to(p.dtype)
         return psi1_norm(lengths.expand_as(p), p).amax(-1)
+
+    def mean_length(self, theta: torch.Tensor) -> torch.Tensor:
+        p = self._logp(theta).exp()
+        return (p * self.policy.lengths().to(p.dtype)).sum(-1).mean(-1)
 
     def constants(self) -> Constants:
         return self.policy.constants()

@@ -16,6 +16,8 @@ step's prompt distribution ctx.weights (the batch objective J = Σ_c weights_c J
                            w = (θ_μ - θ)/lr, so that eta = lr reproduces them
     "expected"             a preset's update in expectation (G -> ∞) at θ = θ_old, exactly: e.g.
                            eq. (5) for GRPO, ∇J for REINFORCE (rlvrlab.policies.model.Model.expected_update)
+    "prompt-adaptive"      §7: each prompt's contribution to a preset's expected update scaled
+                           so that no prompt steps past its own critical step (apply with eta = lr)
     "prescribed"           w = fn(k, theta), a given sequence (the App. F constructions)
 Both normalized directions are computed from the Gradient Gap (``Model.gap_vector``), which stays
 exact when J(1-J) underflows (J within 1e-300 of 1), where ∇J itself rounds to 0.
@@ -97,6 +99,38 @@ def expected(ctx: StepContext, *, preset: str, **overrides: Any) -> Direction:
     return Direction(ctx.model.expected_update(ctx.theta, ctx.weights, get_preset(preset, **overrides)))
 
 
+def prompt_adaptive(ctx: StepContext, *, preset: str, lr: float, fraction: float = 0.5, **overrides: Any) -> Direction:
+    """§7's prompt-adaptive update: each prompt's contribution is scaled so that, at step size lr,
+    it moves no further along its own direction than ``fraction`` of its own critical step.
+
+    With w_c the preset's expected update restricted to prompt c (weights_c e_c) and
+    a_c = eta_crit_second_order along w_c for prompt c (App. F, in units of w_c), the update is
+    w = Σ_c min(1, fraction·a_c / lr)·w_c, to be applied with the fixed step lr. Exact (it uses the
+    model's expected updates and statistics); the cross-effect of one prompt's contribution on
+    another is not controlled.
+    """
+    from rlvrlab import theory
+
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        _checks.fail("lr", lr, "the fixed step size (> 0) this direction will be applied with")
+    if not 0 < fraction <= 1:
+        _checks.fail("fraction", fraction, "a number in (0, 1]")
+    spec = get_preset(preset, **overrides)
+    R, C = ctx.weights.shape
+    d = ctx.theta.shape[-1]
+    theta = ctx.theta.repeat_interleave(C, 0)  # (R·C, d): one row per (run, prompt)
+    weights = torch.diag_embed(ctx.weights).reshape(R * C, C)
+    contrib = ctx.model.expected_update(theta, weights, spec)  # (R·C, d)
+    own = ctx.model.along(theta, contrib)  # (R·C, C) stats of every prompt along each contribution
+    pick = lambda t: t.reshape(R, C, C).diagonal(dim1=1, dim2=2)  # noqa: E731  prompt c along w_c
+    crit = torch.as_tensor(theory.eta_crit_second_order(pick(own.delta_mu).nan_to_num(0.0), pick(own.var_plus).nan_to_num(0.0),
+                                                        pick(own.var_minus).nan_to_num(0.0)), dtype=theta.dtype)
+    scale = (fraction * crit / lr).clamp(max=1.0)
+    scale = torch.where((ctx.weights > 0) & torch.isfinite(scale), scale, (ctx.weights > 0).to(theta.dtype))
+    w = (scale.unsqueeze(-1) * contrib.view(R, C, d)).sum(1)
+    return Direction(w, None, {"adapt/mean_prompt_scale": (scale * (ctx.weights > 0)).sum(-1) / (ctx.weights > 0).sum(-1)})
+
+
 def prescribed(ctx: StepContext, *, fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Direction:
     """A given direction sequence: w_k = fn(k, theta_k), shape (R, d)."""
     return Direction(fn(ctx.k, ctx.theta))
@@ -109,6 +143,7 @@ DIRECTIONS: dict[str, Callable[..., Direction]] = {
     "reinforce": reinforce,
     "preset": preset_update,
     "expected": expected,
+    "prompt-adaptive": prompt_adaptive,
     "prescribed": prescribed,
 }
 

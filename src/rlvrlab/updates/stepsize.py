@@ -13,7 +13,8 @@ direction is the Direction the step takes (w (R, d), and for sampled updates the
                     norm under pi_k (all that Lemma 2's proof uses, eq. 46b), "uniform" the bound
                     T_inf / log 2 valid for every policy (Assumption 3)
     "gap-adaptive"  eta_k = fraction · the second-order critical step along w (App. F), from
-                    exact statistics or from the step's own samples, capped by (18) or (15a)
+                    exact statistics or from the step's own samples, capped by (18) (its G_p²
+                    measured along the step) or (15a)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from rlvrlab import _checks, theory
-from rlvrlab.gap import GapStats, gap_stats_mc
+from rlvrlab.gap import GapStats, combine_prompts, gap_stats_mc
 from rlvrlab.updates.context import Direction, StepContext, bind
 
 __all__ = ["STEP_SIZES", "make_step_size"]
@@ -91,20 +92,28 @@ CAPS = ("18", "15a", "none")
 
 
 def _estimates(ctx: StepContext, stats: GapStats, direction: Direction, estimate: str):
-    """(J, delta_mu, var_plus, var_minus, curvature gap) along w: exact, or from the step's batch."""
+    """Along w: J, delta_mu, var_plus, var_minus, the curvature gap, and the mean squared token score
+    g2 (the scale G_p² stands for in eq. 18, measured along the step): exact, or from the step's batch."""
+    w = direction.w
     if estimate == "exact":
-        curv = (stats.curv_plus - stats.curv_minus) if stats.curv_plus is not None else torch.zeros_like(stats.delta_mu)
-        return stats.J, stats.delta_mu, stats.var_plus, stats.var_minus, curv
+        full = ctx.model.along(ctx.theta, w, curvature=True)
+        per = combine_prompts(full, ctx.weights)
+        J = per.J
+        # For logits linear in theta, -w'∇²log π(o) w = Σ_t Var_π(h_w) over o's tokens: per token, the
+        # mean squared token score along w (its mean is 0).
+        curv = J * per.curv_plus.nan_to_num(0.0) + (1 - J) * per.curv_minus.nan_to_num(0.0)
+        g2 = -curv / ctx.model.mean_length(ctx.theta)
+        return J, stats.delta_mu, stats.var_plus, stats.var_minus, per.curv_plus - per.curv_minus, g2
     if direction.samples is None:
         _checks.fail("estimate", "'samples'", "a sampled direction (reinforce, preset), or estimate='exact'")
     batch = direction.samples
-    proj = ctx.model.sample_proj(ctx.theta, direction.w, batch)  # (R, C, G)
-    keep = ctx.weights > 0  # the prompts this step trained on, pooled (uniform weights: P_Q × π)
-    R = proj.shape[0]
-    proj = torch.where(keep.unsqueeze(-1), proj, torch.nan).reshape(R, -1)
-    reward = batch.reward.reshape(R, -1)
-    mc = gap_stats_mc(reward.nan_to_num(0.0), proj=proj.nan_to_num(0.0), mask=~torch.isnan(proj))
-    return mc.J, mc.delta_mu, mc.var_plus, mc.var_minus, torch.zeros_like(mc.J)
+    tokens = ctx.model.sample_token_proj(ctx.theta, w, batch)  # (R, C, G, T)
+    keep = (ctx.weights > 0).unsqueeze(-1).expand(batch.reward.shape)  # the prompts this step trained on
+    R = tokens.shape[0]
+    mc = gap_stats_mc(batch.reward.reshape(R, -1), proj=tokens.sum(-1).reshape(R, -1), mask=keep.reshape(R, -1))
+    m = (batch.mask & keep.unsqueeze(-1)).to(tokens.dtype)
+    g2 = (tokens**2 * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp(min=1)
+    return mc.J, mc.delta_mu, mc.var_plus, mc.var_minus, torch.zeros_like(mc.J), g2
 
 
 def gap_adaptive(ctx: StepContext, stats: GapStats, direction: Direction, *, fraction: float = 0.5,
@@ -113,36 +122,40 @@ def gap_adaptive(ctx: StepContext, stats: GapStats, direction: Direction, *, fra
     """eta_k = fraction · eta_crit, the second-order critical step along w (App. F), capped by the theory.
 
     eta_crit = 2·Delta_mu / (Var- - Var+ - curvature gap), all along w (theory.eta_crit_second_order);
-    with estimate="samples" Delta_mu, Var± and J are estimated from the step's own batch (what a
-    trainer without enumeration can know). The cap keeps the step along the unit direction u = w/‖w‖
-    inside the theory's length- and success-aware scale:
-        "18"   eta·‖w‖ <= cap_scale · Delta_mu_u (1 - J) / (G_p² T_psi1)   (eq. 18, G_p² restored)
-        "15a"  eta·‖w‖ <= condition (15a) with the model's constants
+    fraction = 1/2 maximizes the second-order gain of one step. With estimate="samples" every
+    quantity comes from the step's own batch (what a trainer without enumeration can know). The cap
+    keeps the step along the unit direction u = w/‖w‖ inside the theory's length- and success-aware
+    scale:
+        "18"   eta·‖w‖ <= cap_scale · Delta_mu_u (1 - J) / (g2_u T_psi1)   eq. (18), with the G_p² that
+               (18) absorbs into its constant measured along u: g2_u, the mean squared token score
+        "15a"  eta·‖w‖ <= condition (15a) with the model's worst-case constants (very conservative)
         "none" only eta_max.
-    Where Delta_mu <= 0 (or the estimate is undefined) the step is eta_min: do no harm.
+    Where Delta_mu <= 0 (or its estimate is undefined) the step is eta_min: do no harm.
     """
     _fraction(fraction)
     _checks.choose("estimate", estimate, ESTIMATES)
     _checks.choose("cap", cap, CAPS)
     if cap == "none" and eta_max is None:
         _checks.fail("eta_max", None, "a finite eta_max when cap='none' (eta_crit can be infinite)")
-    J, dm, vp, vm, curv = _estimates(ctx, stats, direction, estimate)
+    J, dm, vp, vm, curv, g2 = _estimates(ctx, stats, direction, estimate)
     crit = torch.as_tensor(theory.eta_crit_second_order(dm.nan_to_num(0.0), vp.nan_to_num(0.0), vm.nan_to_num(0.0),
                                                         curv.nan_to_num(0.0)), dtype=ctx.theta.dtype)
     eta = fraction * crit
-    w_norm = direction.w.norm(dim=-1)
-    c = ctx.constants
-    dm_unit = dm / w_norm.clamp(min=1e-300)
+    w_norm = direction.w.norm(dim=-1).clamp(min=1e-300)
+    dm_unit = dm / w_norm
     J = J.nan_to_num(0.0).clamp(0, 1)
+    psi1 = ctx.model.length_psi1(ctx.theta)
     if cap == "18":
-        bound = cap_scale * dm_unit * (1 - J) / (c.G_p**2 * ctx.model.length_psi1(ctx.theta))
-        eta = torch.minimum(eta, bound / w_norm.clamp(min=1e-300))
+        g2_unit = g2 / w_norm**2
+        bound = cap_scale * dm_unit * (1 - J) / (g2_unit.clamp(min=1e-300) * psi1)
+        eta = torch.minimum(eta, bound / w_norm)
     elif cap == "15a":
-        bound = theory.step_condition_token(dm_unit.nan_to_num(0.0), J, c.L_p, c.G_p, c.T_inf, ctx.model.length_psi1(ctx.theta))
-        eta = torch.minimum(eta, bound / w_norm.clamp(min=1e-300))
+        c = ctx.constants
+        bound = theory.step_condition_token(dm_unit.nan_to_num(0.0), J, c.L_p, c.G_p, c.T_inf, psi1)
+        eta = torch.minimum(eta, bound / w_norm)
     if eta_max is not None:
         eta = eta.clamp(max=eta_max)
-    signal = torch.isfinite(dm) & (dm > 0) & (w_norm > 0)
+    signal = torch.isfinite(dm) & (dm > 0) & (direction.w.norm(dim=-1) > 0)
     return torch.where(signal & torch.isfinite(eta), eta, torch.full_like(eta, eta_min)).clamp(min=eta_min).to(ctx.theta.dtype)
 
 

@@ -1,0 +1,230 @@
+"""A learning rate chosen by the theory, against fixed rates, on the contextual token bandit.
+
+Contenders, each on the same instances (C prompts sharing θ: every cell is a multi-prompt
+instance), lengths T and initial J0, for a fixed number of steps with exact expected updates:
+
+    grpo-best        GRPO at the best fixed rate of a grid, chosen per cell (an oracle)
+    grpo-typical     GRPO at one typical rate for every cell
+    dr-grpo          Dr. GRPO at the typical rate (constant normalizer: the largest T)
+    gap-adaptive     GRPO's direction, eta_k = fraction · the second-order critical step along it,
+                     capped by (18): one setting for every cell, no retuning
+    prompt-adaptive  §7: each prompt's contribution scaled to its own critical step, typical rate
+
+Outcomes per run: final J, the first step with J >= `target_J` (∞ if never) and the number of
+prompts collapsed onto a wrong token (J_c < 0.01). And per cell, the critical rate of fixed-rate
+GRPO measured as in `phase` (upper edge of the rates whose final J reaches `target_J`), against
+the rate the second-order analysis predicts at the start: the step at which the objective's
+second-order log-odds change turns negative along GRPO's update, and the smallest such step over
+the prompts (prompt level). Their ratios are reported; where the second order predicts no
+threshold (Var- <= Var+), the prediction is infinite and is said so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rlvrlab import plotting, theory
+from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
+from rlvrlab.experiments.phase import phase_cell
+from rlvrlab.experiments.token_bandit import initial_theta, instance
+from rlvrlab.integrations.sweep import run_sweep
+from rlvrlab.io import columns, read_table, trajectory_table
+from rlvrlab.simulate import simulate
+from rlvrlab.updates import get_preset, make_direction, make_step_size
+
+__all__ = ["CONTENDERS", "ControllerConfig", "EXPERIMENT", "controller_cell", "plot", "run"]
+
+CONTENDERS = ("grpo-best", "grpo-typical", "dr-grpo", "gap-adaptive", "prompt-adaptive")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    lengths: tuple[int, ...] = setting((2, 8, 32), "response lengths T")
+    J0s: tuple[float, ...] = setting((0.2, 0.5), "initial mean success rates")
+    seeds: int = setting(3, "random instances per (T, J0)")
+    steps: int = setting(300, "training steps")
+    lrs: tuple[float, ...] = setting((1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0), "GRPO's grid for grpo-best")
+    typical_lr: float = setting(10.0, "the one rate of grpo-typical, dr-grpo and prompt-adaptive")
+    adaptive_fraction: float = setting(0.5, "gap-adaptive and prompt-adaptive: fraction of the critical step")
+    target_J: float = setting(0.95, "success rate a run should reach")
+    prompts: int = setting(40, "prompts sharing the parameters")
+    dim: int = setting(5, "context dimension")
+    vocab: int = setting(4, "tokens")
+    rho: float = setting(0.5, "pass with at least ⌈ρT⌉ right tokens")
+    bisection: int = setting(4, "bisection steps for the measured critical rate")
+    backend: str = setting("local", "sweep backend: local or ray")
+    workers: int = setting(2, "sweep worker processes")
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "steps", "prompts", "dim", "workers"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("vocab", self.vocab, 2)
+        check_positive_int("bisection", self.bisection, 0)
+        check_positive_floats("lrs", self.lrs)
+        check_positive_floats("typical_lr", (self.typical_lr,))
+        for T in self.lengths:
+            check_positive_int("lengths", T)
+        for J0 in self.J0s:
+            if not 0 < J0 < 1:
+                raise ValueError(f"J0s: got {J0}; allowed: numbers in (0, 1)")
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend: got {self.backend!r}; allowed: local, ray")
+
+    @classmethod
+    def quick(cls) -> ControllerConfig:
+        return cls(lengths=(2, 8), J0s=(0.3,), seeds=1, steps=120, prompts=24, lrs=(1.0, 10.0, 100.0, 1000.0), bisection=2)
+
+
+def _outcome(traj, target: float) -> dict[str, list]:
+    J = traj.metrics["J"].numpy()
+    hit = J >= target
+    first = [int(traj.step[np.argmax(hit[:, r])]) if hit[:, r].any() else math.inf for r in range(J.shape[1])]
+    Jc = traj.prompt_metrics["J"][-1].numpy()
+    return {"final_J": J[-1].tolist(), "steps_to_target": first, "collapsed_prompts": (Jc < 0.01).sum(1).tolist()}
+
+
+def _predicted(model, theta0: torch.Tensor, C: int) -> tuple[float, float]:
+    """Second-order critical rate of GRPO's expected update at θ0: objective level, and the
+    smallest over the prompts whose alignment is positive (inf where none is predicted)."""
+    weights = torch.full((1, C), 1.0 / C, dtype=torch.float64)
+    w = model.expected_update(theta0, weights, get_preset("grpo"))
+    per = model.along(theta0, w)
+    from rlvrlab.gap import combine_prompts
+
+    obj = combine_prompts(per, weights)
+    crit_obj = float(theory.eta_crit_second_order(obj.delta_mu, obj.var_plus, obj.var_minus))
+    crit_p = torch.as_tensor(theory.eta_crit_second_order(per.delta_mu.nan_to_num(0.0), per.var_plus.nan_to_num(0.0),
+                                                          per.var_minus.nan_to_num(0.0)))
+    crit_p = torch.where(per.delta_mu > 0, crit_p, torch.full_like(crit_p, math.inf))
+    return crit_obj, float(crit_p.min())
+
+
+def controller_cell(params: dict) -> dict[str, pa.Table]:
+    """All contenders on one (T, J0, instance), plus GRPO's measured and predicted critical rates."""
+    T, J0, seed = params["T"], params["J0"], params["seed"]
+    policy, reward, beta = instance(seed, T, prompts=params["prompts"], dim=params["dim"], vocab=params["vocab"], rho=params["rho"])
+    theta0 = initial_theta(policy, reward, beta, J0)
+    model = policy.bind(reward)
+    grpo = make_direction("expected", preset="grpo")
+    target, steps, typical = params["target_J"], params["steps"], params["typical_lr"]
+    rows: dict[str, list] = {"contender": [], "lr": [], "final_J": [], "steps_to_target": [], "collapsed_prompts": []}
+    trajectories: list[pa.Table] = []
+
+    def add(name: str, lrs: list[float], traj) -> None:
+        out = _outcome(traj, target)
+        rows["contender"] += [name] * len(lrs)
+        rows["lr"] += lrs
+        for k, v in out.items():
+            rows[k] += v
+        trajectories.append(trajectory_table(traj, {"contender": [name] * len(lrs), "lr": lrs}))
+
+    def train(direction, step, R: int = 1):
+        return simulate(policy, reward, theta0.expand(R, -1).clone(), steps=steps, direction=direction, step_size=step,
+                        per_prompt=True, record_every=max(1, steps // 50))
+
+    lrs = list(params["lrs"])
+    add("grpo-grid", lrs, train(grpo, torch.tensor(lrs, dtype=torch.float64), len(lrs)))
+    add("grpo-typical", [typical], train(grpo, typical))
+    add("dr-grpo", [typical], train(make_direction("expected", preset="dr-grpo", norm=float(params["norm"])), typical))
+    add("gap-adaptive", [math.nan], train(grpo, make_step_size("gap-adaptive", fraction=params["adaptive_fraction"])))
+    add("prompt-adaptive", [typical], train(make_direction("prompt-adaptive", preset="grpo", lr=typical,
+                                                           fraction=params["adaptive_fraction"]), typical))
+    # grpo-best: the grid's best final J (ties: fewer steps to the target)
+    grid = [i for i, c in enumerate(rows["contender"]) if c == "grpo-grid"]
+    best = min(grid, key=lambda i: (-rows["final_J"][i], rows["steps_to_target"][i]))
+    for k in rows:
+        rows[k].append("grpo-best" if k == "contender" else rows[k][best])
+    # measured critical rate (phase's criterion) and the second-order predictions at the start
+    crit = phase_cell(dict(seed=seed, T=T, J0=J0, preset="grpo", update="expected", G=2, drgrpo_norm=1.0,
+                           lr_min=min(lrs), lr_max=max(lrs), lr_points=len(lrs), steps=steps, prompts=params["prompts"],
+                           dim=params["dim"], vocab=params["vocab"], rho=params["rho"], target_J=target,
+                           bisection=params["bisection"]))
+    measured = crit["critical"].column("lr").to_pylist()[0]
+    pred_obj, pred_prompt = _predicted(model, theta0, policy_prompts(reward))
+    n = len(rows["contender"])
+    rows.update(measured_crit=[measured] * n, predicted_crit_objective=[pred_obj] * n, predicted_crit_prompt=[pred_prompt] * n)
+    return {"trajectories": pa.concat_tables(trajectories, promote_options="permissive"), "outcomes": pa.table(rows)}
+
+
+def policy_prompts(reward) -> int:
+    return reward.targets.shape[0]
+
+
+def run(config: ControllerConfig, progress: Progress, workdir: Path) -> Result:
+    base = {k: getattr(config, k) for k in ("steps", "typical_lr", "adaptive_fraction", "target_J", "prompts", "dim",
+                                              "vocab", "rho", "bisection")}
+    base.update(lrs=list(config.lrs), norm=float(max(config.lengths)))
+    cells = [dict(base, T=T, J0=J0, seed=s) for T in config.lengths for J0 in config.J0s for s in range(config.seeds)]
+    tables = run_sweep(controller_cell, cells, workdir / "sweep", backend=config.backend, workers=config.workers,
+                       on_cell=progress.task("controller: (T, J0, instance) cells", len(cells)))
+    table = tables["outcomes"]
+    cols = columns(table, ("final_J", "steps_to_target", "collapsed_prompts", "measured_crit", "predicted_crit_objective",
+                           "predicted_crit_prompt", "T", "J0", "seed"))
+    who = np.asarray(table.column("contender").to_pylist())
+    stats = {}
+    for c in CONTENDERS:
+        sel = who == c
+        steps = cols["steps_to_target"][sel]
+        stats[c] = {"mean_final_J": float(cols["final_J"][sel].mean()),
+                    "reached_target": float(np.isfinite(steps).mean()),
+                    "median_steps_to_target": float(np.median(steps)) if np.isfinite(steps).any() else math.inf,
+                    "runs_with_collapsed_prompts": float((cols["collapsed_prompts"][sel] > 0).mean())}
+    one = who == "grpo-best"  # one row per cell
+    ratio_obj = cols["measured_crit"][one] / cols["predicted_crit_objective"][one]
+    ratio_prompt = cols["measured_crit"][one] / cols["predicted_crit_prompt"][one]
+    ad, best, typ = stats["gap-adaptive"], stats["grpo-best"], stats["grpo-typical"]
+    checks = [
+        Check("gap-adaptive (one setting) matches the best fixed rate chosen per cell", ad["mean_final_J"] >= best["mean_final_J"] - 0.01,
+              f"mean final J: gap-adaptive {ad['mean_final_J']:.3f}, grpo-best {best['mean_final_J']:.3f}, grpo-typical {typ['mean_final_J']:.3f}",
+              "within 0.01 of grpo-best", kind="claim"),
+        Check("gap-adaptive never collapses a prompt", ad["runs_with_collapsed_prompts"] == 0,
+              f"runs with a collapsed prompt: gap-adaptive {ad['runs_with_collapsed_prompts']:.0%}, grpo-best {best['runs_with_collapsed_prompts']:.0%}, "
+              f"grpo-typical {typ['runs_with_collapsed_prompts']:.0%}", "none", kind="claim"),
+        Check("the second-order analysis predicts GRPO's critical rate within a factor 10",
+              bool(np.all((ratio_obj > 0.1) & (ratio_obj < 10))) if np.isfinite(ratio_obj).all() else False,
+              f"measured / predicted (objective): {np.round(ratio_obj, 3).tolist()}; (prompt level): {np.round(ratio_prompt, 3).tolist()}",
+              "0.1 < ratio < 10 in every cell", kind="claim"),
+    ]
+    summary = {"contenders": stats, "critical_rate_ratio_objective": ratio_obj.tolist(),
+               "critical_rate_ratio_prompt_level": ratio_prompt.tolist(), "cells": len(cells)}
+    return Result({"metrics": tables["trajectories"], "outcomes": table}, summary, checks)
+
+
+def plot(out: Path) -> list[str]:
+    t = read_table(out / "outcomes.parquet")
+    cols = columns(t, ("final_J", "steps_to_target", "T", "J0", "measured_crit", "predicted_crit_objective", "predicted_crit_prompt"))
+    who = np.asarray(t.column("contender").to_pylist())
+    fig, (a1, a2) = plotting.panels(2, width=5.2)
+    for i, c in enumerate(CONTENDERS):
+        sel = who == c
+        a1.scatter(np.full(sel.sum(), i) + np.random.default_rng(i).uniform(-0.15, 0.15, sel.sum()), cols["final_J"][sel], s=14)
+    a1.set_xticks(range(len(CONTENDERS)), CONTENDERS, rotation=25, fontsize=7)
+    a1.set_ylabel("final J (every cell)")
+    one = who == "grpo-best"
+    meas, pred = cols["measured_crit"][one], cols["predicted_crit_prompt"][one]
+    finite = np.isfinite(meas) & np.isfinite(pred)
+    if finite.any():
+        a2.loglog(pred[finite], meas[finite], "o")
+        lim = [min(pred[finite].min(), meas[finite].min()), max(pred[finite].max(), meas[finite].max())]
+        a2.loglog(lim, lim, "k--", lw=0.8)
+    a2.set_xlabel("predicted critical rate (second order, prompt level)")
+    a2.set_ylabel("measured critical rate of fixed-rate GRPO")
+    a2.set_title(f"{int((~finite).sum())} cells without a finite prediction or measurement", fontsize=8)
+    fig.suptitle("Theory-guided step size against fixed rates")
+    return [plotting.save(fig, out / "controller.png")]
+
+
+EXPERIMENT = Experiment(
+    name="controller",
+    title="A learning rate chosen by the theory against fixed rates",
+    description=__doc__.split("\n\n")[1],
+    config=ControllerConfig,
+    run=run,
+    plot=plot,
+)

@@ -1,0 +1,255 @@
+"""Phase diagrams of the step size: final J over (learning rate × response length T).
+
+For REINFORCE, Dr. GRPO and GRPO, on the contextual token bandit (experiments/token_bandit.py),
+each cell (preset, T, J0, instance) trains at every learning rate of a log grid for a fixed
+number of steps, with the preset's exact expected update (eq. 4, eq. 5, Dr. GRPO's with a
+constant normalizer) or its sampled update (G responses per prompt).
+
+Criterion: a run converges when its objective J (the mean over prompts) ends at or above
+`target_J`. Too small a rate converges too slowly for the step budget; too large a rate
+overshoots: some prompts' policies collapse onto wrong tokens, from which no gradient returns
+(J_c = 0 gives ∇J_c = 0), and J stalls below the target. The critical learning rate of a cell is
+the upper edge of its convergence window: the first failing rate above the first converging one,
+refined by bisection in log(rate) against its converging neighbour. Cells that converge at every
+rate of the grid, or at none, are censored and left out of the fit.
+
+The theory's prediction (eq. 17 vs 18): with T_psi1 ∝ T, REINFORCE's and Dr. GRPO's effective
+step grows like T relative to what (15a)/(18) allow, so their critical rate should fall like
+1/T; GRPO divides by |o| and its critical rate should be roughly flat in T. We fit the slope of
+log(critical rate) on log T with a 95% confidence interval and report it either way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rlvrlab import plotting
+from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
+from rlvrlab.experiments.token_bandit import initial_theta, instance
+from rlvrlab.integrations.sweep import run_sweep
+from rlvrlab.io import columns, read_table, trajectory_table
+from rlvrlab.simulate import simulate
+from rlvrlab.updates import PRESETS, make_direction
+
+__all__ = ["EXPERIMENT", "PhaseConfig", "fit_slope", "phase_cell", "plot", "run"]
+
+THEORY_SLOPE = {"reinforce": -1.0, "rloo": -1.0, "dr-grpo": -1.0, "grpo": 0.0, "dapo": 0.0, "gspo": 0.0}
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    presets: tuple[str, ...] = setting(("reinforce", "dr-grpo", "grpo"), "update rules (rlvrlab.updates.presets)")
+    lengths: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32), "response lengths T")
+    J0s: tuple[float, ...] = setting((0.2, 0.5), "initial mean success rates")
+    lr_min: float = setting(0.1, "smallest learning rate of the grid")
+    lr_max: float = setting(1e5, "largest learning rate of the grid")
+    lr_points: int = setting(13, "learning rates in the log-spaced grid")
+    steps: int = setting(150, "training steps per run")
+    seeds: int = setting(3, "random instances (contexts, β) per cell")
+    prompts: int = setting(40, "prompts C sharing the parameters")
+    dim: int = setting(5, "context dimension d")
+    vocab: int = setting(4, "tokens V")
+    rho: float = setting(0.5, "a response passes with at least ⌈ρT⌉ right tokens")
+    update: Literal["expected", "sampled"] = setting("expected", "the preset's exact expected update, or sampled with G responses")
+    G: int = setting(8, "responses per prompt for sampled updates")
+    drgrpo_norm: float = setting(0.0, "Dr. GRPO's constant normalizer; 0 means the largest T of the grid")
+    target_J: float = setting(0.9, "a run converges when its final mean J reaches this")
+    bisection: int = setting(5, "bisection steps refining each critical rate")
+    backend: Literal["local", "ray"] = setting("local", "sweep backend")
+    workers: int = setting(2, "sweep worker processes")
+
+    def __post_init__(self) -> None:
+        for name in ("lr_points", "steps", "seeds", "prompts", "dim", "workers"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("vocab", self.vocab, 2)
+        check_positive_int("G", self.G, 2)
+        check_positive_int("bisection", self.bisection, 0)
+        check_positive_floats("lr_min/lr_max", (self.lr_min, self.lr_max))
+        if self.lr_max <= self.lr_min:
+            raise ValueError(f"lr_max: got {self.lr_max}; allowed: a number > lr_min = {self.lr_min}")
+        for p in self.presets:
+            if p not in PRESETS:
+                raise ValueError(f"presets: got {p!r}; allowed: {', '.join(sorted(PRESETS))}")
+        for T in self.lengths:
+            check_positive_int("lengths", T)
+        for J0 in self.J0s:
+            if not 0 < J0 < 1:
+                raise ValueError(f"J0s: got {J0}; allowed: numbers in (0, 1)")
+        if not 0 < self.target_J < 1:
+            raise ValueError(f"target_J: got {self.target_J}; allowed: a number in (0, 1)")
+        if not 0 < self.rho <= 1:
+            raise ValueError(f"rho: got {self.rho}; allowed: a number in (0, 1]")
+
+    @classmethod
+    def quick(cls) -> PhaseConfig:
+        return cls(lengths=(1, 4, 16), J0s=(0.3,), lr_points=9, steps=60, seeds=2, prompts=24, bisection=3)
+
+
+def _direction(params: dict):
+    preset, norm = params["preset"], params["drgrpo_norm"]
+    overrides = {"norm": norm} if preset == "dr-grpo" else {}
+    if params["update"] == "expected":
+        return make_direction("expected", preset=preset, **overrides)
+    return make_direction("preset", preset=preset, G=params["G"], **overrides)
+
+
+def _train(params: dict, lrs: list[float]):
+    """Final J, the convergence flag for each learning rate (one batched simulate), the trajectory."""
+    policy, reward, beta = instance(params["seed"], params["T"], prompts=params["prompts"], dim=params["dim"],
+                                    vocab=params["vocab"], rho=params["rho"])
+    theta0 = initial_theta(policy, reward, beta, params["J0"]).expand(len(lrs), -1).clone()
+    gen = torch.Generator().manual_seed(1000 + params["seed"])
+    traj = simulate(policy, reward, theta0, steps=params["steps"], direction=_direction(params),
+                    step_size=torch.tensor(lrs, dtype=torch.float64), generator=gen, record_every=max(1, params["steps"] // 50))
+    final = traj.metrics["J"][-1].numpy()
+    return final, final >= params["target_J"], traj
+
+
+def phase_cell(params: dict) -> dict[str, pa.Table]:
+    """One cell of the sweep: the learning-rate grid, then bisection on the window's upper edge."""
+    lrs = np.geomspace(params["lr_min"], params["lr_max"], params["lr_points"]).tolist()
+    final, ok, traj = _train(params, lrs)
+    n = len(lrs)
+    rows = {"lr": lrs, "final_J": final.tolist(), "converged": ok.tolist()}
+    first_ok = int(np.argmax(ok)) if ok.any() else None
+    fails_after = [i for i in range(first_ok + 1, n) if not ok[i]] if first_ok is not None else []
+    if first_ok is None:
+        lo, hi = math.nan, math.nan  # no convergence window in the grid
+    elif not fails_after:
+        lo, hi = lrs[-1], math.inf  # converges up to the largest rate: censored above
+    else:
+        lo, hi = lrs[fails_after[0] - 1], lrs[fails_after[0]]
+        for _ in range(params["bisection"]):
+            mid = math.sqrt(lo * hi)
+            _, converged, _ = _train(params, [mid])
+            lo, hi = (mid, hi) if converged[0] else (lo, mid)
+    crit = math.sqrt(lo * hi) if math.isfinite(hi) and lo > 0 else math.nan
+    grid = pa.table({k: v for k, v in rows.items() if not k.startswith("lr_crit")})
+    critical = pa.table({"lr": [crit], "lr_crit_low": [lo], "lr_crit_high": [hi]})
+    return {"trajectories": trajectory_table(traj, {"lr": lrs}), "grid": grid, "critical": critical}
+
+
+def fit_slope(T: np.ndarray, lr: np.ndarray) -> tuple[float, float, float, int]:
+    """Least-squares slope of log(lr) on log(T) with a 95% t-interval: (slope, low, high, n)."""
+    ok = np.isfinite(lr) & (lr > 0)
+    x, y = np.log(T[ok]), np.log(lr[ok])
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0:
+        return math.nan, math.nan, math.nan, n
+    X = np.stack([np.ones_like(x), x], 1)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    s2 = resid @ resid / (n - 2)
+    se = math.sqrt(s2 / ((x - x.mean()) ** 2).sum())
+    t = _t975(n - 2)
+    return float(coef[1]), float(coef[1] - t * se), float(coef[1] + t * se), n
+
+
+def _t975(dof: int) -> float:
+    """97.5% quantile of Student's t (table for small dof, normal beyond)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+             12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000}
+    if dof in table:
+        return table[dof]
+    below = [k for k in table if k < dof]
+    return table[max(below)] if dof <= 60 else 1.96
+
+
+def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
+    norm = config.drgrpo_norm or float(max(config.lengths))
+    base = {k: getattr(config, k) for k in ("lr_min", "lr_max", "lr_points", "steps", "prompts", "dim", "vocab", "rho",
+                                              "update", "G", "target_J", "bisection")}
+    cells = [dict(base, preset=p, T=T, J0=J0, seed=s, drgrpo_norm=norm)
+             for p in config.presets for T in config.lengths for J0 in config.J0s for s in range(config.seeds)]
+    tables = run_sweep(phase_cell, cells, workdir / "sweep", backend=config.backend, workers=config.workers,
+                       on_cell=progress.task("phase: (preset, T, J0, instance) cells", len(cells)))
+    cols = columns(tables["critical"], ("preset", "T", "J0", "seed", "lr", "lr_crit_low", "lr_crit_high"))
+    preset = np.asarray(tables["critical"].column("preset").to_pylist())
+    crit = np.ones(len(preset), dtype=bool)
+    checks, slopes = [], {}
+    for p in config.presets:
+        for J0 in config.J0s:
+            sel = crit & (preset == p) & (cols["J0"] == J0)
+            slope, lo, hi, n = fit_slope(cols["T"][sel].astype(float), cols["lr"][sel])
+            censored = int(sel.sum() - n)
+            slopes[f"{p} J0={J0}"] = {"slope": slope, "ci95": [lo, hi], "cells_fitted": n, "cells_censored": censored}
+            expected = THEORY_SLOPE.get(p, math.nan)
+            inside = bool(lo <= expected <= hi) if math.isfinite(slope) else False
+            checks.append(Check(f"{p}, J0={J0}: critical rate ∝ T^{expected:g} (eq. 17 vs 18)", inside,
+                                f"slope {slope:.2f} [{lo:.2f}, {hi:.2f}] from {n} cells ({censored} censored)" if math.isfinite(slope)
+                                else f"no fit: {n} uncensored cells, {censored} censored",
+                                f"95% CI contains {expected:g}", kind="claim"))
+    summary = {"slopes": slopes, "criterion": f"critical rate = upper edge of the rates whose final mean J reaches {config.target_J}",
+               "update": config.update, "drgrpo_norm": norm, "cells": len(cells)}
+    return Result({"metrics": tables["trajectories"], "grid": tables["grid"], "critical": tables["critical"]}, summary, checks)
+
+
+def plot(out: Path) -> list[str]:
+    grid = read_table(out / "grid.parquet")
+    crit = read_table(out / "critical.parquet")
+    g = columns(grid, ("T", "J0", "lr", "final_J"))
+    gp = np.asarray(grid.column("preset").to_pylist())
+    c = columns(crit, ("T", "J0", "lr", "lr_crit_low", "lr_crit_high"))
+    cp = np.asarray(crit.column("preset").to_pylist())
+    presets = list(dict.fromkeys(gp.tolist()))
+    J0 = sorted(set(g["J0"].tolist()))[0]
+    fig, axes = plotting.panels(len(presets), width=4.0)
+    lengths = sorted(set(g["T"].tolist()))
+    lrs = sorted(set(g["lr"].tolist()))
+    for ax, p in zip(axes, presets):
+        Z = np.full((len(lengths), len(lrs)), np.nan)
+        for i, T in enumerate(lengths):
+            for j, lr in enumerate(lrs):
+                sel = (gp == p) & (g["T"] == T) & (g["lr"] == lr) & (g["J0"] == J0)
+                Z[i, j] = np.median(g["final_J"][sel])
+        im = ax.imshow(Z, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                       extent=(math.log10(lrs[0]), math.log10(lrs[-1]), -0.5, len(lengths) - 0.5))
+        for i, T in enumerate(lengths):
+            sel = (cp == p) & (c["T"] == T) & (c["J0"] == J0) & np.isfinite(c["lr"])
+            if sel.any():
+                ax.plot(np.log10(np.median(c["lr"][sel])), i, "r*", ms=9)
+        ax.set_yticks(range(len(lengths)), [str(T) for T in lengths])
+        ax.set_xlabel("log10 learning rate")
+        ax.set_ylabel("response length T")
+        ax.set_title(f"{p}: final J (J0 = {J0:g}; ★ critical rate)", fontsize=9)
+    fig.colorbar(im, ax=axes[-1], label="median final J")
+    files = [plotting.save(fig, out / "phase_heatmaps.png")]
+
+    fig, (ax,) = plotting.panels(1, width=5.5)
+    for p in presets:
+        for J0v in sorted(set(c["J0"].tolist())):
+            sel = (cp == p) & (c["J0"] == J0v) & np.isfinite(c["lr"])
+            if not sel.any():
+                continue
+            line = ax.loglog(c["T"][sel], c["lr"][sel], "o", alpha=0.6, label=f"{p}, J0={J0v:g}")[0]
+            slope, lo, hi, n = fit_slope(c["T"][sel].astype(float), c["lr"][sel])
+            if math.isfinite(slope):
+                Ts = np.array(sorted(set(c["T"][sel].tolist())), dtype=float)
+                x, y = np.log(c["T"][sel]), np.log(c["lr"][sel])
+                icpt = y.mean() - slope * x.mean()
+                ax.loglog(Ts, np.exp(icpt + slope * np.log(Ts)), "-", color=line.get_color(), lw=1)
+                th = THEORY_SLOPE.get(p, math.nan)
+                ax.loglog(Ts, np.exp(icpt + slope * x.mean() - th * x.mean() + th * np.log(Ts)), ":", color=line.get_color(), lw=1)
+    ax.set_xlabel("response length T")
+    ax.set_ylabel("critical learning rate")
+    ax.set_title("critical rate vs T (solid: fit; dotted: theory's slope)", fontsize=9)
+    ax.legend(fontsize=6)
+    files.append(plotting.save(fig, out / "phase_critical.png"))
+    return files
+
+
+EXPERIMENT = Experiment(
+    name="phase",
+    title="Step-size phase diagrams: REINFORCE, Dr. GRPO and GRPO over learning rate × length",
+    description=__doc__.split("\n\n")[1],
+    config=PhaseConfig,
+    run=run,
+    plot=plot,
+)

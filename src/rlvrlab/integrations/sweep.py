@@ -1,0 +1,167 @@
+"""Sweeps that scale out and resume: a grid of cells, each computed once.
+
+    run_sweep(fn, cells, out, backend="local" | "ray", workers=N)
+
+``fn(params) -> pyarrow.Table`` (or a dict of named tables) computes one cell (a dict of JSON-able
+settings, seed included); it must be a module-level function so that worker processes can import
+it. Each finished cell is
+written atomically to ``out/cells/<key>.parquet`` (key: a hash of its settings) with the settings
+in the file's metadata. Cells whose file already exists are read back, not recomputed: after an
+interruption a sweep continues where it stopped, and nothing is lost or computed twice. The
+result is every cell's table with its settings as leading columns (a dict of such tables when
+the cells return named tables).
+
+Backends: "local" runs the cells in a pool of ``workers`` spawned processes (one torch thread
+each, so that workers do not fight over cores); "ray" submits them as Ray tasks (Ray is an
+optional extra, ``pip install rlvrlab[ray]``; a local instance is started when none is
+connected). Results are always written by this process, as they arrive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlvrlab import _checks
+from rlvrlab.io import atomic_write_bytes
+
+__all__ = ["BACKENDS", "cell_key", "run_sweep"]
+
+BACKENDS = ("local", "ray")
+_META = b"rlvrlab.cell"
+
+
+def cell_key(params: Mapping[str, Any]) -> str:
+    """A stable name for a cell: the hash of its settings."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_PART = "__table__"
+
+
+def _pack(result: pa.Table | Mapping[str, pa.Table]) -> pa.Table:
+    """Named tables as one table with a column naming each row's table."""
+    if isinstance(result, pa.Table):
+        return result
+    parts = [t.append_column(_PART, pa.array([name] * t.num_rows, pa.string())) for name, t in result.items()]
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _unpack(table: pa.Table) -> dict[str, pa.Table]:
+    names = table.column(_PART).to_pylist()
+    out = {}
+    for name in dict.fromkeys(names):
+        part = table.filter(pa.array([n == name for n in names])).drop_columns([_PART])
+        keep = [c for c in part.column_names if part.column(c).null_count < part.num_rows or part.num_rows == 0]
+        out[name] = part.select(keep)
+    return out
+
+
+def _write_cell(path: Path, params: Mapping[str, Any], table: pa.Table) -> None:
+    meta = dict(table.schema.metadata or {})
+    meta[_META] = json.dumps(params, sort_keys=True, default=str).encode()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(meta), sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def _with_params(table: pa.Table, params: Mapping[str, Any]) -> pa.Table:
+    columns = {k: pa.array([v] * table.num_rows) for k, v in params.items() if not isinstance(v, (list, dict, tuple))}
+    columns.update({name: table.column(name) for name in table.column_names if name not in columns})
+    return pa.table(columns)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _call(fn: Callable[[dict], pa.Table], params: dict) -> pa.Table:
+    result = fn(params)
+    if not isinstance(result, (pa.Table, Mapping)):
+        raise TypeError(f"sweep cell function returned {type(result).__name__}; it must return a pyarrow.Table or a dict of them")
+    return _pack(result)
+
+
+def run_sweep(
+    fn: Callable[[dict], pa.Table | Mapping[str, pa.Table]],
+    cells: Iterable[Mapping[str, Any]],
+    out: str | Path,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    on_cell: Callable[[int], None] | None = None,
+) -> pa.Table | dict[str, pa.Table]:
+    """Compute every cell not yet on disk, then return all cells' tables with their settings."""
+    _checks.choose("backend", backend, BACKENDS)
+    cells = [dict(c) for c in cells]
+    keys = [cell_key(c) for c in cells]
+    if len(set(keys)) != len(keys):
+        _checks.fail("cells", "duplicate settings", "distinct cells (add a seed or another distinguishing setting)")
+    workers = workers or os.cpu_count() or 1
+    if not (isinstance(workers, int) and workers >= 1):
+        _checks.fail("workers", workers, "an integer >= 1")
+    folder = Path(out) / "cells"
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [(k, c) for k, c in zip(keys, cells) if not (folder / f"{k}.parquet").exists()]
+    if on_cell is not None and len(todo) < len(cells):
+        on_cell(len(cells) - len(todo))
+
+    def done(key: str, params: dict, table: pa.Table) -> None:
+        _write_cell(folder / f"{key}.parquet", params, table)
+        if on_cell is not None:
+            on_cell(1)
+
+    if todo and backend == "local":
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init) as pool:
+            pending = {pool.submit(_call, fn, params): (key, params) for key, params in todo}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    key, params = pending.pop(fut)
+                    done(key, params, fut.result())
+    elif todo:
+        _run_ray(fn, todo, workers, done)
+
+    stored = [pq.read_table(folder / f"{k}.parquet") for k in keys]
+    if stored and _PART in stored[0].column_names:
+        named: dict[str, list[pa.Table]] = {}
+        for table, params in zip(stored, cells):
+            for name, part in _unpack(table).items():
+                named.setdefault(name, []).append(_with_params(part, params))
+        return {name: pa.concat_tables(parts, promote_options="permissive") for name, parts in named.items()}
+    tables = [_with_params(t, c) for t, c in zip(stored, cells)]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+
+def _run_ray(fn: Callable[[dict], pa.Table], todo: list[tuple[str, dict]], workers: int,
+             done: Callable[[str, dict, pa.Table], None]) -> None:
+    try:
+        import ray
+    except ImportError:
+        _checks.fail("backend", "'ray'", "'local', or install the extra: pip install 'rlvrlab[ray]'")
+    if not ray.is_initialized():
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    remote = ray.remote(num_cpus=1)(_ray_call)
+    pending = {remote.remote(fn, params): (key, params) for key, params in todo}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            key, params = pending.pop(ref)
+            done(key, params, ray.get(ref))
+
+
+def _ray_call(fn: Callable[[dict], pa.Table], params: dict) -> pa.Table:
+    _worker_init()
+    return _call(fn, params)
