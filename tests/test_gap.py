@@ -368,6 +368,41 @@ def test_gap_stats_mc_masks():
     assert summ["se_delta_mu"] == pytest.approx(math.sqrt(0.5))  # only the finite, defined entry
 
 
+@given(seed=st.integers(0, 2**31 - 1), G=st.integers(1, 9))
+def test_gap_stats_mc_mask_equals_the_kept_samples_alone(seed, G):
+    gen = _gen(seed)
+    B, d = 6, 3
+    reward = (torch.rand(B, G, generator=gen) < 0.5).double()
+    scores = torch.randn(B, G, d, generator=gen)
+    w = torch.randn(B, d, generator=gen)
+    proj = (scores * w.unsqueeze(-2)).sum(-1)
+    mask = torch.rand(B, G, generator=gen) < 0.6
+    mask[0], mask[1] = False, True  # nothing kept; everything kept
+    # left-out samples carry values that would poison any sum they reached
+    junk = torch.tensor([NAN, math.inf, -math.inf, 1e300])[torch.randint(0, 4, (B, G), generator=gen)]
+    mc = gap_stats_mc(reward, proj=torch.where(mask, proj, junk), mask=mask)
+    mc_scores = gap_stats_mc(reward, scores=torch.where(mask.unsqueeze(-1), scores, junk.unsqueeze(-1)), direction=w, mask=mask)
+    names = ("n_plus", "n_minus", "J", "se_J", "log_odds", "se_log_odds", "delta_mu", "se_delta_mu",
+             "var_plus", "se_var_plus", "var_minus", "se_var_minus")
+    for b in range(B):
+        keep = mask[b]
+        if not bool(keep.any()):
+            assert float(mc.n_plus[b]) == float(mc.n_minus[b]) == 0.0
+            assert math.isnan(float(mc.delta_mu[b])) and not bool(mc.defined[b])
+            continue
+        alone = gap_stats_mc(reward[b][keep], proj=proj[b][keep])
+        alone_scores = gap_stats_mc(reward[b][keep], scores=scores[b][keep], direction=w[b])
+        for name in names:
+            for got in (getattr(mc, name)[b], getattr(mc_scores, name)[b]):
+                torch.testing.assert_close(got, getattr(alone, name), rtol=1e-12, atol=1e-14, equal_nan=True, msg=name)
+        for name in ("g_plus", "se_g_plus", "g_minus", "se_g_minus"):
+            torch.testing.assert_close(getattr(mc_scores, name)[b], getattr(alone_scores, name), rtol=1e-12, atol=1e-14,
+                                       equal_nan=True, msg=name)
+    # everything kept is the same as no mask
+    full = gap_stats_mc(reward[1:2], proj=proj[1:2])
+    torch.testing.assert_close(mc.delta_mu[1:2], full.delta_mu, rtol=0, atol=0, equal_nan=True)
+
+
 def test_gap_stats_mc_standard_errors_are_calibrated():
     gen = _gen(41)
     policy = FeatureSoftmax(torch.randn(8, 3, generator=gen))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlvrlab import theory
-from rlvrlab.gap import combine_prompts, gap_along
+from rlvrlab.gap import combine_prompts, gap_along, gap_stats_mc
 from rlvrlab.policies import LinearContextualSoftmax, TabularSoftmax, TokenSoftmax
 from rlvrlab.policies.model import Enumerated
 from rlvrlab.updates import DIRECTIONS, STEP_SIZES, Direction, StepContext, make_direction, make_step_size
@@ -299,3 +299,148 @@ def test_condition_15a(mode, fraction):
         expected = fraction * theory.step_condition_token(float(stats.delta_mu[r]), J, c.L_p, c.G_p, c.T_inf, tpsi)
         assert float(eta[r]) == pytest.approx(expected, rel=1e-11, abs=0)
     assert float(eta[2]) == 0.0 and float(eta[0]) > 0
+
+
+# --- gap-adaptive ------------------------------------------------------------------------------------------
+
+
+def _adaptive_setup():
+    """TokenSoftmax(3, 4, eos=0) (31 responses of lengths 1-4: the curvature term differs by response)
+    shared by two prompts; runs 0 and 1 share theta and run 1's direction is 10x run 0's; run 2
+    steps against the gradient."""
+    gen = _gen(8)
+    policy = TokenSoftmax(3, 4, eos=0)
+    N = policy.n_responses
+    reward = (torch.rand(2, N, generator=gen) < 0.35).to(F64)
+    theta = policy.init(3, scale=1.0, generator=gen)
+    theta[1] = theta[0]
+    weights = torch.tensor([0.4, 0.6], dtype=F64)
+    ctx = _ctx(policy, theta, reward, weights)
+    u = make_direction("gap")(ctx).w
+    w = torch.stack([u[0] + 0.3 * torch.randn(policy.n_params, generator=gen, dtype=F64), torch.zeros_like(u[0]), -u[2]])
+    w[1] = 10 * w[0]
+    return policy, reward, ctx, w
+
+
+def _score_r(policy, theta_r, o):
+    t = theta_r.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(policy.logp(t.unsqueeze(0))[0, 0, o], t)[0]
+
+
+def _pooled_exact(policy, reward, ctx, w):
+    """Per run, plain sums over prompts and responses of the pooled P(c, o) = weights_c π(o):
+    J, delta_mu, var±, curv± along w, E[curvature] and E|o| under π."""
+    from rlvrlab.policies.base import EnumerablePolicy
+
+    curv_all = EnumerablePolicy.curvature(policy, ctx.theta, w)[:, 0]  # the autograd default, (R, N)
+    lengths = policy.lengths().tolist()
+    out = []
+    for r in range(ctx.theta.shape[0]):
+        p = policy.logp(ctx.theta[r:r + 1])[0, 0].exp().tolist()
+        proj = [float(_score_r(policy, ctx.theta[r], o) @ w[r]) for o in range(len(p))]
+        curv = curv_all[r].tolist()
+        row = {}
+        for side, sel in (("plus", 1.0), ("minus", 0.0)):
+            terms = [(float(ctx.weights[r, c]) * p[o], proj[o], curv[o]) for c in range(2) for o in range(len(p))
+                     if float(reward[c, o]) == sel]
+            mass = sum(q for q, _, _ in terms)
+            mean = sum(q * x for q, x, _ in terms) / mass
+            row[side] = (mass, mean, sum(q * (x - mean) ** 2 for q, x, _ in terms) / mass, sum(q * k for q, _, k in terms) / mass)
+        J = row["plus"][0]
+        row.update(J=J, delta_mu=row["plus"][1] - row["minus"][1], var_plus=row["plus"][2], var_minus=row["minus"][2],
+                   curv_gap=row["plus"][3] - row["minus"][3], mean_curv=sum(pi * k for pi, k in zip(p, curv)),
+                   mean_len=sum(pi * L for pi, L in zip(p, lengths)),
+                   psi1=_psi1_bisect(lengths, p), w_norm=float(w[r].norm()))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.1])  # (18) binds at 0.5, not at 0.1
+def test_gap_adaptive_exact_equals_the_second_order_step_and_its_caps(fraction):
+    policy, reward, ctx, w = _adaptive_setup()
+    stats = combine_prompts(ctx.model.along(ctx.theta, w, curvature=True), ctx.weights)  # what simulate passes
+    ref = _pooled_exact(policy, reward, ctx, w)
+    c = policy.constants()
+    assert ref[0]["delta_mu"] > 0 and ref[2]["delta_mu"] < 0 and abs(ref[0]["curv_gap"]) > 1e-3
+    etas = {cap: make_step_size("gap-adaptive", fraction=fraction, cap=cap, eta_max=1e9)(ctx, stats, Direction(w))
+            for cap in ("none", "18", "15a")}
+    for r in (0, 1):
+        x = ref[r]
+        crit = theory.eta_crit_second_order(x["delta_mu"], x["var_plus"], x["var_minus"], x["curv_gap"])
+        assert 0 < crit < math.inf
+        base = fraction * crit
+        dm_unit = x["delta_mu"] / x["w_norm"]
+        # (18) with G_p² measured along the unit direction: the mean squared token score, -E[curv]/E|o| / ‖w‖²
+        g2_unit = -x["mean_curv"] / x["mean_len"] / x["w_norm"] ** 2
+        cap18 = dm_unit * (1 - x["J"]) / (g2_unit * x["psi1"]) / x["w_norm"]
+        cap15 = theory.step_condition_token(dm_unit, x["J"], c.L_p, c.G_p, c.T_inf, x["psi1"]) / x["w_norm"]
+        assert float(etas["none"][r]) == pytest.approx(base, rel=1e-10)
+        assert float(etas["18"][r]) == pytest.approx(min(base, cap18), rel=1e-10)
+        assert float(etas["15a"][r]) == pytest.approx(min(base, cap15), rel=1e-10)
+    assert float(etas["15a"][0]) < float(etas["none"][0])  # the worst-case cap binds here
+    assert (float(etas["18"][0]) < float(etas["none"][0])) == (fraction == 0.5)
+    for cap in etas:  # the step eta·w does not depend on the scale of w; against the gradient: eta_min = 0
+        assert float(etas[cap][1]) == pytest.approx(float(etas[cap][0]) / 10, rel=1e-10)
+        assert float(etas[cap][2]) == 0.0
+        # eta_min is the step where Delta_mu <= 0, and a floor elsewhere
+        floor = float(etas["15a"][0]) * 2
+        low = make_step_size("gap-adaptive", fraction=fraction, cap=cap, eta_max=1e9, eta_min=floor)(ctx, stats, Direction(w))
+        assert low.tolist() == [max(float(etas[cap][0]), floor), max(float(etas[cap][1]), floor), floor]
+    # cap_scale scales the (18) bound; eta_max clips
+    big = make_step_size("gap-adaptive", fraction=fraction, cap="18", cap_scale=1e6)(ctx, stats, Direction(w))
+    torch.testing.assert_close(big[:2], etas["none"][:2], rtol=1e-12, atol=0)
+    capped = make_step_size("gap-adaptive", fraction=fraction, cap="none", eta_max=1e-3)(ctx, stats, Direction(w))
+    assert capped.tolist() == [1e-3, 1e-3, 0.0]
+
+
+def test_gap_adaptive_from_the_batch_samples():
+    policy, reward, ctx, _ = _adaptive_setup()
+    weights = torch.tensor([[0.5, 0.5], [0.0, 1.0], [1.0, 0.0]], dtype=F64)  # the prompts each run trains on
+    ctx = StepContext(0, 10, ctx.theta, ctx.model, weights, policy.constants(), _gen(0))
+    d = make_direction("preset", preset="grpo", G=16)(ctx)
+    stats = combine_prompts(ctx.model.along(ctx.theta, d.w), weights)
+    eta = make_step_size("gap-adaptive", estimate="samples", cap="none", eta_max=1e9)(ctx, stats, d)
+    eta18 = make_step_size("gap-adaptive", estimate="samples", cap="18", fraction=0.3)(ctx, stats, d)
+    T = d.samples.mask.shape[-1]
+    for r in range(3):
+        # pool the samples of the prompts run r trains on; plain autograd scores of each response
+        # (per token: w·(e_{o_t} - π_t) at position t, for TokenSoftmax "position")
+        rew, proj, tok2 = [], [], []
+        probs = torch.softmax(ctx.theta[r].view(T, 3), -1)
+        wr = d.w[r].view(T, 3)
+        for c in range(2):
+            if float(weights[r, c]) == 0:
+                continue
+            for o in d.samples.index[r, c].tolist():
+                rew.append(float(reward[c, o]))
+                proj.append(float(_score_r(policy, ctx.theta[r], o) @ d.w[r]))
+                for t, v in enumerate(policy.decode(o)):
+                    tok2.append(float(wr[t, v] - (probs[t] * wr[t]).sum()) ** 2)
+        mc = gap_stats_mc(torch.tensor(rew, dtype=F64), proj=torch.tensor(proj, dtype=F64))
+        crit = theory.eta_crit_second_order(float(mc.delta_mu), float(mc.var_plus), float(mc.var_minus))
+        assert float(mc.delta_mu) > 0 and 0 < crit < math.inf  # Var- > Var+ in this draw: a finite critical step
+        assert float(eta[r]) == pytest.approx(0.5 * crit, rel=1e-10)
+        # (18) from the batch: J = n+/n, the mean squared token score of the kept tokens
+        wn = float(d.w[r].norm())
+        g2_unit = sum(tok2) / len(tok2) / wn**2
+        cap18 = (float(mc.delta_mu) / wn) * (1 - float(mc.J)) / (g2_unit * ctx.model.length_psi1(ctx.theta)[r]) / wn
+        assert float(eta18[r]) == pytest.approx(min(0.3 * crit, float(cap18)), rel=1e-10)
+    # the pooled samples are not those of the prompts left out: run 1 and run 2 differ from run 0's pool
+    assert len({round(float(x), 12) for x in eta}) == 3
+
+
+def test_gap_adaptive_checks_its_options():
+    policy, reward, ctx, w = _adaptive_setup()
+    stats = combine_prompts(ctx.model.along(ctx.theta, w, curvature=True), ctx.weights)
+    with pytest.raises(ValueError, match="^estimate: got \"'samples'\""):
+        make_step_size("gap-adaptive", estimate="samples")(ctx, stats, Direction(w))  # an exact direction has no batch
+    with pytest.raises(ValueError, match="^eta_max: got None"):
+        make_step_size("gap-adaptive", cap="none")(ctx, stats, Direction(w))
+    with pytest.raises(ValueError, match="^cap: got '17'; allowed: 15a, 18, none$"):
+        make_step_size("gap-adaptive", cap="17")(ctx, stats, Direction(w))
+    with pytest.raises(ValueError, match="^estimate: got 'mc'; allowed: exact, samples$"):
+        make_step_size("gap-adaptive", estimate="mc")(ctx, stats, Direction(w))
+    with pytest.raises(ValueError, match="^fraction: got 0"):
+        make_step_size("gap-adaptive", fraction=0)(ctx, stats, Direction(w))
+    with pytest.raises(ValueError, match="^eta_min: "):
+        make_step_size("gap-adaptive", eta_min=-1.0)

@@ -367,7 +367,7 @@ def gap_stats_mc(
     n_p, mean_p, var_p, se_mp, se_vp = _side_moments(proj, correct)
     n_m, mean_m, var_m, se_mm, se_vm = _side_moments(proj, incorrect)
     G = keep.to(proj.dtype).sum(-1)
-    J = n_p / G.clamp(min=1)
+    J = torch.where(G > 0, n_p / G.clamp(min=1), math.nan)  # no kept sample: no estimate
     nan = torch.full_like(J, math.nan)
     both = (n_p >= 1) & (n_m >= 1)
     log_odds = torch.where(both, torch.log(n_p.clamp(min=1)) - torch.log(n_m.clamp(min=1)), nan)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -108,7 +109,8 @@ def run_sweep(
     keys = [cell_key(c) for c in cells]
     if len(set(keys)) != len(keys):
         _checks.fail("cells", "duplicate settings", "distinct cells (add a seed or another distinguishing setting)")
-    workers = workers or os.cpu_count() or 1
+    if workers is None:
+        workers = os.cpu_count() or 1
     if not (isinstance(workers, int) and workers >= 1):
         _checks.fail("workers", workers, "an integer >= 1")
     folder = Path(out) / "cells"
@@ -117,7 +119,14 @@ def run_sweep(
     if on_cell is not None and len(todo) < len(cells):
         on_cell(len(cells) - len(todo))
 
-    def done(key: str, params: dict, table: pa.Table) -> None:
+    failures: list[tuple[dict, BaseException]] = []
+
+    def done(key: str, params: dict, get: Callable[[], pa.Table]) -> None:
+        try:
+            table = get()
+        except Exception as err:  # keep every other cell's result; report the failures at the end
+            failures.append((params, err))
+            return
         _write_cell(folder / f"{key}.parquet", params, table)
         if on_cell is not None:
             on_cell(1)
@@ -130,9 +139,13 @@ def run_sweep(
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     key, params = pending.pop(fut)
-                    done(key, params, fut.result())
+                    done(key, params, fut.result)
     elif todo:
         _run_ray(fn, todo, workers, done)
+    if failures:
+        params, err = failures[0]
+        raise RuntimeError(f"{len(failures)} of {len(todo)} sweep cells failed (the others are saved; run again to retry "
+                           f"only these); first: {params}: {type(err).__name__}: {err}") from err
 
     stored = [pq.read_table(folder / f"{k}.parquet") for k in keys]
     if stored and _PART in stored[0].column_names:
@@ -146,20 +159,21 @@ def run_sweep(
 
 
 def _run_ray(fn: Callable[[dict], pa.Table], todo: list[tuple[str, dict]], workers: int,
-             done: Callable[[str, dict, pa.Table], None]) -> None:
+             done: Callable[[str, dict, Callable[[], pa.Table]], None]) -> None:
     try:
         import ray
     except ImportError:
         _checks.fail("backend", "'ray'", "'local', or install the extra: pip install 'rlvrlab[ray]'")
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if not ray.is_initialized():  # a local instance; its workers import what this process can (like spawn)
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     remote = ray.remote(num_cpus=1)(_ray_call)
     pending = {remote.remote(fn, params): (key, params) for key, params in todo}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             key, params = pending.pop(ref)
-            done(key, params, ray.get(ref))
+            done(key, params, lambda ref=ref: ray.get(ref))
 
 
 def _ray_call(fn: Callable[[dict], pa.Table], params: dict) -> pa.Table:

@@ -115,6 +115,12 @@ def _dp(p_hit: torch.Tensor, p_miss: torch.Tensor, moments: tuple[torch.Tensor, 
     return [M0] if moments is None else [M0, M1, M2]
 
 
+def _log_mass(mass: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """log of a probability whose complement is ``other``: log1p(-other) where mass is near 1
+    (mass itself has rounded to 1 there), log(mass) elsewhere."""
+    return torch.where(mass > 0.5, torch.log1p(-other), torch.log(mass))
+
+
 class CountModel(Model):
     """IndependentSoftmax with a CountReward: the Model interface in closed form."""
 
@@ -154,7 +160,7 @@ class CountModel(Model):
     def masses(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (M0,) = _dp(*self._hit(self._probs(theta)), None, self.T)
         J, Jm = self._split(M0)
-        return torch.log(J), torch.log(Jm)
+        return _log_mass(J, Jm), _log_mass(Jm, J)
 
     def along(self, theta: torch.Tensor, w: torch.Tensor, *, curvature: bool = False) -> GapStats:
         p = self._probs(theta)
@@ -174,7 +180,7 @@ class CountModel(Model):
         var_m = (S2m / Jm - mean_m**2).clamp(min=0)
         nan = torch.full_like(J, math.nan)
         stats = dict(
-            log_J=torch.log(J), log_1mJ=torch.log(Jm),
+            log_J=_log_mass(J, Jm), log_1mJ=_log_mass(Jm, J),
             mean_plus=torch.where(J > 0, mean_p, nan), mean_minus=torch.where(Jm > 0, mean_m, nan),
             var_plus=torch.where(J > 0, var_p, nan), var_minus=torch.where(Jm > 0, var_m, nan),
         )

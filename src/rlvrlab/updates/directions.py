@@ -13,7 +13,8 @@ step's prompt distribution ctx.weights (the batch objective J = Σ_c weights_c J
     "preset"               a preset of rlvrlab.updates.presets (GRPO, Dr. GRPO, DAPO, GSPO, ...) on
                            G samples per prompt: w = -∇loss at theta; with epochs > 1 the preset
                            takes that many steps of size lr on the batch (θ_old fixed) and
-                           w = (θ_μ - θ)/lr, so that eta = lr reproduces them
+                           w = (θ_μ - θ)/lr, so that eta = lr reproduces them (its diagnostics
+                           are those of the last inner step's loss, at θ_{μ-1})
     "expected"             a preset's update in expectation (G -> ∞) at θ = θ_old, exactly: e.g.
                            eq. (5) for GRPO, ∇J for REINFORCE (rlvrlab.policies.model.Model.expected_update)
     "prompt-adaptive"      §7: each prompt's contribution to a preset's expected update scaled

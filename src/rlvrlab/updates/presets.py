@@ -92,8 +92,9 @@ def policy_loss(
 
     logp, logp_old, mask: (..., B, G, T); reward: (..., B, G) 0/1; weights: (..., B) prompt
     distribution (default uniform); J: (..., B) exact success rates (advantage "exact" only).
-    Returns the loss (...) and ``loss/...`` diagnostics (...): clip fraction, fraction of groups
-    with zero reward variance, mean |advantage|.
+    Returns the loss (...) and ``loss/...`` diagnostics (...): clip fraction (over the tokens that
+    count: those of dropped groups and of prompts with weight 0 do not), fraction of groups with
+    zero reward variance, mean |advantage|.
     """
     B = reward.shape[-2]
     if weights is None:
@@ -107,7 +108,7 @@ def policy_loss(
         weights = torch.where(total > 0, weights / total.clamp(min=1e-300), torch.zeros_like(weights))
     loss_t, clipped = SURROGATES[preset.surrogate](logp, logp_old, adv, mask, eps_low=preset.eps_low, eps_high=preset.eps_high)
     loss = AGGREGATIONS[preset.aggregation](loss_t, mask, weights, norm=preset.norm)
-    m = mask.to(logp.dtype)
+    m = mask.to(logp.dtype) * (weights > 0).to(logp.dtype)[..., None, None]  # tokens that count in the loss
     tokens = m.sum((-1, -2, -3)).clamp(min=1)
     metrics = {
         "loss/clipfrac": (clipped.to(logp.dtype) * m).sum((-1, -2, -3)).detach() / tokens,
