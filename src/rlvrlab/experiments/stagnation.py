@@ -12,7 +12,8 @@ run), fit c by least squares and report how well the form fits. On the same inst
 Dr. GRPO (at the same rates) and the gap-adaptive step size (one setting for all), and report
 which of them stall: a run stalls when it ends below `target_J` without gaining more than
 `progress_tol` over its last fifth. Each plateau is also split into the prompts that converged
-and those whose policy collapsed onto a wrong token (J_c < 0.01).
+(J_c > 0.99), those whose policy collapsed onto a wrong token during training (J_c ends below
+0.01 from above it) and those that never started (J_c below 0.01 throughout).
 """
 
 from __future__ import annotations
@@ -92,10 +93,12 @@ def stagnation_cell(params: dict) -> dict[str, pa.Table]:
     plateau = J[-tail:].mean(0)
     gain = J[-1] - J[-fifth]
     stalled = (J[-1] < params["target_J"]) & (gain < params["progress_tol"])
-    Jc = traj.prompt_metrics["J"][-1].numpy()  # (R, C)
+    Jc, Jc0 = traj.prompt_metrics["J"][-1].numpy(), traj.prompt_metrics["J"][0].numpy()  # (R, C)
     outcomes = pa.table({
         "lr": lrs, "plateau_J": plateau.tolist(), "final_J": J[-1].tolist(), "stalled": stalled.tolist(),
-        "collapsed_prompts": (Jc < 0.01).sum(1).tolist(), "converged_prompts": (Jc > 0.99).sum(1).tolist(),
+        "collapsed_prompts": ((Jc < 0.01) & (Jc0 >= 0.01)).sum(1).tolist(),
+        "never_started_prompts": ((Jc < 0.01) & (Jc0 < 0.01)).sum(1).tolist(),
+        "converged_prompts": (Jc > 0.99).sum(1).tolist(),
         "mean_eta": traj.metrics["eta"][:-1].nanmean(0).tolist(),
     })
     return {"trajectories": trajectory_table(traj, {"lr": lrs}), "outcomes": outcomes}
@@ -125,12 +128,13 @@ def run(config: StagnationConfig, progress: Progress, workdir: Path) -> Result:
     tables = run_sweep(stagnation_cell, cells, workdir / "sweep", backend=config.backend, workers=config.workers,
                        on_cell=progress.task("stagnation: (rule, instance) cells", len(cells)))
     table = tables["outcomes"]
-    cols = columns(table, ("lr", "plateau_J", "final_J", "stalled", "collapsed_prompts"))
+    cols = columns(table, ("lr", "plateau_J", "final_J", "stalled", "collapsed_prompts", "never_started_prompts"))
     rule = np.asarray(table.column("rule").to_pylist())
     g = rule == "grpo"
     c, r2 = fit_plateau(cols["lr"][g], cols["plateau_J"][g])
     stall = {r: float(cols["stalled"][rule == r].mean()) for r in RULES}
     collapsed = {r: float(cols["collapsed_prompts"][rule == r].mean()) for r in RULES}
+    never = {r: float(cols["never_started_prompts"][rule == r].mean()) for r in RULES}
     below = float((cols["plateau_J"][g] < config.target_J).mean())
     checks = [
         Check("GRPO at a fixed rate plateaus below 100% (eq. 17-18)", below > 0,
@@ -143,7 +147,9 @@ def run(config: StagnationConfig, progress: Progress, workdir: Path) -> Result:
               f"stalled runs: {stall['gap-adaptive']:.0%} (one setting, fraction {config.adaptive_fraction})", "none", kind="claim"),
     ]
     summary = {"fit": {"c": c, "r2": r2}, "stalled_fraction": stall, "mean_collapsed_prompts": collapsed,
-               "plateaus_below_target": below, "note": "a plateau below 1 is made of prompts collapsed onto wrong tokens"}
+               "mean_prompts_stuck_from_the_start": never, "plateaus_below_target": below,
+               "note": "a plateau below 1 is made of prompts whose J ends below 0.01: collapsed during training "
+                       "(J_c(0) >= 0.01) or never started (J_c(0) < 0.01: too little gradient to move)"}
     return Result({"metrics": tables["trajectories"], "outcomes": table}, summary, checks)
 
 
