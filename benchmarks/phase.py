@@ -17,16 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlvrlab.experiments.phase import PhaseConfig, phase_cell
+from rlvrlab.experiments.phase import PhaseConfig, phase_cell, phase_cells
 from rlvrlab.integrations.sweep import run_sweep
-
-
-def cells(config: PhaseConfig) -> list[dict]:
-    norm = config.drgrpo_norm or float(max(config.lengths))
-    base = {k: getattr(config, k) for k in ("lr_min", "lr_max", "lr_points", "steps", "prompts", "dim", "vocab", "rho",
-                                              "update", "G", "target_J", "bisection")}
-    return [dict(base, preset=p, T=T, J0=J0, seed=s, drgrpo_norm=norm)
-            for p in config.presets for T in config.lengths for J0 in config.J0s for s in range(config.seeds)]
 
 
 def main() -> None:
@@ -35,7 +27,7 @@ def main() -> None:
     ap.add_argument("--json", type=str, default=None)
     ap.add_argument("--limit", type=int, default=None, help="only the first N cells (a smoke run of the script)")
     args = ap.parse_args()
-    grid = cells(PhaseConfig.quick())[: args.limit]
+    grid = phase_cells(PhaseConfig.quick())[: args.limit]
     times: dict[int, list[float]] = {1: [], 2: []}
     results = {}
     for _ in range(args.repeats):

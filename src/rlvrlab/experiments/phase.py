@@ -38,7 +38,7 @@ from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import simulate
 from rlvrlab.updates import PRESETS, make_direction
 
-__all__ = ["EXPERIMENT", "PhaseConfig", "fit_slope", "phase_cell", "plot", "run"]
+__all__ = ["EXPERIMENT", "PhaseConfig", "fit_slope", "phase_cell", "phase_cells", "plot", "run"]
 
 THEORY_SLOPE = {"reinforce": -1.0, "rloo": -1.0, "dr-grpo": -1.0, "grpo": 0.0, "dapo": 0.0, "gspo": 0.0}
 
@@ -162,12 +162,18 @@ def _t975(dof: int) -> float:
     return table[max(below)] if dof <= 60 else 1.96
 
 
-def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
+def phase_cells(config: PhaseConfig) -> list[dict]:
+    """The sweep's cells: one per (preset, T, J0, instance), with every setting a cell needs."""
     norm = config.drgrpo_norm or float(max(config.lengths))
     base = {k: getattr(config, k) for k in ("lr_min", "lr_max", "lr_points", "steps", "prompts", "dim", "vocab", "rho",
                                               "update", "G", "target_J", "bisection")}
-    cells = [dict(base, preset=p, T=T, J0=J0, seed=s, drgrpo_norm=norm)
-             for p in config.presets for T in config.lengths for J0 in config.J0s for s in range(config.seeds)]
+    return [dict(base, preset=p, T=T, J0=J0, seed=s, drgrpo_norm=norm)
+            for p in config.presets for T in config.lengths for J0 in config.J0s for s in range(config.seeds)]
+
+
+def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
+    cells = phase_cells(config)
+    norm = cells[0]["drgrpo_norm"]
     tables = run_sweep(phase_cell, cells, workdir / "sweep", backend=config.backend, workers=config.workers,
                        on_cell=progress.task("phase: (preset, T, J0, instance) cells", len(cells)))
     cols = columns(tables["critical"], ("preset", "T", "J0", "seed", "lr", "lr_crit_low", "lr_crit_high"))

@@ -22,7 +22,16 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp, vjp, vmap
 
-__all__ = ["Constants", "EnumerablePolicy"]
+__all__ = ["Constants", "EnumerablePolicy", "init_theta"]
+
+
+def init_theta(runs: int, n_params: int, *, scale: float = 0.0, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """theta0 (R, d) for any policy: zeros, or N(0, scale²) entries."""
+    theta = torch.zeros(runs, n_params, dtype=dtype)
+    if scale > 0:
+        theta.normal_(0.0, scale, generator=generator)
+    return theta
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,7 @@ class EnumerablePolicy(ABC):
     def init(self, runs: int, *, scale: float = 0.0, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """theta0 (R, d): zeros, or N(0, scale²) entries."""
-        theta = torch.zeros(runs, self.n_params, dtype=dtype)
-        if scale > 0:
-            theta.normal_(0.0, scale, generator=generator)
-        return theta
+        return init_theta(runs, self.n_params, scale=scale, generator=generator, dtype=dtype)
 
     # --- derivatives: autograd defaults ------------------------------------------------------
 

@@ -29,7 +29,7 @@ import torch
 
 from rlvrlab import _checks
 from rlvrlab.gap import GapStats
-from rlvrlab.policies.base import Constants
+from rlvrlab.policies.base import Constants, init_theta
 from rlvrlab.policies.model import Batch, Model
 
 __all__ = ["CountModel", "CountReward", "IndependentSoftmax"]
@@ -69,10 +69,8 @@ class IndependentSoftmax:
 
     def init(self, runs: int, *, scale: float = 0.0, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        theta = torch.zeros(runs, self.n_params, dtype=dtype)
-        if scale > 0:
-            theta.normal_(0.0, scale, generator=generator)
-        return theta
+        """theta0 (R, d): zeros, or N(0, scale²) entries."""
+        return init_theta(runs, self.n_params, scale=scale, generator=generator, dtype=dtype)
 
     def constants(self) -> Constants:
         T = self.length
