@@ -120,7 +120,7 @@ def run(config: ContextualConfig, progress: Progress, workdir: Path) -> Result:
     inside = (change[:-1] - dm[:-1] * config.eta).abs() <= band + 1e-12
     lemma_ok = inside | ~premise
 
-    Jf, Mf, Mrel_f = J[-1].flatten().numpy(), M[-1].flatten().numpy(), M_rel[-1].flatten().numpy()
+    Jf, Mf = J[-1].flatten().numpy(), M[-1].flatten().numpy()
     half = J.shape[0] // 4
     J_early = J[half].flatten().numpy()
     converged, stuck = float((Jf > 0.9).mean()), float((Jf < 0.1).mean())

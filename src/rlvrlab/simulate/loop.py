@@ -122,7 +122,7 @@ def simulate(
     M = torch.zeros(R, dtype=dtype)
     M_prompt = torch.zeros(R, C, dtype=dtype)
     M_train = torch.zeros(R, dtype=dtype)
-    prev_log_odds = None
+    prev_log_odds = prev_prompt_lo = None
 
     for k in range(steps + 1):
         log_J, log_1mJ = model.masses(theta)  # (R, C)

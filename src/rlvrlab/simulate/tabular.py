@@ -156,7 +156,7 @@ def run(
         except Exception as err:  # no C++ toolchain for inductor: the same math, eagerly
             if chunk_fn is _chunk:
                 raise
-            warnings.warn(f"torch.compile unavailable ({type(err).__name__}); running the bandit kernel eagerly")
+            warnings.warn(f"torch.compile unavailable ({type(err).__name__}); running the bandit kernel eagerly", stacklevel=2)
             chunk_fn = _chunk
             continue
         p = p_next
