@@ -1,0 +1,2 @@
+"""RLVR on real language models: verifiable tasks, tiny base models, and a GRPO trainer with live
+Gradient-Gap diagnostics (the paper's §6.2 and Figure 2)."""
