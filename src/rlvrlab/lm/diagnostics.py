@@ -1,0 +1,79 @@
+"""The Gradient Gap measured inside real training, from one extra forward pass (DESIGN.md).
+
+Per-sample gradients of a language model are too expensive, but the theory only needs quantities
+along the step actually taken. After the optimizer step (any optimizer), the log-ratio of every
+sampled response, ΔL_i = log π_new(o_i) - log π_old(o_i), gives, per prompt and for the batch:
+
+    Δμ·η ≈ mean+(ΔL) - mean-(ΔL)                         first order (Lemma 1)
+    Δ log-odds ≈ log mean+(e^ΔL) - log mean-(e^ΔL)        Lemma 3, exact in expectation
+    var± = Var±(ΔL) / η²                                   the spread along the step (App. F)
+    ratio = η / η_crit = (Var-(ΔL) - Var+(ΔL)) / (2 (mean+ΔL - mean-ΔL))
+
+with η = ‖θ_new - θ_old‖ and η_crit = 2Δμ/(var- - var+) the second-order critical step. The ratio
+does not depend on how η is measured: above 1 the step is past the point where the second-order
+log-odds gain turns negative. Per-prompt values need both correct and incorrect samples in the
+group ("mixed" prompts); the batch values pool every sample (P+ and P- of Section 5).
+
+The paper's own proxy (§6.2) is reported too: g_GRPO ∝ sqrt(J(1-J))(g+ - g-)/T, so
+Δμ ≈ ‖g_GRPO‖ · T / mean sqrt(J(1-J)) up to a constant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlvrlab.gap import gap_stats_mc, log_odds_change_mc
+
+__all__ = ["step_diagnostics"]
+
+
+def _mean(x: torch.Tensor) -> float:
+    x = x[torch.isfinite(x)]
+    return float(x.mean()) if x.numel() else math.nan
+
+
+def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
+                     mean_length: float = math.nan) -> dict[str, float]:
+    """``gap/...`` diagnostics of one step from the post-step log-ratios.
+
+    delta_logp: (B, G) log π_new(o) - log π_old(o) of each sampled completion
+    reward:     (B, G) 0/1
+    eta:        ‖θ_new - θ_old‖ (for the score-unit variances and eta_crit)
+    grad_norm, mean_length: for the paper's ‖g_GRPO‖ proxy
+    """
+    B, G = reward.shape
+    per = gap_stats_mc(reward, proj=delta_logp)  # per prompt: delta_mu = first order Δμ·η, var± of ΔL
+    change = log_odds_change_mc(delta_logp, reward)
+    pooled = gap_stats_mc(reward.reshape(1, -1), proj=delta_logp.reshape(1, -1))
+    pooled_change = log_odds_change_mc(delta_logp.reshape(1, -1), reward.reshape(1, -1))
+    mixed = per.defined
+    ratio = (per.var_minus - per.var_plus) / (2 * per.delta_mu)
+    ratio = torch.where(mixed & (per.delta_mu > 0), ratio, torch.nan)
+    b_first, b_vp, b_vm = float(pooled.delta_mu[0]), float(pooled.var_plus[0]), float(pooled.var_minus[0])
+    b_ratio = (b_vm - b_vp) / (2 * b_first) if b_first > 0 else math.nan
+    J = reward.float().mean(-1)
+    spread = torch.sqrt(J * (1 - J))
+    proxy = grad_norm * mean_length / float(spread[mixed].mean()) if bool(mixed.any()) else math.nan
+    e2 = eta * eta if eta > 0 else math.nan
+    return {
+        "gap/J": float(reward.float().mean()),
+        "gap/delta_mu_eta": b_first,
+        "gap/se_delta_mu_eta": float(pooled.se_delta_mu[0]),
+        "gap/log_odds_change": float(pooled_change.realized[0]),
+        "gap/se_log_odds_change": float(pooled_change.se_realized[0]),
+        "gap/delta_mu_eta_prompt": _mean(per.delta_mu[mixed]),
+        "gap/log_odds_change_prompt": _mean(change.realized[mixed]),
+        "gap/var_plus": b_vp / e2,
+        "gap/var_minus": b_vm / e2,
+        "gap/eta": eta,
+        "gap/crit_ratio": b_ratio,
+        "gap/eta_crit": eta / b_ratio if b_ratio > 0 else math.inf,
+        "gap/crit_ratio_prompt_mean": _mean(ratio),
+        "gap/crit_ratio_prompt_max": float(ratio[torch.isfinite(ratio)].max()) if bool(torch.isfinite(ratio).any()) else math.nan,
+        "gap/prompts_past_crit": float((ratio > 1).sum()),
+        "gap/mixed_prompts": float(mixed.sum()),
+        "gap/zero_variance_groups": float((~mixed).float().mean()),
+        "gap/grpo_norm_proxy": proxy,
+    }

@@ -1,0 +1,395 @@
+"""A lean GRPO trainer for any Hugging Face causal LM, with live Gradient-Gap diagnostics.
+
+Each step: B prompts from the training split, G completions each sampled with a KV cache
+(rlvrlab.lm.sampling), rewards from the task's verifier, the preset's loss from
+rlvrlab.updates.presets (the one implementation the simulators use: GRPO, Dr. GRPO, DAPO, GSPO,
+RLOO, REINFORCE; epochs > 1 for PPO's inner steps), Adam with gradient clipping, and then one
+extra forward pass over the batch just trained on for the diagnostics of
+rlvrlab.lm.diagnostics (Δμ·η, the realized log-odds change, var±, the critical-step ratio, the
+paper's ‖g_GRPO‖ proxy), together with entropy, lengths, clip fraction and the fraction of groups
+without reward variance.
+
+The step was computed from those very samples, so the in-sample log-ratios overstate how much the
+step moved the policy on responses it did not see: Lemma 3 is exact in expectation only for
+samples independent of the step. With `fresh_samples` = n > 0, n more completions per prompt are
+drawn from π_old before the step and never trained on; the same diagnostics from them are logged
+as `gap_fresh/...` (unbiased, at the cost of sampling n more completions per prompt). Every `eval_every` steps, held-out accuracy: the mean over
+`eval_samples` completions of each held-out prompt (20% of the pool by default).
+
+Learning rate: constant, cosine, or gap-adaptive: after each step the estimated ratio of the step
+to the second-order critical step gives the critical rate lr/ratio (`gap/lr_crit`); one batch's
+estimate is noisy, so its geometric running mean (weight `adaptive_smoothing` on the past) is what
+the rule follows: the next rate is `adaptive_fraction` of it, moving at most a factor 2 per step
+and kept in [lr_min, lr_max] (rlvrlab.updates' gap-adaptive rule, with the statistics a trainer
+without enumeration has). While no threshold is in sight the rate grows by `adaptive_growth`.
+
+Run directory: config.json, metrics.parquet (one row per step, `gap/...`, `loss/...`,
+`charts/...`, `eval/...`), checkpoints/latest.pt every `checkpoint_every` steps (model,
+optimizer, scheduler, every random state, the metrics so far) and model/ at the end. All
+randomness comes from explicit generators whose states are checkpointed, so a run resumed after
+a kill ends with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import torch
+
+from rlvrlab import _checks
+from rlvrlab.io import atomic_write_json, write_table
+from rlvrlab.lm.diagnostics import step_diagnostics
+from rlvrlab.lm.sampling import Rollout, sample, token_logprobs
+from rlvrlab.updates import PRESETS, get_preset, policy_loss
+
+__all__ = ["GRPOTrainer", "RewardError", "TrainConfig", "load_model"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a GRPO run (defaults: a few minutes on a laptop CPU with the tiny base model)."""
+
+    model: str = ""  # a directory with a Hugging Face causal LM and its tokenizer
+    task: str = "add"  # a task of rlvrlab.lm.tasks, or a .jsonl / .parquet question-answer file
+    preset: str = "grpo"
+    prompts: int = 400  # problems drawn from the task (held-out share: holdout)
+    batch_size: int = 64  # completions per step: batch_size / group prompts, group completions each
+    group: int = 8
+    max_new_tokens: int = 48
+    steps: int = 100
+    lr: float = 1e-3
+    schedule: Literal["constant", "cosine", "gap-adaptive"] = "constant"
+    adaptive_fraction: float = 0.5
+    adaptive_smoothing: float = 0.8
+    adaptive_growth: float = 1.1
+    lr_min: float = 1e-6
+    lr_max: float = 1e-1
+    epochs: int = 1
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    holdout: float = 0.2
+    eval_every: int = 10
+    eval_samples: int = 5
+    diagnostics: bool = True
+    fresh_samples: int = 0  # completions per prompt for unbiased (never trained on) diagnostics; 0: off
+    checkpoint_every: int = 25
+    tensorboard: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "batch_size", "group", "max_new_tokens", "steps", "epochs", "eval_every", "eval_samples",
+                     "checkpoint_every"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                _checks.fail(name, v, "an integer >= 1")
+        if self.group < 2:
+            _checks.fail("group", self.group, "an integer >= 2 (GRPO compares completions within a group)")
+        if self.batch_size % self.group:
+            _checks.fail("batch_size", self.batch_size,
+                         f"a multiple of group = {self.group} (batch_size / group prompts of group completions each)")
+        _checks.choose("preset", self.preset, PRESETS)
+        _checks.choose("schedule", self.schedule, ("constant", "cosine", "gap-adaptive"))
+        for name in ("lr", "lr_min", "lr_max", "temperature", "max_grad_norm"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                _checks.fail(name, v, "a finite number > 0")
+        if not 0 < self.holdout < 1:
+            _checks.fail("holdout", self.holdout, "a fraction in (0, 1)")
+        if not 0 < self.adaptive_fraction <= 1:
+            _checks.fail("adaptive_fraction", self.adaptive_fraction, "a number in (0, 1]")
+        if not 0 <= self.adaptive_smoothing < 1:
+            _checks.fail("adaptive_smoothing", self.adaptive_smoothing, "a number in [0, 1)")
+        if not 1 <= self.adaptive_growth <= 2:
+            _checks.fail("adaptive_growth", self.adaptive_growth, "a number in [1, 2]")
+        if not (isinstance(self.fresh_samples, int) and self.fresh_samples >= 0 and self.fresh_samples != 1):
+            _checks.fail("fresh_samples", self.fresh_samples, "0 (off) or an integer >= 2")
+        if self.fresh_samples and not self.diagnostics:
+            _checks.fail("diagnostics", self.diagnostics, "True when fresh_samples > 0")
+        if self.schedule == "gap-adaptive" and not self.diagnostics:
+            _checks.fail("diagnostics", self.diagnostics, "True with schedule 'gap-adaptive' (the rule reads the diagnostics)")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.group
+
+
+class RewardError(ValueError):
+    """A reward function failed or returned something other than 0/1 for one sample."""
+
+
+def load_model(path: str | Path):
+    """(model, tokenizer) from a directory, with clear errors for what GRPO cannot use."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of rlvrlab's own progress
+
+    p = Path(path)
+    if not str(path) or not p.is_dir() or not (p / "config.json").exists():
+        _checks.fail("model", str(path), "a directory holding a Hugging Face causal LM (config.json, weights, tokenizer)")
+    try:
+        config = AutoConfig.from_pretrained(p)
+        model = AutoModelForCausalLM.from_pretrained(p)
+    except (ValueError, OSError, KeyError) as err:
+        _checks.fail("model", str(path), f"a causal language model that AutoModelForCausalLM loads ({type(err).__name__}: {err})")
+    if not getattr(config, "is_decoder", True) and getattr(config, "is_encoder_decoder", False):
+        _checks.fail("model", str(path), "a decoder-only causal LM")
+    tokenizer = AutoTokenizer.from_pretrained(p)
+    if tokenizer.eos_token_id is None:
+        _checks.fail("tokenizer", str(path), "a tokenizer with an EOS token (completions must be able to end)")
+    if tokenizer.pad_token_id is None:
+        _checks.fail("tokenizer", str(path), "a tokenizer with a pad token (set tokenizer.pad_token, e.g. to the EOS token)")
+    return model, tokenizer
+
+
+def _load_task(spec: str):
+    from rlvrlab.lm.tasks import TASKS, load_qa, make_task
+
+    if spec in TASKS:
+        return make_task(spec)
+    if spec.endswith((".jsonl", ".parquet")):
+        return load_qa(spec)
+    _checks.fail("task", spec, f"a task name ({', '.join(sorted(TASKS))}) or a .jsonl / .parquet question-answer file")
+
+
+class GRPOTrainer:
+    """Trains ``config.model`` on ``config.task`` into ``out`` (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, out: str | Path, *, reward_fn: Callable[[str, Any], float] | None = None,
+                 on_step: Callable[[int], None] | None = None):
+        self.config, self.out, self.on_step = config, Path(out), on_step
+        self.model, self.tokenizer = load_model(config.model)
+        self.task = _load_task(config.task)
+        self.reward_fn = reward_fn or self.task.verify
+        problems = self.task.sample(config.prompts, seed=config.seed)
+        if len(problems) < 2:
+            _checks.fail("task", config.task, "a task or file with at least 2 problems")
+        n_eval = max(1, int(round(config.holdout * len(problems))))
+        self.heldout, self.train_set = problems[:n_eval], problems[n_eval:]
+        if len(self.train_set) < config.prompts_per_step:
+            _checks.fail("batch_size", config.batch_size,
+                         f"at most group × {len(self.train_set)} (the training prompts available)")
+        self.preset = get_preset(config.preset, epochs=config.epochs)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=config.lr)
+        K = config.steps
+        shape = {"constant": lambda s: 1.0, "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, K) / K)),
+                 "gap-adaptive": lambda s: 1.0}[config.schedule]
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, shape)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.fresh_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
+        self.rng = random.Random(config.seed)
+        self.step, self.M, self.rows = 0, 0.0, []
+        self.log_lr_crit = math.nan  # running mean of log(lr / crit_ratio), for the gap-adaptive rule
+        self.writer = None
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                _checks.fail("tensorboard", True, "False, or install tensorboard (pip install tensorboard)")
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    # --- data --------------------------------------------------------------------------------
+
+    def _batch(self) -> list:
+        """The step's prompts: consecutive slices of a permutation of the training set per epoch."""
+        B, n = self.config.prompts_per_step, len(self.train_set)
+        start = (self.step * B) % n
+        epoch = (self.step * B) // n
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)).tolist()
+        idx = (order + order)[start : start + B]
+        return [self.train_set[i] for i in idx]
+
+    def _texts(self, rollout: Rollout) -> list[str]:
+        eos = self.tokenizer.eos_token
+        return [self.tokenizer.decode(ids[m]).removesuffix(eos) for ids, m in zip(rollout.completion_ids, rollout.completion_mask)]
+
+    def _rewards(self, texts: list[str], problems: list, G: int) -> torch.Tensor:
+        out = []
+        for i, text in enumerate(texts):
+            problem = problems[i // G]
+            try:
+                r = self.reward_fn(text, problem)
+            except Exception as err:
+                raise RewardError(f"reward function raised {type(err).__name__}: {err} on completion {text!r} "
+                                  f"for prompt {getattr(problem, 'prompt', problem)!r}") from err
+            if not isinstance(r, (int, float, bool)) or isinstance(r, float) and not math.isfinite(r) or r not in (0, 1):
+                raise RewardError(f"reward function returned {r!r} for completion {text!r} of prompt "
+                                  f"{getattr(problem, 'prompt', problem)!r}; allowed: 0 or 1 (verifiable pass/fail)")
+            out.append(float(r))
+        return torch.tensor(out).view(-1, G)
+
+    def _sample(self, problems: list, G: int, generator: torch.Generator) -> Rollout:
+        prompts = [self.tokenizer(p.prompt)["input_ids"] for p in problems]
+        self.model.eval()
+        return sample(self.model, prompts, G=G, max_new_tokens=self.config.max_new_tokens, eos_id=self.tokenizer.eos_token_id,
+                      pad_id=self.tokenizer.pad_token_id, generator=generator, temperature=self.config.temperature)
+
+    # --- one step ------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        cfg, G = self.config, self.config.group
+        problems = self._batch()
+        rollout = self._sample(problems, G, self.gen)
+        reward = self._rewards(self._texts(rollout), problems, G)
+        B, T = len(problems), rollout.completion_ids.shape[1]
+        mask = rollout.completion_mask.view(B, G, T)
+        fresh = None
+        if cfg.fresh_samples:
+            fresh = self._sample(problems, cfg.fresh_samples, self.fresh_gen)
+            fresh_reward = self._rewards(self._texts(fresh), problems, cfg.fresh_samples)
+            with torch.no_grad():
+                fresh_old, _ = token_logprobs(self.model, fresh)
+        self.model.train()
+        before = torch.cat([p.detach().flatten() for p in self.params]) if cfg.diagnostics else None
+        logp, entropy = token_logprobs(self.model, rollout, entropy=True)
+        logp_old = logp.detach()
+        lr = self.opt.param_groups[0]["lr"]
+        for epoch in range(self.preset.epochs):
+            if epoch:
+                logp, _ = token_logprobs(self.model, rollout)
+            loss, lm = policy_loss(self.preset, logp.view(B, G, T), logp_old.view(B, G, T), reward, mask)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+            self.opt.step()
+        if cfg.schedule != "gap-adaptive":
+            self.sched.step()
+        lengths = rollout.lengths.float()
+        row = {"step": self.step, "loss/policy": float(loss.detach()), "loss/clipfrac": float(lm["loss/clipfrac"]),
+               "loss/abs_advantage": float(lm["loss/abs_advantage"]), "charts/lr": lr, "charts/grad_norm": grad_norm,
+               "charts/entropy": float(entropy.sum() / rollout.completion_mask.sum()),
+               "charts/length_mean": float(lengths.mean()), "charts/length_max": float(lengths.max()),
+               "charts/truncated": float((~(rollout.completion_ids == self.tokenizer.eos_token_id).any(-1)).float().mean()),
+               "charts/reward": float(reward.mean()), "loss/zero_variance_groups": float(lm["loss/zero_variance_groups"])}
+        if cfg.diagnostics:
+            with torch.no_grad():
+                self.model.eval()
+                logp_new, _ = token_logprobs(self.model, rollout)
+                after = torch.cat([p.detach().flatten() for p in self.params])
+            delta = ((logp_new - logp_old) * rollout.completion_mask).sum(-1).view(B, G)
+            eta = float((after - before).norm())
+            row.update(step_diagnostics(delta, reward, eta=eta, grad_norm=grad_norm, mean_length=float(lengths.mean())))
+            if fresh is not None:
+                with torch.no_grad():
+                    fresh_new, _ = token_logprobs(self.model, fresh)
+                fresh_delta = ((fresh_new - fresh_old) * fresh.completion_mask).sum(-1).view(B, cfg.fresh_samples)
+                diag = step_diagnostics(fresh_delta, fresh_reward, eta=eta, grad_norm=grad_norm,
+                                        mean_length=float(fresh.lengths.float().mean()))
+                row.update({"gap_fresh/" + k.removeprefix("gap/"): v for k, v in diag.items()})
+            self.M += max(row["gap/delta_mu_eta"], 0.0) if math.isfinite(row["gap/delta_mu_eta"]) else 0.0
+            row["gap/M"] = self.M
+            ratio = row["gap/crit_ratio"]
+            row["gap/lr_crit"] = lr / ratio if ratio > 0 else (math.inf if ratio <= 0 else math.nan)
+            if cfg.schedule == "gap-adaptive":
+                self._adapt(ratio, lr)
+        return row
+
+    def _adapt(self, ratio: float, lr: float) -> None:
+        """Next rate: adaptive_fraction of the running estimate of the critical rate, within a factor 2."""
+        cfg = self.config
+        if math.isfinite(ratio) and ratio > 0:
+            x = math.log(lr / ratio)
+            a = cfg.adaptive_smoothing
+            self.log_lr_crit = x if math.isnan(self.log_lr_crit) else a * self.log_lr_crit + (1 - a) * x
+        if math.isnan(self.log_lr_crit):  # no second-order threshold in sight yet: grow, cautiously
+            target = cfg.adaptive_growth * lr
+        else:
+            target = cfg.adaptive_fraction * math.exp(self.log_lr_crit)
+        new = min(max(target, lr / 2), 2 * lr)
+        new = min(max(new, cfg.lr_min), cfg.lr_max)
+        for g in self.opt.param_groups:
+            g["lr"] = new
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Held-out accuracy: the mean over eval_samples completions of every held-out prompt."""
+        gen = torch.Generator().manual_seed(self.config.seed * 7919 + self.step)  # leaves the training RNG alone
+        roll = self._sample(self.heldout, self.config.eval_samples, gen)
+        texts = self._texts(roll)
+        return float(self._rewards(texts, self.heldout, self.config.eval_samples).mean())
+
+    # --- run, checkpoint, resume -----------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        path = self.out / "checkpoints" / "latest.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"step": self.step, "M": self.M, "log_lr_crit": self.log_lr_crit, "rows": self.rows, "model": self.model.state_dict(),
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "generator": self.gen.get_state(),
+                 "fresh_generator": self.fresh_gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "python_rng": self.rng.getstate(),
+                 "settings": dataclasses.asdict(self.config)}
+        tmp = path.with_name(".latest.pt.tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def _resume(self) -> None:
+        path = self.out / "checkpoints" / "latest.pt"
+        if not path.exists():
+            return
+        state = torch.load(path, weights_only=False)
+        if state["settings"] != dataclasses.asdict(self.config):
+            _checks.fail("--out", str(self.out), "a directory whose checkpoint has the same settings, or --force to start over")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["generator"])
+        self.fresh_gen.set_state(state["fresh_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.setstate(state["python_rng"])
+        self.step, self.M, self.rows = state["step"], state["M"], state["rows"]
+        self.log_lr_crit = state["log_lr_crit"]
+
+    def _write_metrics(self) -> None:
+        names = list(dict.fromkeys(k for row in self.rows for k in row))
+        table = pa.table({k: [row.get(k, math.nan) for row in self.rows] for k in names})
+        write_table(self.out / "metrics.parquet", table)
+
+    def train(self, *, resume: bool = True) -> list[dict[str, float]]:
+        """Run to config.steps (resuming from the checkpoint in ``out`` when there is one)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", {"settings": dataclasses.asdict(self.config)})
+        if resume:
+            self._resume()
+        if self.step == 0 and not self.rows:
+            self.rows.append({"step": 0, "eval/accuracy": self.evaluate(), "gap/M": 0.0})
+        while self.step < self.config.steps:
+            row = self.train_step()
+            self.step += 1
+            row["step"] = self.step
+            if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
+                row["eval/accuracy"] = self.evaluate()
+            self.rows.append(row)
+            if self.writer is not None:
+                for k, v in row.items():
+                    if k != "step" and math.isfinite(v):
+                        self.writer.add_scalar(k, v, self.step)
+            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                self._write_metrics()
+                self._checkpoint()
+            if self.on_step is not None:
+                self.on_step(1)
+        self._write_metrics()
+        self.model.save_pretrained(self.out / "model")
+        self.tokenizer.save_pretrained(self.out / "model")
+        if self.writer is not None:
+            self.writer.close()
+        return self.rows
+
+
+def summary_of(rows: list[dict[str, float]]) -> dict[str, Any]:
+    """Headline numbers of a run."""
+    acc = [(r["step"], r["eval/accuracy"]) for r in rows if math.isfinite(r.get("eval/accuracy", math.nan))]
+    ratios = [r["gap/crit_ratio"] for r in rows if math.isfinite(r.get("gap/crit_ratio", math.nan))]
+    return {"accuracy_start": acc[0][1] if acc else math.nan, "accuracy_end": acc[-1][1] if acc else math.nan,
+            "M_end": rows[-1].get("gap/M", math.nan), "steps": rows[-1]["step"],
+            "median_crit_ratio": float(torch.tensor(ratios).median()) if ratios else math.nan,
+            "steps_past_crit": sum(r > 1 for r in ratios)}
+

@@ -1,0 +1,298 @@
+"""The language-model trainer: sampling, diagnostics worked by hand, exact resumption, bad input.
+
+A tiny random Qwen2 (one layer, hidden 32) stands in for a base model; its completions are noise,
+so the tests that need reward variance use a reward of their own (even completion length).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rlvrlab.cli import app
+from rlvrlab.lm.diagnostics import step_diagnostics
+from rlvrlab.lm.sampling import sample, token_logprobs
+from rlvrlab.lm.tasks import make_task
+from rlvrlab.lm.tokenizer import char_tokenizer
+from rlvrlab.lm.trainer import GRPOTrainer, RewardError, TrainConfig, load_model
+
+
+def _even_length(text, problem):
+    return float(len(text) % 2 == 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny")
+    tok = char_tokenizer("".join("".join(make_task(t).alphabet) for t in ("add", "arith", "countdown")))
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():  # a larger (tied) EOS embedding makes completions end at different lengths
+        model.model.embed_tokens.weight[tok.eos_token_id] *= 3.0
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _config(model, **kw):
+    base = dict(model=str(model), task="add", prompts=40, batch_size=8, group=4, max_new_tokens=6, steps=4, lr=1e-2,
+                eval_every=2, eval_samples=2, checkpoint_every=2, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+
+def test_left_padded_log_probs_equal_unpadded_ones(tiny_model):
+    model, tok = load_model(tiny_model)
+    model.eval()
+    prompts = [tok(p)["input_ids"] for p in ("1+2=", "345+67=", "9=")]
+    roll = sample(model, prompts, G=2, max_new_tokens=5, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                  generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        batched, _ = token_logprobs(model, roll)
+        for i in range(len(prompts) * 2):
+            p = prompts[i // 2]
+            c = roll.completion_ids[i][roll.completion_mask[i]].tolist()
+            logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : len(p) - 1 + len(c)]
+            alone = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c)[:, None]).squeeze(-1)
+            torch.testing.assert_close(batched[i, : len(c)], alone, atol=1e-5, rtol=1e-5)
+            assert (batched[i, len(c):] == 0).all()
+
+
+def test_sampling_is_a_function_of_the_generator_state(tiny_model):
+    model, tok = load_model(tiny_model)
+    prompts = [tok("12+3=")["input_ids"]]
+    kw = dict(G=6, max_new_tokens=8, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    a = sample(model, prompts, generator=torch.Generator().manual_seed(5), **kw)
+    b = sample(model, prompts, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    # the mask covers every token up to and including the first EOS, nothing after it
+    for ids, mask in zip(a.completion_ids, a.completion_mask):
+        eos = (ids == tok.eos_token_id).nonzero()
+        n = int(eos[0]) + 1 if len(eos) else len(ids)
+        assert mask.tolist() == [True] * n + [False] * (len(ids) - n)
+
+
+# --- diagnostics, worked by hand ----------------------------------------------------------------
+
+
+def test_step_diagnostics_worked_example():
+    # one prompt, 2 correct samples with ΔL = 0.3, 0.1 and 2 incorrect with ΔL = -0.2, 0.0, step norm 0.5
+    d = torch.tensor([[0.3, 0.1, -0.2, 0.0]])
+    r = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    out = step_diagnostics(d, r, eta=0.5, grad_norm=2.0, mean_length=10.0)
+    assert out["gap/delta_mu_eta"] == pytest.approx(0.2 - (-0.1))
+    lo = math.log((math.exp(0.3) + math.exp(0.1)) / 2) - math.log((math.exp(-0.2) + 1) / 2)
+    assert out["gap/log_odds_change"] == pytest.approx(lo)
+    var_p, var_m = 0.02, 0.02  # sample variances (n - 1): ((0.1)² + (0.1)²) / 1
+    assert out["gap/var_plus"] == pytest.approx(var_p / 0.25)
+    assert out["gap/var_minus"] == pytest.approx(var_m / 0.25)
+    assert out["gap/crit_ratio"] == pytest.approx(0.0, abs=1e-6)
+    assert out["gap/grpo_norm_proxy"] == pytest.approx(2.0 * 10.0 / 0.5)
+    assert out["gap/mixed_prompts"] == 1 and out["gap/zero_variance_groups"] == 0
+
+
+def test_crit_ratio_is_one_where_second_order_gain_vanishes():
+    # pooled first order 0.1; Var- - Var+ = 0.2 gives ratio (0.2) / (2 · 0.1) = 1
+    d = torch.tensor([[0.1, 0.1, 0.0, 0.0]])
+    r = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    base = step_diagnostics(d, r, eta=1.0)
+    assert base["gap/crit_ratio"] == pytest.approx(0.0)
+    spread = math.sqrt(0.1)  # two samples ±s around 0 have sample variance 2 s² = 0.2
+    d2 = torch.tensor([[0.1, 0.1, spread, -spread]])
+    out = step_diagnostics(d2, r, eta=1.0)
+    assert out["gap/delta_mu_eta"] == pytest.approx(0.1)
+    assert out["gap/crit_ratio"] == pytest.approx(1.0)
+    assert out["gap/eta_crit"] == pytest.approx(1.0)
+
+
+def test_groups_without_reward_variance_are_counted_and_skipped():
+    d = torch.tensor([[0.1, 0.2], [0.3, -0.1], [0.0, 0.0]])
+    r = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    out = step_diagnostics(d, r, eta=1.0)
+    assert out["gap/zero_variance_groups"] == pytest.approx(2 / 3)
+    assert out["gap/mixed_prompts"] == 1
+    assert out["gap/delta_mu_eta_prompt"] == pytest.approx(0.4)  # only the mixed prompt
+
+
+# --- training, checkpoints, exact resumption ---------------------------------------------------------
+
+
+def test_a_step_records_every_diagnostic_and_moves_the_weights(tiny_model, tmp_path):
+    tr = GRPOTrainer(_config(tiny_model), tmp_path, reward_fn=_even_length)
+    before = [p.detach().clone() for p in tr.params]
+    row = tr.train_step()
+    moved = sum(float((p.detach() - b).norm() ** 2) for p, b in zip(tr.params, before)) ** 0.5
+    assert row["gap/eta"] == pytest.approx(moved, rel=1e-5)
+    for key in ("gap/delta_mu_eta", "gap/log_odds_change", "gap/var_plus", "gap/var_minus", "gap/crit_ratio", "gap/eta_crit",
+                "gap/lr_crit", "gap/grpo_norm_proxy", "gap/zero_variance_groups", "charts/entropy", "charts/length_mean",
+                "loss/clipfrac", "charts/grad_norm", "gap/M"):
+        assert key in row
+    if row["gap/mixed_prompts"] > 0:
+        assert math.isfinite(row["gap/delta_mu_eta"]) and math.isfinite(row["gap/log_odds_change"])
+
+
+def test_fresh_samples_measure_the_same_step_on_responses_it_was_not_trained_on(tiny_model, tmp_path):
+    tr = GRPOTrainer(_config(tiny_model, fresh_samples=6), tmp_path, reward_fn=_even_length)
+    row = tr.train_step()
+    assert row["gap_fresh/eta"] == row["gap/eta"]  # the same step ...
+    assert row["gap_fresh/J"] != row["gap/J"] or row["gap_fresh/delta_mu_eta"] != row["gap/delta_mu_eta"]  # ... other samples
+    for key in ("delta_mu_eta", "log_odds_change", "crit_ratio", "var_plus", "var_minus", "zero_variance_groups"):
+        assert "gap_fresh/" + key in row
+
+
+@pytest.mark.parametrize("schedule, fresh", [("cosine", 0), ("gap-adaptive", 2)])
+def test_resume_after_an_interruption_ends_with_the_uninterrupted_weights(tiny_model, tmp_path, schedule, fresh):
+    cfg = _config(tiny_model, steps=5, schedule=schedule, fresh_samples=fresh)
+    whole = GRPOTrainer(cfg, tmp_path / "whole", reward_fn=_even_length)
+    rows_whole = whole.train()
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(n, seen=[0]):
+        seen[0] += n
+        if seen[0] == 3:  # after step 3: the last checkpoint is step 2
+            raise Killed
+
+    with pytest.raises(Killed):
+        GRPOTrainer(cfg, tmp_path / "cut", reward_fn=_even_length, on_step=kill_at_3).train()
+    resumed = GRPOTrainer(cfg, tmp_path / "cut", reward_fn=_even_length)
+    rows_cut = resumed.train()
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [r["step"] for r in rows_cut] == list(range(6))  # no step lost or duplicated
+    assert json.dumps(rows_cut) == json.dumps(rows_whole)
+    assert any(not torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
+                                                      load_model(tiny_model)[0].state_dict().values()))
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model, tmp_path):
+    GRPOTrainer(_config(tiny_model, steps=2), tmp_path, reward_fn=_even_length).train()
+    with pytest.raises(ValueError, match="same settings, or --force"):
+        GRPOTrainer(_config(tiny_model, steps=2, lr=0.5), tmp_path, reward_fn=_even_length).train()
+
+
+def test_gap_adaptive_rate_follows_the_smoothed_critical_rate(tiny_model, tmp_path):
+    tr = GRPOTrainer(_config(tiny_model, schedule="gap-adaptive", lr=1e-2, adaptive_fraction=0.5, adaptive_smoothing=0.5),
+                     tmp_path, reward_fn=_even_length)
+    tr._adapt(ratio=math.nan, lr=1e-2)  # no threshold yet: grow by adaptive_growth
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1.1e-2)
+    tr._adapt(ratio=0.8, lr=1e-2)  # critical rate 1.25e-2, target half of it
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(0.625e-2)
+    tr._adapt(ratio=4.0, lr=1e-2)  # critical 2.5e-3; geometric mean with 1.25e-2 is sqrt(3.125e-5)
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(max(0.5 * math.sqrt(1.25e-2 * 2.5e-3), 0.5e-2))
+    tr._adapt(ratio=1e3, lr=1e-2)  # at most a factor 2 per step
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(0.5e-2)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(ValueError, match=r"^model: got '.*nowhere'; allowed: a directory holding a Hugging Face causal LM"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_not_a_causal_lm(tmp_path):
+    from transformers import T5Config
+
+    T5Config(d_model=8, d_ff=16, num_layers=1, num_heads=1, d_kv=8, vocab_size=10).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"^model: got .*; allowed: a causal language model that AutoModelForCausalLM loads"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("missing, message", [("eos", "a tokenizer with an EOS token"), ("pad", "a tokenizer with a pad token")])
+def test_tokenizer_without_eos_or_pad(tiny_model, tmp_path, missing, message):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    setattr(tok, f"{missing}_token", None)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"^tokenizer: got .*; allowed: {message}"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("reward, message", [
+    (lambda text, p: 1 / 0, r"reward function raised ZeroDivisionError: division by zero on completion '.*' for prompt '.*\+.*='"),
+    (lambda text, p: float("nan"), r"reward function returned nan for completion '.*' of prompt '.*'; allowed: 0 or 1"),
+    (lambda text, p: 0.5, r"reward function returned 0.5 for completion .*; allowed: 0 or 1"),
+    (lambda text, p: "1", r"reward function returned '1' for completion .*; allowed: 0 or 1"),
+])
+def test_bad_rewards_name_the_sample(tiny_model, tmp_path, reward, message):
+    tr = GRPOTrainer(_config(tiny_model), tmp_path, reward_fn=reward)
+    with pytest.raises(RewardError, match=message):
+        tr.train_step()
+
+
+def test_reward_failing_on_one_sample_is_reported_with_that_sample(tiny_model, tmp_path):
+    seen = []
+
+    def picky(text, problem):
+        seen.append(text)
+        if len(seen) == 3:
+            raise KeyError("boom")
+        return 0.0
+
+    tr = GRPOTrainer(_config(tiny_model), tmp_path, reward_fn=picky)
+    with pytest.raises(RewardError) as info:
+        tr.train_step()
+    assert repr(seen[2]) in str(info.value) and "KeyError" in str(info.value)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(batch_size=10, group=4), r"^batch_size: got 10; allowed: a multiple of group = 4"),
+    (dict(group=1, batch_size=4), r"^group: got 1; allowed: an integer >= 2"),
+    (dict(preset="ppo"), r"^preset: got 'ppo'; allowed: "),
+    (dict(schedule="linear"), r"^schedule: got 'linear'; allowed: constant, cosine, gap-adaptive"),
+    (dict(schedule="gap-adaptive", diagnostics=False), r"^diagnostics: got False; allowed: True with schedule 'gap-adaptive'"),
+    (dict(fresh_samples=1), r"^fresh_samples: got 1; allowed: 0 \(off\) or an integer >= 2"),
+])
+def test_bad_settings(kw, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(model="x", **kw)
+
+
+def test_unknown_task_and_empty_data_file(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match=r"^task: got 'sudoku'; allowed: a task name \(add, arith, countdown\) or a .jsonl"):
+        GRPOTrainer(_config(tiny_model, task="sudoku"), tmp_path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty.jsonl: got 'no records'"):
+        GRPOTrainer(_config(tiny_model, task=str(empty)), tmp_path)
+
+
+def test_trains_on_a_gsm8k_style_file(tiny_model, tmp_path):
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{a}+{a}=", "answer": f"twice {a} #### {2 * a}"}) + "\n" for a in range(12)))
+    tr = GRPOTrainer(_config(tiny_model, task=str(data), batch_size=4, group=2, steps=1), tmp_path / "run")
+    rows = tr.train()
+    assert rows[-1]["step"] == 1 and 0 <= rows[-1]["eval/accuracy"] <= 1
+
+
+def test_cli_train_writes_metrics_and_reports_bad_input(tiny_model, tmp_path):
+    import pyarrow.parquet as pq
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["lm", "train", "--model", str(tiny_model), "--out", str(out), "--steps", "2", "--set", "batch_size=8",
+                              "--set", "group=4", "--set", "max_new_tokens=4", "--set", "prompts=20", "--set", "eval_samples=1"])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(out / "metrics.parquet")
+    assert table.column("step").to_pylist() == [0, 1, 2]
+    assert (out / "model" / "config.json").exists()
+    bad = runner.invoke(app, ["lm", "train", "--model", str(tmp_path / "none"), "--out", str(out)])
+    assert bad.exit_code == 2 and "model: got" in bad.output
+    bad = runner.invoke(app, ["lm", "train", "--model", str(tiny_model), "--set", "group=3"])
+    assert bad.exit_code == 2 and "batch_size: got 64; allowed: a multiple of group = 3" in bad.output
