@@ -27,3 +27,16 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+TINY_PRETRAIN = dict(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, max_steps=30, batch=16, eval_every=15,
+                     eval_prompts=4, eval_samples=2, max_new_tokens=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory):
+    """A one-layer Qwen2 pretrained for 30 steps by rlvrlab.lm.pretrain (a few seconds), for tests
+    that need a real model directory: weights, tokenizer and rlvrlab_pretrain.json."""
+    from rlvrlab.lm.pretrain import PretrainConfig, pretrain
+
+    return pretrain(PretrainConfig(**TINY_PRETRAIN), tmp_path_factory.mktemp("models"))

@@ -33,3 +33,32 @@ def test_phase_benchmark_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert result["cells"] == 2
     assert result["speedup"] == pytest.approx(result["seconds_1_worker"] / result["seconds_2_workers"], rel=0.05)
+
+
+def test_grpo_vs_trl_benchmark_smoke(tmp_path):
+    pytest.importorskip("trl")
+    from rlvrlab.lm.pretrain import PretrainConfig, pretrain
+
+    # A barely trained one-layer model: its completions earn no reward, which the script's
+    # sanity check covers too (no reward variance, so no trainer may move its weights).
+    model = pretrain(PretrainConfig(max_steps=2, eval_every=2, batch=8, hidden=32, layers=1, intermediate=64, heads=2,
+                                    kv_heads=1, eval_prompts=2, eval_samples=1, max_new_tokens=8), tmp_path / "models")
+    out = tmp_path / "grpo_vs_trl.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "grpo_vs_trl.py"), "--model", str(model), "--prompts", "2", "--group", "4",
+         "--warmup", "1", "--rounds", "2", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    sec = result["seconds_per_step"]
+    assert set(sec) == {"trl", "ours_off", "ours_on"} and all(len(s["all"]) == 2 for s in sec.values())
+    assert result["speedup_trl_over_ours_off"] == pytest.approx(sec["trl"]["median"] / sec["ours_off"]["median"], rel=0.02)
+    assert result["speedup_trl_over_ours_off_means"] == pytest.approx(sec["trl"]["mean"] / sec["ours_off"]["mean"], rel=0.02)
+    assert 1 + result["diagnostics_overhead"] == pytest.approx(sec["ours_on"]["median"] / sec["ours_off"]["median"], rel=0.02)
+    assert result["targets"]["speedup_ge_1.5"] == (result["speedup_trl_over_ours_off"] >= 1.5)
+    # TRL generated once per optimizer step, on a batch of prompts × group completions.
+    trl = result["trl_config"]
+    assert trl["generation_batch_size"] == trl["per_device_train_batch_size"] == 8 and trl["steps_per_generation"] == 1
+    assert trl["loss_type"] == "grpo" and trl["beta"] == 0.0 and not trl["gradient_checkpointing"] and not trl["bf16"]
+    for k in ("trl", "ours_off", "ours_on"):
+        assert 1 <= result["completion_length_mean"][k] <= result["completion_length_longest_mean"][k] <= 16

@@ -26,13 +26,20 @@ SMALL = {
 VOCABULARY = {"run", "step", "J", "log_odds", "M", "delta_mu", "eta"}
 
 
+# lm-grpo needs a model directory: the session's tiny pretrained model (see conftest.py)
+LM_SMALL = ["steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=8", "eval_every=1", "eval_samples=2",
+            "tasks=add,countdown"]
+
+
 def test_every_experiment_is_registered_and_small_settings_cover_them():
-    assert set(names()) == set(SMALL) == {"mab", "contextual", "two-response", "collapse", "bounds", "phase", "stagnation", "controller"}
+    assert set(names()) == set(SMALL) | {"lm-grpo"} == {"mab", "contextual", "two-response", "collapse", "bounds", "phase",
+                                                       "stagnation", "controller", "lm-grpo"}
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
-def test_experiment_end_to_end(name, tmp_path):
-    summary = run_experiment(name, tmp_path, quick=True, settings=SMALL[name])
+@pytest.mark.parametrize("name", sorted(SMALL) + ["lm-grpo"])
+def test_experiment_end_to_end(name, tmp_path, request):
+    settings = SMALL[name] if name in SMALL else LM_SMALL + [f"model={request.getfixturevalue('tiny_base_model')}"]
+    summary = run_experiment(name, tmp_path, quick=True, settings=settings)
     # The contract: config first, tables, figures, summary last.
     for f in ("config.json", "summary.json", "metrics.parquet"):
         assert (tmp_path / f).exists()

@@ -5,12 +5,15 @@ M_k = Σ_{j<k} max(Δμ_j·η_j, 0), the cumulative alignment of the steps with 
 coloured by the normalized step: accuracy rises along M. Here the model is the tiny Qwen2 that
 `rlvrlab lm pretrain` trains (or any causal LM given by `model`), GRPO runs on each task with
 rlvrlab.lm.trainer, and Δμ·η is measured after every step from the post-step log-ratios of the
-batch just trained on (rlvrlab.lm.diagnostics). Alongside: held-out accuracy and the estimated
-ratio of each step to the second-order critical step over training.
+batch just trained on (rlvrlab.lm.diagnostics), and from `fresh_samples` completions per prompt
+that the step never saw (unbiased: the in-sample estimate is optimistic). Each task runs at every
+rate of `lrs`: one the theory should call safe and one it should call too large. Alongside:
+held-out accuracy and the estimated ratio of each step to the second-order critical step.
 
-Claims checked (reported either way): accuracy improves; accuracy rises with M (Spearman's rank
-correlation over the evaluations > 0); the steps stay below the estimated critical step (median
-ratio < 1).
+Claims checked (reported either way): at the smallest rate accuracy improves and rises with M
+(Spearman's rank correlation over the evaluations > 0); the ratio over the first `warning_steps`
+steps (median > 1) tells in advance which runs end below their starting accuracy (by more
+than LOSS_MARGIN).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from rlvrlab.io import read_table
 
 __all__ = ["EXPERIMENT", "LmGrpoConfig", "plot", "run", "spearman"]
 
+LOSS_MARGIN = 0.05  # a run "loses accuracy" when it ends more than this below its start (evaluation noise is ~0.03)
+
 
 @dataclass(frozen=True)
 class LmGrpoConfig:
@@ -38,7 +43,9 @@ class LmGrpoConfig:
     batch_size: int = setting(64, "completions per step (batch_size / group prompts)")
     group: int = setting(8, "completions per prompt")
     prompts: int = setting(400, "problems per task (20% held out)")
-    lr: float = setting(3e-4, "Adam's learning rate")
+    lrs: tuple[float, ...] = setting((3e-4, 1e-3), "Adam's learning rates, one run per task each (smallest: Figure 2)")
+    fresh_samples: int = setting(4, "completions per prompt for unbiased diagnostics (never trained on); 0: off")
+    warning_steps: int = setting(5, "steps whose median critical-step ratio is the early warning")
     schedule: str = setting("constant", "constant, cosine or gap-adaptive")
     max_new_tokens: int = setting(48, "longest completion")
     eval_every: int = setting(10, "steps between held-out evaluations")
@@ -50,22 +57,23 @@ class LmGrpoConfig:
 
         for name in ("steps", "batch_size", "group", "prompts", "max_new_tokens", "eval_every", "eval_samples"):
             check_positive_int(name, getattr(self, name))
-        check_positive_floats("lr", (self.lr,))
+        check_positive_floats("lrs", self.lrs)
+        check_positive_int("warning_steps", self.warning_steps)
         if not self.tasks:
             _checks.fail("tasks", self.tasks, "at least one task")
         for t in self.tasks:
             make_task(t)
-        self.train_config("")  # the trainer's own checks (preset, schedule, batch_size % group, ...)
+        self.train_config("", "add", self.lrs[0])  # the trainer's own checks (preset, schedule, batch_size % group, ...)
 
     @classmethod
     def quick(cls) -> LmGrpoConfig:
-        return cls(steps=30, batch_size=32, prompts=120, eval_every=5, eval_samples=4)
+        return cls(steps=25, batch_size=32, prompts=120, eval_every=5, eval_samples=4)
 
-    def train_config(self, model: str, task: str = "add"):
+    def train_config(self, model: str, task: str, lr: float):
         from rlvrlab.lm.trainer import TrainConfig
 
         return TrainConfig(model=model, task=task, preset=self.preset, prompts=self.prompts, batch_size=self.batch_size,
-                           group=self.group, max_new_tokens=self.max_new_tokens, steps=self.steps, lr=self.lr,
+                           group=self.group, max_new_tokens=self.max_new_tokens, steps=self.steps, lr=lr, fresh_samples=self.fresh_samples,
                            schedule=self.schedule, eval_every=self.eval_every, eval_samples=self.eval_samples,
                            checkpoint_every=max(1, self.steps // 4), seed=self.seed)
 
@@ -83,6 +91,17 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
+def _table(rows: list[dict], task: str, lr: float, run_name: str) -> pa.Table:
+    """The run's rows, with the columns of DESIGN.md's vocabulary (J, log_odds, delta_mu, eta, M)."""
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    table = {k: np.array([float(r.get(k, math.nan)) for r in rows]) for k in names}
+    J, eta = table["gap/J"], table["gap/eta"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # J = 0 or 1 in a batch: infinite log-odds
+        table.update(J=J, log_odds=np.log(J / (1 - J)), M=table["gap/M"], eta=eta, delta_mu=table["gap/delta_mu_eta"] / eta)
+    n = len(rows)
+    return pa.table({"run": [run_name] * n, "task": [task] * n, "lr": [lr] * n, **table})
+
+
 def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
     from rlvrlab.lm.pretrain import PretrainConfig, pretrain
     from rlvrlab.lm.trainer import GRPOTrainer, summary_of
@@ -91,66 +110,88 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
     if not model:
         base = PretrainConfig()
         model = str(pretrain(base, on_step=progress.task("pretraining the tiny base model (once)", base.max_steps)))
-    tables, summary, checks = [], {"model": model}, []
+    tables, summary, checks, warned = [], {"model": model}, [], []
     for task in config.tasks:
-        tc = config.train_config(model, task)
-        trainer = GRPOTrainer(tc, workdir / "runs" / task, on_step=progress.task(f"GRPO on {task}", tc.steps))
-        rows = trainer.train()
-        names = list(dict.fromkeys(k for r in rows for k in r))
-        table = {k: [float(r.get(k, math.nan)) for r in rows] for k in names}
-        table["task"] = [task] * len(rows)
-        tables.append(pa.table(table))
-        s = summary_of(rows)
-        acc = [(r["gap/M"], r["eval/accuracy"]) for r in rows if math.isfinite(r.get("eval/accuracy", math.nan))]
-        s["spearman_M_accuracy"] = spearman(*zip(*acc)) if acc else math.nan
-        summary[task] = s
-        checks += [
-            Check(f"{task}: held-out accuracy improves", s["accuracy_end"] > s["accuracy_start"],
-                  f"{s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}", "higher at the end (GRPO learns)", "claim"),
-            Check(f"{task}: accuracy rises with cumulative gap alignment M (Figure 2)", s["spearman_M_accuracy"] > 0,
-                  f"Spearman rho = {s['spearman_M_accuracy']:.2f} over {len(acc)} evaluations", "rho > 0", "claim"),
-            Check(f"{task}: steps below the estimated critical step", s["median_crit_ratio"] < 1,
-                  f"median ratio {s['median_crit_ratio']:.2f}, {s['steps_past_crit']} of {s['steps']} steps above 1",
-                  "median < 1", "claim"),
-        ]
+        for lr in config.lrs:
+            run_name = f"{task}-lr{lr:g}"
+            tc = config.train_config(model, task, lr)
+            trainer = GRPOTrainer(tc, workdir / "runs" / run_name, on_step=progress.task(f"GRPO on {task}, lr {lr:g}", tc.steps))
+            rows = trainer.train()
+            tables.append(_table(rows, task, lr, run_name))
+            s = summary_of(rows)
+            acc = [(r["gap/M"], r["eval/accuracy"]) for r in rows if math.isfinite(r.get("eval/accuracy", math.nan))]
+            s["spearman_M_accuracy"] = spearman(*zip(*acc)) if len(acc) else math.nan
+            early = [r["gap/crit_ratio"] for r in rows[1 : 1 + config.warning_steps] if math.isfinite(r.get("gap/crit_ratio", math.nan))]
+            s["early_median_crit_ratio"] = float(np.median(early)) if early else math.nan
+            s["lost_accuracy"] = s["accuracy_end"] < s["accuracy_start"] - LOSS_MARGIN
+            fresh = [(r["gap/delta_mu_eta"], r["gap_fresh/delta_mu_eta"]) for r in rows
+                     if math.isfinite(r.get("gap_fresh/delta_mu_eta", math.nan)) and math.isfinite(r.get("gap/delta_mu_eta", math.nan))]
+            if fresh:  # how optimistic the in-sample estimate is: median of in-sample / fresh over steps
+                ins, out = np.array(fresh).T
+                s["in_sample_over_fresh_delta_mu_eta"] = float(np.median(ins) / np.median(out)) if np.median(out) else math.nan
+            summary[run_name] = s
+            warned.append((run_name, s["early_median_crit_ratio"] > 1, s["lost_accuracy"]))
+            if lr == min(config.lrs):
+                checks += [
+                    Check(f"{task} at lr {lr:g}: held-out accuracy improves", s["accuracy_end"] > s["accuracy_start"],
+                          f"{s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}", "higher at the end (GRPO learns)", "claim"),
+                    Check(f"{task} at lr {lr:g}: accuracy rises with cumulative gap alignment M (Figure 2)",
+                          s["spearman_M_accuracy"] > 0, f"Spearman rho = {s['spearman_M_accuracy']:.2f} over {len(acc)} evaluations",
+                          "rho > 0", "claim"),
+                ]
+    agree = sum(w == lost for _, w, lost in warned)
+    detail = "; ".join(f"{n}: early ratio {summary[n]['early_median_crit_ratio']:.2f}, "
+                       f"accuracy {summary[n]['accuracy_start']:.2f} -> {summary[n]['accuracy_end']:.2f}" for n, _, _ in warned)
+    checks.append(Check("the critical-step ratio over the first steps warns of the runs that lose accuracy",
+                        agree == len(warned), f"{agree} of {len(warned)} runs: {detail}",
+                        f"median ratio over the first {config.warning_steps} steps > 1 exactly for the runs that end "
+                        f"more than {LOSS_MARGIN} below their start",
+                        "claim"))
+    summary["early_warning_agreement"] = f"{agree}/{len(warned)}"
     metrics = pa.concat_tables(tables, promote_options="default")
     return Result({"metrics": metrics}, summary, checks)
 
 
 def plot(out: Path) -> list[str]:
     t = read_table(out / "metrics.parquet")
-    task = np.asarray(t.column("task").to_pylist())
-    col = {k: np.asarray(t.column(k).to_numpy(zero_copy_only=False), float) for k in ("step", "gap/M", "eval/accuracy", "gap/crit_ratio")}
+    task, run_name = (np.asarray(t.column(k).to_pylist()) for k in ("task", "run"))
+    col = {k: np.asarray(t.column(k).to_numpy(zero_copy_only=False), float)
+           for k in ("lr", "step", "gap/M", "eval/accuracy", "gap/crit_ratio")}
+    lowest = col["lr"].min()
+    tasks = list(dict.fromkeys(task))
     fig, (a1, a2, a3) = plotting.panels(3, width=4.4)
-    markers = "osD^v"
     lc = None
-    for i, name in enumerate(dict.fromkeys(task)):
-        sel = task == name
+    for name in dict.fromkeys(run_name):
+        sel = run_name == name
+        i, low = tasks.index(task[sel][0]), col["lr"][sel][0] == lowest
+        style = dict(color=f"C{i}", ls="-" if low else "--")
+        label = f"{task[sel][0]}, lr {col['lr'][sel][0]:g}"
         step, M, acc, ratio = (col[k][sel] for k in ("step", "gap/M", "eval/accuracy", "gap/crit_ratio"))
         ev = np.isfinite(acc)
-        frac = step / max(step.max(), 1)
-        lc = plotting.colored_line(a1, M[ev], acc[ev], frac[ev], vmin=0, vmax=1)
-        a1.scatter(M[ev], acc[ev], c=frac[ev], cmap="viridis", vmin=0, vmax=1, marker=markers[i % 5], s=22, label=name)
-        a2.plot(step[ev], acc[ev], marker=markers[i % 5], ms=3, label=name)
+        if low:  # Figure 2: the run at the safe rate, coloured by normalized step
+            frac = step / max(step.max(), 1)
+            lc = plotting.colored_line(a1, M[ev], acc[ev], frac[ev], vmin=0, vmax=1)
+            a1.scatter(M[ev], acc[ev], c=frac[ev], cmap="viridis", vmin=0, vmax=1, marker="osD^v"[i % 5], s=22, label=task[sel][0])
+        a2.plot(step[ev], acc[ev], marker="o", ms=3, label=label, **style)
         ok = np.isfinite(ratio) & (ratio > 0)
         if ok.any():
-            window = min(9, int(ok.sum()))
-            smooth = np.exp(np.convolve(np.log(ratio[ok]), np.ones(window) / window, mode="same"))
-            a3.semilogy(step[ok], ratio[ok], ".", ms=2, alpha=0.35, color=f"C{i}")
-            a3.semilogy(step[ok], smooth, color=f"C{i}", label=name)
+            window = np.ones(min(5, int(ok.sum())))  # running geometric mean, over the points inside the range
+            smooth = np.exp(np.convolve(np.log(ratio[ok]), window, "same") / np.convolve(np.ones(ok.sum()), window, "same"))
+            a3.semilogy(step[ok], smooth, label=label, **style)
     if lc is not None:
         fig.colorbar(lc, ax=a1, label="normalized step")
     a1.set_xlabel("cumulative gap alignment M = Σ max(Δμ·η, 0)")
     a1.set_ylabel("held-out accuracy")
-    a1.legend(fontsize=7)
+    a1.set_title(f"lr {lowest:g}", fontsize=8)
     a2.set_xlabel("step")
     a2.set_ylabel("held-out accuracy")
-    a2.legend(fontsize=7)
-    a3.axhline(1.0, color="k", ls="--", lw=0.8)
+    a3.axhline(1.0, color="k", ls=":", lw=0.8)
     a3.set_xlabel("step")
-    a3.set_ylabel("step / estimated critical step")
-    a3.legend(fontsize=7)
-    fig.suptitle("GRPO on a tiny language model: gap alignment and accuracy (Figure 2)")
+    a3.set_ylabel("step / estimated critical step (running mean)")
+    for ax in (a1, a2, a3):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.suptitle("GRPO on a tiny language model: gap alignment, accuracy and the critical step (Figure 2)")
     return [plotting.save(fig, out / "lm_grpo.png")]
 
 

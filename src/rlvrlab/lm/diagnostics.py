@@ -69,7 +69,7 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
         "gap/var_minus": b_vm / e2,
         "gap/eta": eta,
         "gap/crit_ratio": b_ratio,
-        "gap/eta_crit": eta / b_ratio if b_ratio > 0 else math.inf,
+        "gap/eta_crit": eta / b_ratio if b_ratio > 0 else (math.inf if b_ratio <= 0 else math.nan),  # inf: no threshold
         "gap/crit_ratio_prompt_mean": _mean(ratio),
         "gap/crit_ratio_prompt_max": float(ratio[torch.isfinite(ratio)].max()) if bool(torch.isfinite(ratio).any()) else math.nan,
         "gap/prompts_past_crit": float((ratio > 1).sum()),
