@@ -35,22 +35,19 @@ def test_phase_benchmark_smoke(tmp_path):
     assert result["speedup"] == pytest.approx(result["seconds_1_worker"] / result["seconds_2_workers"], rel=0.05)
 
 
-def test_grpo_vs_trl_benchmark_smoke(tmp_path):
+def test_grpo_vs_trl_benchmark_smoke(tmp_path, tiny_base_model):
     pytest.importorskip("trl")
-    from rlvrlab.lm.pretrain import PretrainConfig, pretrain
-
-    # A barely trained one-layer model: its completions earn no reward, which the script's
-    # sanity check covers too (no reward variance, so no trainer may move its weights).
-    model = pretrain(PretrainConfig(max_steps=2, eval_every=2, batch=8, hidden=32, layers=1, intermediate=64, heads=2,
-                                    kv_heads=1, eval_prompts=2, eval_samples=1, max_new_tokens=8), tmp_path / "models")
+    # The barely trained model's completions may earn no reward: the script's sanity check then
+    # requires that no trainer moved its weights (no reward variance, no GRPO step).
     out = tmp_path / "grpo_vs_trl.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "grpo_vs_trl.py"), "--model", str(model), "--prompts", "2", "--group", "4",
-         "--warmup", "1", "--rounds", "2", "--threads", "1", "--json", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "grpo_vs_trl.py"), "--model", str(tiny_base_model), "--prompts", "2",
+         "--group", "4", "--warmup", "1", "--rounds", "2", "--threads", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     sec = result["seconds_per_step"]
+    assert (result["warmup"], result["rounds"]) == (1, 2)
     assert set(sec) == {"trl", "ours_off", "ours_on"} and all(len(s["all"]) == 2 for s in sec.values())
     assert result["speedup_trl_over_ours_off"] == pytest.approx(sec["trl"]["median"] / sec["ours_off"]["median"], rel=0.02)
     assert result["speedup_trl_over_ours_off_means"] == pytest.approx(sec["trl"]["mean"] / sec["ours_off"]["mean"], rel=0.02)

@@ -26,13 +26,14 @@ class Rollout:
     """N = B·G sampled completions (the G of prompt b are rows b·G ... b·G + G - 1).
 
     prompt_ids, prompt_mask: (N, P) left-padded; completion_ids, completion_mask: (N, T), the
-    mask True on generated tokens up to and including EOS.
+    mask True on generated tokens up to and including EOS; group: G.
     """
 
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
+    group: int = 1
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -49,45 +50,70 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, G: int):
+    """Run the B distinct prompts once and repeat their key/value cache G times: (logits at the
+    last prompt position (B·G, V), the cache of B·G rows)."""
+    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=_positions(mask), use_cache=True)
+    cache = out.past_key_values
+    if G > 1:
+        cache.batch_repeat_interleave(G)
+    return out.logits[:, -1].repeat_interleave(G, 0), cache
+
+
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_id: int, pad_id: int,
            generator: torch.Generator, temperature: float = 1.0) -> Rollout:
-    """G completions for each prompt (token id lists), with a KV cache."""
+    """G completions for each prompt (token id lists), with a KV cache; rows that have ended are
+    dropped from the cache, so a step costs in proportion to the completions still running."""
     ids, mask = _left_pad(prompts, pad_id)
+    logits, cache = _prefill(model, ids, mask, G)
     ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
     N = ids.shape[0]
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long)
+    alive = torch.zeros((N, max_new_tokens), dtype=torch.bool)
+    rows = torch.arange(N)  # the rows of the batch still running, in cache order
     attn = mask.long()
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    next_pos = pos[:, -1] + 1
-    done = torch.zeros(N, dtype=torch.bool)
-    tokens, alive = [], []
+    next_pos = _positions(mask)[:, -1] + 1
+    T = 0
     for t in range(max_new_tokens):
         probs = torch.softmax(logits.float() / temperature, dim=-1)
         nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        tokens.append(nxt)
-        alive.append(~done)
-        done = done | (nxt == eos_id)
-        if bool(done.all()) or t == max_new_tokens - 1:
+        tokens[rows, t] = nxt
+        alive[rows, t] = True
+        T = t + 1
+        running = nxt != eos_id
+        if t == max_new_tokens - 1 or not bool(running.any()):
             break
-        attn = torch.cat([attn, torch.ones(N, 1, dtype=attn.dtype)], 1)
+        if not bool(running.all()):
+            keep = running.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, nxt, attn, next_pos = rows[keep], nxt[keep], attn[keep], next_pos[keep]
+        attn = torch.cat([attn, torch.ones(len(rows), 1, dtype=attn.dtype)], 1)
         out = model(input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),
                     past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
         next_pos = next_pos + 1
-    return Rollout(ids, mask, torch.stack(tokens, 1), torch.stack(alive, 1))
+    return Rollout(ids, mask, tokens[:, :T], alive[:, :T], group=G)
 
 
 def token_logprobs(model, rollout: Rollout, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(o_t | q, o_<t) of every completion token (N, T) (0 where masked), and optionally the
-    entropy of each next-token distribution (N, T). Differentiable when grad is enabled."""
-    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
-    attn = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1).long()
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    P, T = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : P - 1 + T].float()
+    entropy of each next-token distribution (N, T). Differentiable when grad is enabled.
+
+    The G completions of a prompt share it: the prompt runs once, its key/value cache is repeated
+    G times, and the completions run on top of it (fewer tokens through the model than running
+    prompt + completion for every row, by (G - 1)/G of the prompt tokens)."""
+    G, P = rollout.group, rollout.prompt_ids.shape[1]
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
+    first, cache = _prefill(model, rollout.prompt_ids[::G], rollout.prompt_mask[::G], G)
+    pos = _positions(mask)[:, P:]
+    rest = model(input_ids=rollout.completion_ids, attention_mask=mask.long(), position_ids=pos, past_key_values=cache,
+                 use_cache=True).logits[:, :-1]
+    logits = torch.cat([first.unsqueeze(1), rest], 1).float()
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1) * rollout.completion_mask
     ent = None
