@@ -296,3 +296,25 @@ def test_cli_train_writes_metrics_and_reports_bad_input(tiny_model, tmp_path):
     assert bad.exit_code == 2 and "model: got" in bad.output
     bad = runner.invoke(app, ["lm", "train", "--model", str(tiny_model), "--set", "group=3"])
     assert bad.exit_code == 2 and "batch_size: got 64; allowed: a multiple of group = 3" in bad.output
+
+
+def test_device_is_checked():
+    with pytest.raises(ValueError, match=r"^device: got 'tpu'; allowed: auto, cpu, cuda, cuda:N or mps"):
+        TrainConfig(model="x", device="tpu")
+    from rlvrlab.lm.trainer import resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device: got 'cuda'; allowed: cpu or auto \(no CUDA device is available here\)"):
+            resolve_device("cuda")
+        assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_tensorboard_logs_every_metric_or_says_how_to_get_it(tiny_model, tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+    except ImportError:
+        with pytest.raises(ValueError, match=r"^tensorboard: got True; allowed: False, or install tensorboard"):
+            GRPOTrainer(_config(tiny_model, tensorboard=True), tmp_path)
+        return
+    GRPOTrainer(_config(tiny_model, tensorboard=True, steps=1), tmp_path, reward_fn=_even_length).train()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

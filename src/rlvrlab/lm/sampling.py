@@ -68,14 +68,16 @@ def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, G: int):
 def sample(model, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_id: int, pad_id: int,
            generator: torch.Generator, temperature: float = 1.0) -> Rollout:
     """G completions for each prompt (token id lists), with a KV cache; rows that have ended are
-    dropped from the cache, so a step costs in proportion to the completions still running."""
-    ids, mask = _left_pad(prompts, pad_id)
+    dropped from the cache, so a step costs in proportion to the completions still running.
+    Tensors live on the model's device; ``generator`` must be on it too."""
+    device = next(model.parameters()).device
+    ids, mask = (x.to(device) for x in _left_pad(prompts, pad_id))
     logits, cache = _prefill(model, ids, mask, G)
     ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
     N = ids.shape[0]
-    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long)
-    alive = torch.zeros((N, max_new_tokens), dtype=torch.bool)
-    rows = torch.arange(N)  # the rows of the batch still running, in cache order
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    alive = torch.zeros((N, max_new_tokens), dtype=torch.bool, device=device)
+    rows = torch.arange(N, device=device)  # the rows of the batch still running, in cache order
     attn = mask.long()
     next_pos = _positions(mask)[:, -1] + 1
     T = 0
@@ -92,7 +94,7 @@ def sample(model, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_
             keep = running.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             rows, nxt, attn, next_pos = rows[keep], nxt[keep], attn[keep], next_pos[keep]
-        attn = torch.cat([attn, torch.ones(len(rows), 1, dtype=attn.dtype)], 1)
+        attn = torch.cat([attn, attn.new_ones(len(rows), 1)], 1)
         out = model(input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),
                     past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]

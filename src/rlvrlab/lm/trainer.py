@@ -81,6 +81,7 @@ class TrainConfig:
     fresh_samples: int = 0  # completions per prompt for unbiased (never trained on) diagnostics; 0: off
     checkpoint_every: int = 25
     tensorboard: bool = False
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +101,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 _checks.fail(name, v, "a finite number > 0")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            _checks.fail("device", self.device, "auto, cpu, cuda, cuda:N or mps")
         if not 0 < self.holdout < 1:
             _checks.fail("holdout", self.holdout, "a fraction in (0, 1)")
         if not 0 < self.adaptive_fraction <= 1:
@@ -122,6 +125,17 @@ class TrainConfig:
 
 class RewardError(ValueError):
     """A reward function failed or returned something other than 0/1 for one sample."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is cuda where available, else cpu; an unavailable accelerator is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        _checks.fail("device", name, "cpu or auto (no CUDA device is available here)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        _checks.fail("device", name, "cpu or auto (MPS is not available here)")
+    return torch.device(name)
 
 
 def load_model(path: str | Path):
@@ -165,7 +179,9 @@ class GRPOTrainer:
     def __init__(self, config: TrainConfig, out: str | Path, *, reward_fn: Callable[[str, Any], float] | None = None,
                  on_step: Callable[[int], None] | None = None):
         self.config, self.out, self.on_step = config, Path(out), on_step
+        self.device = resolve_device(config.device)
         self.model, self.tokenizer = load_model(config.model)
+        self.model.to(self.device)
         self.task = _load_task(config.task)
         self.reward_fn = reward_fn or self.task.verify
         problems = self.task.sample(config.prompts, seed=config.seed)
@@ -183,8 +199,8 @@ class GRPOTrainer:
         shape = {"constant": lambda s: 1.0, "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, K) / K)),
                  "gap-adaptive": lambda s: 1.0}[config.schedule]
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, shape)
-        self.gen = torch.Generator().manual_seed(config.seed)
-        self.fresh_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
+        self.gen = torch.Generator(self.device).manual_seed(config.seed)
+        self.fresh_gen = torch.Generator(self.device).manual_seed(config.seed + 1_000_003)
         self.rng = random.Random(config.seed)
         self.step, self.M, self.rows = 0, 0.0, []
         self.log_lr_crit = math.nan  # running mean of log(lr / crit_ratio), for the gap-adaptive rule
@@ -209,7 +225,8 @@ class GRPOTrainer:
 
     def _texts(self, rollout: Rollout) -> list[str]:
         eos = self.tokenizer.eos_token
-        return [self.tokenizer.decode(ids[m]).removesuffix(eos) for ids, m in zip(rollout.completion_ids, rollout.completion_mask)]
+        ids, mask = rollout.completion_ids.cpu(), rollout.completion_mask.cpu()
+        return [self.tokenizer.decode(row[m]).removesuffix(eos) for row, m in zip(ids, mask)]
 
     def _rewards(self, texts: list[str], problems: list, G: int) -> torch.Tensor:
         out = []
@@ -224,7 +241,7 @@ class GRPOTrainer:
                 raise RewardError(f"reward function returned {r!r} for completion {text!r} of prompt "
                                   f"{getattr(problem, 'prompt', problem)!r}; allowed: 0 or 1 (verifiable pass/fail)")
             out.append(float(r))
-        return torch.tensor(out).view(-1, G)
+        return torch.tensor(out, device=self.device).view(-1, G)
 
     def _sample(self, problems: list, G: int, generator: torch.Generator) -> Rollout:
         prompts = [self.tokenizer(p.prompt)["input_ids"] for p in problems]
@@ -311,7 +328,7 @@ class GRPOTrainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Held-out accuracy: the mean over eval_samples completions of every held-out prompt."""
-        gen = torch.Generator().manual_seed(self.config.seed * 7919 + self.step)  # leaves the training RNG alone
+        gen = torch.Generator(self.device).manual_seed(self.config.seed * 7919 + self.step)  # leaves the training RNG alone
         roll = self._sample(self.heldout, self.config.eval_samples, gen)
         texts = self._texts(roll)
         return float(self._rewards(texts, self.heldout, self.config.eval_samples).mean())
@@ -334,7 +351,7 @@ class GRPOTrainer:
         path = self.out / "checkpoints" / "latest.pt"
         if not path.exists():
             return
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location="cpu")  # RNG states are CPU tensors; load_state_dict moves the rest
         if state["settings"] != dataclasses.asdict(self.config):
             _checks.fail("--out", str(self.out), "a directory whose checkpoint has the same settings, or --force to start over")
         self.model.load_state_dict(state["model"])
