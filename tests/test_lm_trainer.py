@@ -18,7 +18,7 @@ from rlvrlab.lm.diagnostics import step_diagnostics
 from rlvrlab.lm.sampling import sample, token_logprobs
 from rlvrlab.lm.tasks import make_task
 from rlvrlab.lm.tokenizer import char_tokenizer
-from rlvrlab.lm.trainer import GRPOTrainer, RewardError, TrainConfig, load_model
+from rlvrlab.lm.trainer import GRPOTrainer, RewardError, TrainConfig, gap_warnings, load_model
 
 
 def _even_length(text, problem):
@@ -318,3 +318,29 @@ def test_tensorboard_logs_every_metric_or_says_how_to_get_it(tiny_model, tmp_pat
         return
     GRPOTrainer(_config(tiny_model, tensorboard=True, steps=1), tmp_path, reward_fn=_even_length).train()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _row(step, ratio, zero=0.0):
+    return {"step": step, "gap/crit_ratio": ratio, "charts/lr": 1e-3, "gap/lr_crit": 1e-3 / ratio, "gap/zero_variance_groups": zero}
+
+
+def test_warnings_need_three_consecutive_steps():
+    assert gap_warnings([_row(1, 2.0), _row(2, 0.5), _row(3, 2.0), _row(4, 2.0)]) == {}
+    w = gap_warnings([_row(1, 0.5), _row(2, 1.5), _row(3, 2.0), _row(4, 4.0)])
+    assert set(w) == {"crit"}
+    assert w["crit"].startswith("the step overshot for 3 consecutive steps (steps 2-4; gap/crit_ratio 4.00")
+    assert "learning rate 0.001 is past" in w["crit"] and "critical rate near 0.00025" in w["crit"]
+    # a step that lowered the log-odds of success counts too, whatever its ratio
+    lowered = [{**_row(s, 0.2), "gap/log_odds_change": -0.1} for s in (1, 2, 3)]
+    assert set(gap_warnings(lowered)) == {"crit"}
+    w = gap_warnings([_row(s, 0.5, zero=0.75) for s in (1, 2, 3)])
+    assert set(w) == {"variance"} and "steps 1-3" in w["variance"]
+
+
+def test_the_trainer_warns_as_it_happens_once_per_kind(tiny_model, tmp_path):
+    seen = []
+    # a reward nothing earns: every group without variance, from the first step on
+    tr = GRPOTrainer(_config(tiny_model, steps=6), tmp_path, reward_fn=lambda text, p: 0.0, on_warning=seen.append)
+    rows = tr.train()
+    assert seen == [gap_warnings(rows)["variance"]]  # at step 3, once
+    assert "(steps 1-3)" in seen[0]

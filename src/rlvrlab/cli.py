@@ -193,7 +193,8 @@ def lm_train(
             target = out / stale
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     with _progress() as progress:
-        trainer = GRPOTrainer(config, out, on_step=RichProgress(progress).task(f"{config.preset} on {task}", config.steps))
+        trainer = GRPOTrainer(config, out, on_step=RichProgress(progress).task(f"{config.preset} on {task}", config.steps),
+                              on_warning=lambda message: progress.console.print(f"[bold yellow]warning:[/] {message}", highlight=False))
         rows = trainer.train(resume=resume)
     s = summary_of(rows)
     out_console.print(f"held-out accuracy {s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}; cumulative gap alignment "

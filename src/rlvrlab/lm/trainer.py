@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from rlvrlab.lm.diagnostics import step_diagnostics
 from rlvrlab.lm.sampling import Rollout, sample, token_logprobs
 from rlvrlab.updates import PRESETS, get_preset, policy_loss
 
-__all__ = ["GRPOTrainer", "RewardError", "TrainConfig", "load_model"]
+__all__ = ["GRPOTrainer", "GapWarning", "RewardError", "TrainConfig", "gap_warnings", "load_model"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,37 @@ class TrainConfig:
         return self.batch_size // self.group
 
 
+class GapWarning(UserWarning):
+    """The diagnostics say the run is in trouble (once per kind and run, from GRPOTrainer.train;
+    pass ``on_warning`` to the trainer to receive the message instead)."""
+
+
+def _past_critical(row: dict[str, float]) -> bool:
+    """The step overshot: past the second-order critical step, or it lowered the log-odds of success."""
+    return row.get("gap/crit_ratio", math.nan) > 1 or row.get("gap/log_odds_change", math.nan) < 0
+
+
+def gap_warnings(rows: list[dict[str, float]], patience: int = 3) -> dict[str, str]:
+    """Warnings the rows so far call for, each once: the steps overshoot (gap/crit_ratio > 1, or a
+    negative realized log-odds change) or most groups have no reward variance, for ``patience``
+    consecutive steps."""
+    out: dict[str, str] = {}
+    steps = [r for r in rows if "gap/crit_ratio" in r]
+    for i in range(len(steps) - patience + 1):
+        window = steps[i : i + patience]
+        if "crit" not in out and all(_past_critical(r) for r in window):
+            last = window[-1]
+            out["crit"] = (f"the step overshot for {patience} consecutive steps (steps {window[0]['step']}-{last['step']}; "
+                           f"gap/crit_ratio {last['gap/crit_ratio']:.2f}, gap/log_odds_change "
+                           f"{last.get('gap/log_odds_change', math.nan):.3g}): learning rate {last['charts/lr']:.3g} is past the "
+                           f"estimated critical step, which puts the critical rate near {last['gap/lr_crit']:.3g} (gap/lr_crit)")
+        if "variance" not in out and all(r["gap/zero_variance_groups"] > 0.5 for r in window):
+            out["variance"] = (f"more than half of the groups had no reward variance for {patience} consecutive steps (steps "
+                               f"{window[0]['step']}-{window[-1]['step']}): they give GRPO no signal; a larger group, or "
+                               "prompts of intermediate difficulty, would")
+    return out
+
+
 class RewardError(ValueError):
     """A reward function failed or returned something other than 0/1 for one sample."""
 
@@ -177,8 +209,9 @@ class GRPOTrainer:
     """Trains ``config.model`` on ``config.task`` into ``out`` (see the module docstring)."""
 
     def __init__(self, config: TrainConfig, out: str | Path, *, reward_fn: Callable[[str, Any], float] | None = None,
-                 on_step: Callable[[int], None] | None = None):
+                 on_step: Callable[[int], None] | None = None, on_warning: Callable[[str], None] | None = None):
         self.config, self.out, self.on_step = config, Path(out), on_step
+        self.on_warning = on_warning or (lambda message: warnings.warn(message, GapWarning, stacklevel=3))
         self.device = resolve_device(config.device)
         self.model, self.tokenizer = load_model(config.model)
         self.model.to(self.device)
@@ -205,6 +238,7 @@ class GRPOTrainer:
         self.step, self.M, self.rows = 0, 0.0, []
         self.log_lr_crit = math.nan  # running mean of log(lr / crit_ratio), for the gap-adaptive rule
         self.writer = None
+        self.warned: set[str] = set()
         if config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -384,6 +418,10 @@ class GRPOTrainer:
             if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
                 row["eval/accuracy"] = self.evaluate()
             self.rows.append(row)
+            for kind, message in gap_warnings(self.rows[-3:]).items():
+                if kind not in self.warned:
+                    self.warned.add(kind)
+                    self.on_warning(message)
             if self.writer is not None:
                 for k, v in row.items():
                     if k != "step" and math.isfinite(v):
