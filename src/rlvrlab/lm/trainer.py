@@ -227,7 +227,8 @@ class GRPOTrainer:
                          f"at most group × {len(self.train_set)} (the training prompts available)")
         self.preset = get_preset(config.preset, epochs=config.epochs)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(self.params, lr=config.lr)
+        fused = self.device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self.params)
+        self.opt = torch.optim.Adam(self.params, lr=config.lr, fused=fused or None)  # fused: one kernel for all parameters
         K = config.steps
         shape = {"constant": lambda s: 1.0, "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, K) / K)),
                  "gap-adaptive": lambda s: 1.0}[config.schedule]
