@@ -297,7 +297,7 @@ class GRPOTrainer:
         if cfg.fresh_samples:
             fresh = self._sample(problems, cfg.fresh_samples, self.fresh_gen)
             fresh_reward = self._rewards(self._texts(fresh), problems, cfg.fresh_samples)
-            with torch.no_grad():
+            with torch.inference_mode():
                 fresh_old, _ = token_logprobs(self.model, fresh)
         self.model.train()
         before = torch.cat([p.detach().flatten() for p in self.params]) if cfg.diagnostics else None
@@ -322,7 +322,7 @@ class GRPOTrainer:
                "charts/truncated": float((~(rollout.completion_ids == self.tokenizer.eos_token_id).any(-1)).float().mean()),
                "charts/reward": float(reward.mean()), "loss/zero_variance_groups": float(lm["loss/zero_variance_groups"])}
         if cfg.diagnostics:
-            with torch.no_grad():
+            with torch.inference_mode():  # a little cheaper than no_grad; the outputs never meet autograd
                 self.model.eval()
                 logp_new, _ = token_logprobs(self.model, rollout)
                 after = torch.cat([p.detach().flatten() for p in self.params])
@@ -330,7 +330,7 @@ class GRPOTrainer:
             eta = float((after - before).norm())
             row.update(step_diagnostics(delta, reward, eta=eta, grad_norm=grad_norm, mean_length=float(lengths.mean())))
             if fresh is not None:
-                with torch.no_grad():
+                with torch.inference_mode():
                     fresh_new, _ = token_logprobs(self.model, fresh)
                 fresh_delta = ((fresh_new - fresh_old) * fresh.completion_mask).sum(-1).view(B, cfg.fresh_samples)
                 diag = step_diagnostics(fresh_delta, fresh_reward, eta=eta, grad_norm=grad_norm,
