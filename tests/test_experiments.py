@@ -125,7 +125,7 @@ def test_bad_settings_name_the_field_and_the_allowed_values(assignment, message)
 
 
 def test_unknown_experiment_lists_the_valid_names():
-    with pytest.raises(ValueError, match="experiment: got 'nope'; allowed: bounds, collapse, contextual, controller, mab, phase, stagnation, two-response"):
+    with pytest.raises(ValueError, match="experiment: got 'nope'; allowed: bounds, collapse, contextual, controller, lm-grpo, mab, phase, stagnation, two-response"):
         get("nope")
 
 

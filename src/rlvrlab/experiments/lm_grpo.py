@@ -104,7 +104,7 @@ def _table(rows: list[dict], task: str, lr: float, run_name: str) -> pa.Table:
 
 def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
     from rlvrlab.lm.pretrain import PretrainConfig, pretrain
-    from rlvrlab.lm.trainer import GRPOTrainer, summary_of
+    from rlvrlab.lm.trainer import GRPOTrainer, gap_warnings, summary_of
 
     model = config.model
     if not model:
@@ -115,7 +115,8 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
         for lr in config.lrs:
             run_name = f"{task}-lr{lr:g}"
             tc = config.train_config(model, task, lr)
-            trainer = GRPOTrainer(tc, workdir / "runs" / run_name, on_step=progress.task(f"GRPO on {task}, lr {lr:g}", tc.steps))
+            trainer = GRPOTrainer(tc, workdir / "runs" / run_name, on_step=progress.task(f"GRPO on {task}, lr {lr:g}", tc.steps),
+                                  on_warning=lambda message: None)  # the summary lists them, from the rows
             rows = trainer.train()
             tables.append(_table(rows, task, lr, run_name))
             s = summary_of(rows)
@@ -129,6 +130,7 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
             if fresh:  # how optimistic the in-sample estimate is: median of in-sample / fresh over steps
                 ins, out = np.array(fresh).T
                 s["in_sample_over_fresh_delta_mu_eta"] = float(np.median(ins) / np.median(out)) if np.median(out) else math.nan
+            s["warnings"] = list(gap_warnings(rows).values())
             summary[run_name] = s
             warned.append((run_name, s["early_median_crit_ratio"] > 1, s["lost_accuracy"]))
             if lr == min(config.lrs):
