@@ -255,6 +255,8 @@ def test_reward_failing_on_one_sample_is_reported_with_that_sample(tiny_model, t
     (dict(batch_size=10, group=4), r"^batch_size: got 10; allowed: a multiple of group = 4"),
     (dict(group=1, batch_size=4), r"^group: got 1; allowed: an integer >= 2"),
     (dict(preset="ppo"), r"^preset: got 'ppo'; allowed: "),
+    (dict(preset="reinforce"), r"^preset: got 'reinforce'; allowed: rloo, grpo, dr-grpo, dapo, gspo, or reinforce with an advantage set"),
+    (dict(advantage="exact"), r"^advantage: got 'exact'; allowed: "),
     (dict(schedule="linear"), r"^schedule: got 'linear'; allowed: constant, cosine, gap-adaptive"),
     (dict(schedule="gap-adaptive", diagnostics=False), r"^diagnostics: got False; allowed: True with schedule 'gap-adaptive'"),
     (dict(fresh_samples=1), r"^fresh_samples: got 1; allowed: 0 \(off\) or an integer >= 2"),
@@ -344,3 +346,18 @@ def test_the_trainer_warns_as_it_happens_once_per_kind(tiny_model, tmp_path):
     rows = tr.train()
     assert seen == [gap_warnings(rows)["variance"]]  # at step 3, once
     assert "(steps 1-3)" in seen[0]
+
+
+@pytest.mark.parametrize("preset", sorted(__import__("rlvrlab.updates", fromlist=["PRESETS"]).PRESETS))
+def test_every_preset_trains(tiny_model, tmp_path, preset):
+    advantage = "none" if preset == "reinforce" else ""  # its exact advantage r - J needs a simulator's J
+    tr = GRPOTrainer(_config(tiny_model, preset=preset, advantage=advantage, epochs=2), tmp_path, reward_fn=_even_length)
+    before = [p.detach().clone() for p in tr.params]
+    rows = [tr.train_step() for _ in range(2)]
+    moved = any(not torch.equal(p.detach(), b) for p, b in zip(tr.params, before))
+    signal = any(r["charts/reward"] not in (0.0, 1.0) for r in rows)  # some reward variance in the batches
+    assert all(math.isfinite(r["loss/policy"]) and 0 <= r["loss/clipfrac"] <= 1 for r in rows)
+    if preset in ("reinforce",):  # no baseline: any reward moves it
+        assert moved == any(r["charts/reward"] > 0 for r in rows)
+    else:
+        assert signal and moved

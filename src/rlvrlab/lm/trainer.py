@@ -49,6 +49,7 @@ from rlvrlab.io import atomic_write_json, write_table
 from rlvrlab.lm.diagnostics import step_diagnostics
 from rlvrlab.lm.sampling import Rollout, sample, token_logprobs
 from rlvrlab.updates import PRESETS, get_preset, policy_loss
+from rlvrlab.updates.advantages import ADVANTAGES
 
 __all__ = ["GRPOTrainer", "GapWarning", "RewardError", "TrainConfig", "gap_warnings", "load_model"]
 
@@ -60,6 +61,7 @@ class TrainConfig:
     model: str = ""  # a directory with a Hugging Face causal LM and its tokenizer
     task: str = "add"  # a task of rlvrlab.lm.tasks, or a .jsonl / .parquet question-answer file
     preset: str = "grpo"
+    advantage: str = ""  # override the preset's advantage (e.g. reinforce with "none"); empty: the preset's
     prompts: int = 400  # problems drawn from the task (held-out share: holdout)
     batch_size: int = 64  # completions per step: batch_size / group prompts, group completions each
     group: int = 8
@@ -97,6 +99,12 @@ class TrainConfig:
             _checks.fail("batch_size", self.batch_size,
                          f"a multiple of group = {self.group} (batch_size / group prompts of group completions each)")
         _checks.choose("preset", self.preset, PRESETS)
+        if self.advantage:
+            _checks.choose("advantage", self.advantage, [a for a in ADVANTAGES if a != "exact"])
+        elif PRESETS[self.preset].advantage == "exact":
+            sampled = [n for n, p in PRESETS.items() if p.advantage != "exact"]
+            _checks.fail("preset", self.preset, f"{', '.join(sampled)}, or {self.preset} with an advantage set "
+                         "(its exact advantage r - J needs the exact J of a simulator; e.g. advantage=none)")
         _checks.choose("schedule", self.schedule, ("constant", "cosine", "gap-adaptive"))
         for name in ("lr", "lr_min", "lr_max", "temperature", "max_grad_norm"):
             v = getattr(self, name)
@@ -225,7 +233,7 @@ class GRPOTrainer:
         if len(self.train_set) < config.prompts_per_step:
             _checks.fail("batch_size", config.batch_size,
                          f"at most group × {len(self.train_set)} (the training prompts available)")
-        self.preset = get_preset(config.preset, epochs=config.epochs)
+        self.preset = get_preset(config.preset, epochs=config.epochs, **({"advantage": config.advantage} if config.advantage else {}))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         fused = self.device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self.params)
         self.opt = torch.optim.Adam(self.params, lr=config.lr, fused=fused or None)  # fused: one kernel for all parameters
