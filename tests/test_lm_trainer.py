@@ -149,6 +149,8 @@ def test_fresh_samples_measure_the_same_step_on_responses_it_was_not_trained_on(
     assert row["gap_fresh/J"] != row["gap/J"] or row["gap_fresh/delta_mu_eta"] != row["gap/delta_mu_eta"]  # ... other samples
     for key in ("delta_mu_eta", "log_odds_change", "crit_ratio", "var_plus", "var_minus", "zero_variance_groups"):
         assert "gap_fresh/" + key in row
+    d = row["gap_fresh/delta_mu_eta"]
+    assert row["gap_fresh/M"] == (max(d, 0.0) if math.isfinite(d) else 0.0)
 
 
 @pytest.mark.parametrize("schedule, fresh", [("cosine", 0), ("gap-adaptive", 2)])

@@ -244,7 +244,7 @@ class GRPOTrainer:
         self.gen = torch.Generator(self.device).manual_seed(config.seed)
         self.fresh_gen = torch.Generator(self.device).manual_seed(config.seed + 1_000_003)
         self.rng = random.Random(config.seed)
-        self.step, self.M, self.rows = 0, 0.0, []
+        self.step, self.M, self.M_fresh, self.rows = 0, 0.0, 0.0, []
         self.log_lr_crit = math.nan  # running mean of log(lr / crit_ratio), for the gap-adaptive rule
         self.writer = None
         self.warned: set[str] = set()
@@ -344,6 +344,8 @@ class GRPOTrainer:
                 diag = step_diagnostics(fresh_delta, fresh_reward, eta=eta, grad_norm=grad_norm,
                                         mean_length=float(fresh.lengths.float().mean()))
                 row.update({"gap_fresh/" + k.removeprefix("gap/"): v for k, v in diag.items()})
+                self.M_fresh += max(diag["gap/delta_mu_eta"], 0.0) if math.isfinite(diag["gap/delta_mu_eta"]) else 0.0
+                row["gap_fresh/M"] = self.M_fresh
             self.M += max(row["gap/delta_mu_eta"], 0.0) if math.isfinite(row["gap/delta_mu_eta"]) else 0.0
             row["gap/M"] = self.M
             ratio = row["gap/crit_ratio"]
@@ -381,7 +383,7 @@ class GRPOTrainer:
     def _checkpoint(self) -> None:
         path = self.out / "checkpoints" / "latest.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "M": self.M, "log_lr_crit": self.log_lr_crit, "rows": self.rows, "model": self.model.state_dict(),
+        state = {"step": self.step, "M": self.M, "M_fresh": self.M_fresh, "log_lr_crit": self.log_lr_crit, "rows": self.rows, "model": self.model.state_dict(),
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "generator": self.gen.get_state(),
                  "fresh_generator": self.fresh_gen.get_state(),
                  "torch_rng": torch.get_rng_state(), "python_rng": self.rng.getstate(),
@@ -404,7 +406,7 @@ class GRPOTrainer:
         self.fresh_gen.set_state(state["fresh_generator"])
         torch.set_rng_state(state["torch_rng"])
         self.rng.setstate(state["python_rng"])
-        self.step, self.M, self.rows = state["step"], state["M"], state["rows"]
+        self.step, self.M, self.M_fresh, self.rows = state["step"], state["M"], state["M_fresh"], state["rows"]
         self.log_lr_crit = state["log_lr_crit"]
 
     def _write_metrics(self) -> None:
@@ -419,7 +421,8 @@ class GRPOTrainer:
         if resume:
             self._resume()
         if self.step == 0 and not self.rows:
-            self.rows.append({"step": 0, "eval/accuracy": self.evaluate(), "gap/M": 0.0})
+            start = {"step": 0, "eval/accuracy": self.evaluate(), "gap/M": 0.0}
+            self.rows.append(start | ({"gap_fresh/M": 0.0} if self.config.fresh_samples else {}))
         while self.step < self.config.steps:
             row = self.train_step()
             self.step += 1
