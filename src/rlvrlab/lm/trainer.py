@@ -3,7 +3,8 @@
 Each step: B prompts from the training split, G completions each sampled with a KV cache
 (rlvrlab.lm.sampling), rewards from the task's verifier, the preset's loss from
 rlvrlab.updates.presets (the one implementation the simulators use: GRPO, Dr. GRPO, DAPO, GSPO,
-RLOO, REINFORCE; epochs > 1 for PPO's inner steps), Adam with gradient clipping, and then one
+RLOO, and REINFORCE with a sampled advantage; epochs > 1 for PPO's inner steps), Adam with
+gradient clipping (fused where the device has it), and then one
 extra forward pass over the batch just trained on for the diagnostics of
 rlvrlab.lm.diagnostics (Δμ·η, the realized log-odds change, var±, the critical-step ratio, the
 paper's ‖g_GRPO‖ proxy), together with entropy, lengths, clip fraction and the fraction of groups
@@ -13,8 +14,12 @@ The step was computed from those very samples, so the in-sample log-ratios overs
 step moved the policy on responses it did not see: Lemma 3 is exact in expectation only for
 samples independent of the step. With `fresh_samples` = n > 0, n more completions per prompt are
 drawn from π_old before the step and never trained on; the same diagnostics from them are logged
-as `gap_fresh/...` (unbiased, at the cost of sampling n more completions per prompt). Every `eval_every` steps, held-out accuracy: the mean over
-`eval_samples` completions of each held-out prompt (20% of the pool by default).
+as `gap_fresh/...` (unbiased, at the cost of sampling n more completions per prompt).
+
+Every `eval_every` steps, held-out accuracy: the mean over `eval_samples` completions of each
+held-out prompt (20% of the pool by default). When the steps overshoot (crit_ratio > 1 or a
+negative realized log-odds change) or most groups lack reward variance for 3 consecutive steps,
+the trainer warns once (`on_warning`, default a GapWarning).
 
 Learning rate: constant, cosine, or gap-adaptive: after each step the estimated ratio of the step
 to the second-order critical step gives the critical rate lr/ratio (`gap/lr_crit`); one batch's
