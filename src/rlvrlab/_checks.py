@@ -39,6 +39,12 @@ def positive(field: str, value: float) -> None:
         fail(field, value, "a finite number > 0")
 
 
+def integer(field: str, value: Any, minimum: int = 1) -> None:
+    """An int (not a bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        fail(field, value, f"an integer >= {minimum}")
+
+
 def probability(field: str, value: float | torch.Tensor) -> None:
     t = torch.as_tensor(value, dtype=torch.float64)
     if bool(torch.isnan(t).any()) or bool(((t < 0) | (t > 1)).any()):

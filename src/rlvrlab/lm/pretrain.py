@@ -62,9 +62,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "heads", "kv_heads", "intermediate", "max_steps", "batch", "eval_every",
                      "eval_prompts", "eval_samples", "max_new_tokens"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                _checks.fail(name, v, "an integer >= 1")
+            _checks.integer(name, getattr(self, name))
         if self.hidden % self.heads or self.heads % self.kv_heads:
             _checks.fail("hidden/heads/kv_heads", (self.hidden, self.heads, self.kv_heads),
                          "hidden divisible by heads, heads divisible by kv_heads")

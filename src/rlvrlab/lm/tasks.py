@@ -360,8 +360,7 @@ class ArithmeticTask(_Synthetic):
 
     def __post_init__(self) -> None:
         _check_range("min_operands", self.min_operands, "max_operands", self.max_operands, 2)
-        if isinstance(self.max_operand, bool) or not isinstance(self.max_operand, int) or self.max_operand < 1:
-            _checks.fail("max_operand", self.max_operand, "an integer >= 1")
+        _checks.integer("max_operand", self.max_operand)
 
     def _problem(self, rng: random.Random) -> Problem:
         k = rng.randint(self.min_operands, self.max_operands)
@@ -418,9 +417,7 @@ class CountdownTask(_Synthetic):
     def __post_init__(self) -> None:
         _check_range("min_numbers", self.min_numbers, "max_numbers", self.max_numbers, 2)
         for name in ("max_number", "max_target"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                _checks.fail(name, value, "an integer >= 1")
+            _checks.integer(name, getattr(self, name))
 
     def _problem(self, rng: random.Random) -> Problem:
         k = rng.randint(self.min_numbers, self.max_numbers)

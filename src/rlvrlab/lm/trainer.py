@@ -95,9 +95,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("prompts", "batch_size", "group", "max_new_tokens", "steps", "epochs", "eval_every", "eval_samples",
                      "checkpoint_every"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                _checks.fail(name, v, "an integer >= 1")
+            _checks.integer(name, getattr(self, name))
         if self.group < 2:
             _checks.fail("group", self.group, "an integer >= 2 (GRPO compares completions within a group)")
         if self.batch_size % self.group:
@@ -112,9 +110,7 @@ class TrainConfig:
                          "(its exact advantage r - J needs the exact J of a simulator; e.g. advantage=none)")
         _checks.choose("schedule", self.schedule, ("constant", "cosine", "gap-adaptive"))
         for name in ("lr", "lr_min", "lr_max", "temperature", "max_grad_norm"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                _checks.fail(name, v, "a finite number > 0")
+            _checks.positive(name, getattr(self, name))
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:") and self.device[5:].isdigit()):
             _checks.fail("device", self.device, "auto, cpu, cuda, cuda:N or mps")
         if not 0 < self.holdout < 1:
