@@ -120,11 +120,11 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
             rows = trainer.train()
             tables.append(_table(rows, task, lr, run_name))
             s = summary_of(rows)
-            acc = [(r["gap/M"], r["eval/accuracy"]) for r in rows if math.isfinite(r.get("eval/accuracy", math.nan))]
-            s["spearman_M_accuracy"] = spearman(*zip(*acc)) if len(acc) else math.nan
-            fresh_acc = [(r.get("gap_fresh/M", 0.0), r["eval/accuracy"]) for r in rows if math.isfinite(r.get("eval/accuracy", math.nan))]
+            evals = [r for r in rows if math.isfinite(r.get("eval/accuracy", math.nan))]
+            acc = [r["eval/accuracy"] for r in evals]
+            s["spearman_M_accuracy"] = spearman([r["gap/M"] for r in evals], acc)
             if config.fresh_samples:  # the same with M from completions the steps never saw (unbiased)
-                s["spearman_fresh_M_accuracy"] = spearman(*zip(*fresh_acc))
+                s["spearman_fresh_M_accuracy"] = spearman([r["gap_fresh/M"] for r in evals], acc)
             early = [r["gap/crit_ratio"] for r in rows[1 : 1 + config.warning_steps] if math.isfinite(r.get("gap/crit_ratio", math.nan))]
             s["early_median_crit_ratio"] = float(np.median(early)) if early else math.nan
             s["lost_accuracy"] = s["accuracy_end"] < s["accuracy_start"] - LOSS_MARGIN

@@ -31,7 +31,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlvrlab import _checks
-from rlvrlab.lm.sampling import sample
+from rlvrlab.lm.sampling import completion_texts, sample
 from rlvrlab.lm.tasks import make_task
 from rlvrlab.lm.tokenizer import char_tokenizer
 
@@ -115,9 +115,7 @@ def evaluate_success(model, tokenizer, problems_by_task: dict[str, list], tasks:
         prompts = [tokenizer(p.prompt)["input_ids"] for p in problems]
         roll = sample(model, prompts, G=samples, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
                       pad_id=tokenizer.pad_token_id, generator=gen)
-        texts = [tokenizer.decode(ids[m]) for ids, m in zip(roll.completion_ids, roll.completion_mask)]
-        texts = [t.removesuffix(tokenizer.eos_token) for t in texts]
-        ok = [tasks[name].verify(t, problems[i // samples]) for i, t in enumerate(texts)]
+        ok = [tasks[name].verify(t, problems[i // samples]) for i, t in enumerate(completion_texts(tokenizer, roll))]
         out[name] = [sum(ok[i * samples:(i + 1) * samples]) / samples for i in range(len(problems))]
     model.train()
     return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Rollout", "sample", "token_logprobs"]
+__all__ = ["Rollout", "completion_texts", "sample", "token_logprobs"]
 
 
 @dataclass
@@ -100,6 +100,13 @@ def sample(model, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_
         cache, logits = out.past_key_values, out.logits[:, -1]
         next_pos = next_pos + 1
     return Rollout(ids, mask, tokens[:, :T], alive[:, :T], group=G)
+
+
+def completion_texts(tokenizer, rollout: Rollout) -> list[str]:
+    """The completions as text, without their EOS token (what a verifier reads)."""
+    eos = tokenizer.eos_token
+    ids, mask = rollout.completion_ids.cpu(), rollout.completion_mask.cpu()
+    return [tokenizer.decode(row[m]).removesuffix(eos) for row, m in zip(ids, mask)]
 
 
 def token_logprobs(model, rollout: Rollout, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ import torch
 from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, write_table
 from rlvrlab.lm.diagnostics import step_diagnostics
-from rlvrlab.lm.sampling import Rollout, sample, token_logprobs
+from rlvrlab.lm.sampling import Rollout, completion_texts, sample, token_logprobs
 from rlvrlab.updates import PRESETS, get_preset, policy_loss
 from rlvrlab.updates.advantages import ADVANTAGES
 
@@ -244,8 +243,8 @@ class GRPOTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, shape)
         self.gen = torch.Generator(self.device).manual_seed(config.seed)
         self.fresh_gen = torch.Generator(self.device).manual_seed(config.seed + 1_000_003)
-        self.rng = random.Random(config.seed)
-        self.step, self.M, self.M_fresh, self.rows = 0, 0.0, 0.0, []
+        self.step, self.rows = 0, []
+        self.M = {"gap/": 0.0, "gap_fresh/": 0.0}  # cumulative positive alignment, in-sample and fresh
         self.log_lr_crit = math.nan  # running mean of log(lr / crit_ratio), for the gap-adaptive rule
         self.writer = None
         self.warned: set[str] = set()
@@ -267,11 +266,6 @@ class GRPOTrainer:
         idx = (order + order)[start : start + B]
         return [self.train_set[i] for i in idx]
 
-    def _texts(self, rollout: Rollout) -> list[str]:
-        eos = self.tokenizer.eos_token
-        ids, mask = rollout.completion_ids.cpu(), rollout.completion_mask.cpu()
-        return [self.tokenizer.decode(row[m]).removesuffix(eos) for row, m in zip(ids, mask)]
-
     def _rewards(self, texts: list[str], problems: list, G: int) -> torch.Tensor:
         out = []
         for i, text in enumerate(texts):
@@ -287,31 +281,33 @@ class GRPOTrainer:
             out.append(float(r))
         return torch.tensor(out, device=self.device).view(-1, G)
 
-    def _sample(self, problems: list, G: int, generator: torch.Generator) -> Rollout:
+    def _rollout(self, problems: list, G: int, generator: torch.Generator) -> tuple[Rollout, torch.Tensor]:
+        """G completions of each problem and their (len(problems), G) rewards."""
         prompts = [self.tokenizer(p.prompt)["input_ids"] for p in problems]
         self.model.eval()
-        return sample(self.model, prompts, G=G, max_new_tokens=self.config.max_new_tokens, eos_id=self.tokenizer.eos_token_id,
-                      pad_id=self.tokenizer.pad_token_id, generator=generator, temperature=self.config.temperature)
+        rollout = sample(self.model, prompts, G=G, max_new_tokens=self.config.max_new_tokens,
+                         eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id, generator=generator,
+                         temperature=self.config.temperature)
+        return rollout, self._rewards(completion_texts(self.tokenizer, rollout), problems, G)
 
     # --- one step ------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
         cfg, G = self.config, self.config.group
         problems = self._batch()
-        rollout = self._sample(problems, G, self.gen)
-        reward = self._rewards(self._texts(rollout), problems, G)
+        rollout, reward = self._rollout(problems, G, self.gen)
         B, T = len(problems), rollout.completion_ids.shape[1]
         mask = rollout.completion_mask.view(B, G, T)
-        fresh = None
+        measured = []  # (prefix, rollout, reward, log-probs before the step) for the post-step diagnostics
         if cfg.fresh_samples:
-            fresh = self._sample(problems, cfg.fresh_samples, self.fresh_gen)
-            fresh_reward = self._rewards(self._texts(fresh), problems, cfg.fresh_samples)
+            fresh, fresh_reward = self._rollout(problems, cfg.fresh_samples, self.fresh_gen)
             with torch.inference_mode():
-                fresh_old, _ = token_logprobs(self.model, fresh)
+                measured.append(("gap_fresh/", fresh, fresh_reward, token_logprobs(self.model, fresh)[0]))
         self.model.train()
         before = torch.cat([p.detach().flatten() for p in self.params]) if cfg.diagnostics else None
         logp, entropy = token_logprobs(self.model, rollout, entropy=True)
         logp_old = logp.detach()
+        measured.insert(0, ("gap/", rollout, reward, logp_old))
         lr = self.opt.param_groups[0]["lr"]
         for epoch in range(self.preset.epochs):
             if epoch:
@@ -331,24 +327,17 @@ class GRPOTrainer:
                "charts/truncated": float((~(rollout.completion_ids == self.tokenizer.eos_token_id).any(-1)).float().mean()),
                "charts/reward": float(reward.mean()), "loss/zero_variance_groups": float(lm["loss/zero_variance_groups"])}
         if cfg.diagnostics:
+            self.model.eval()
             with torch.inference_mode():  # a little cheaper than no_grad; the outputs never meet autograd
-                self.model.eval()
-                logp_new, _ = token_logprobs(self.model, rollout)
-                after = torch.cat([p.detach().flatten() for p in self.params])
-            delta = ((logp_new - logp_old) * rollout.completion_mask).sum(-1).view(B, G)
-            eta = float((after - before).norm())
-            row.update(step_diagnostics(delta, reward, eta=eta, grad_norm=grad_norm, mean_length=float(lengths.mean())))
-            if fresh is not None:
-                with torch.inference_mode():
-                    fresh_new, _ = token_logprobs(self.model, fresh)
-                fresh_delta = ((fresh_new - fresh_old) * fresh.completion_mask).sum(-1).view(B, cfg.fresh_samples)
-                diag = step_diagnostics(fresh_delta, fresh_reward, eta=eta, grad_norm=grad_norm,
-                                        mean_length=float(fresh.lengths.float().mean()))
-                row.update({"gap_fresh/" + k.removeprefix("gap/"): v for k, v in diag.items()})
-                self.M_fresh += max(diag["gap/delta_mu_eta"], 0.0) if math.isfinite(diag["gap/delta_mu_eta"]) else 0.0
-                row["gap_fresh/M"] = self.M_fresh
-            self.M += max(row["gap/delta_mu_eta"], 0.0) if math.isfinite(row["gap/delta_mu_eta"]) else 0.0
-            row["gap/M"] = self.M
+                eta = float((torch.cat([p.detach().flatten() for p in self.params]) - before).norm())
+                for prefix, roll, r, old in measured:
+                    new, _ = token_logprobs(self.model, roll)
+                    delta = (new - old).sum(-1).view(r.shape)  # log-ratio of each completion (masked tokens are 0)
+                    diag = step_diagnostics(delta, r, eta=eta, grad_norm=grad_norm, mean_length=float(roll.lengths.float().mean()))
+                    row.update({prefix + k.removeprefix("gap/"): v for k, v in diag.items()})
+                    d = diag["gap/delta_mu_eta"]
+                    self.M[prefix] += max(d, 0.0) if math.isfinite(d) else 0.0
+                    row[prefix + "M"] = self.M[prefix]
             ratio = row["gap/crit_ratio"]
             row["gap/lr_crit"] = lr / ratio if ratio > 0 else (math.inf if ratio <= 0 else math.nan)
             if cfg.schedule == "gap-adaptive":
@@ -375,20 +364,17 @@ class GRPOTrainer:
     def evaluate(self) -> float:
         """Held-out accuracy: the mean over eval_samples completions of every held-out prompt."""
         gen = torch.Generator(self.device).manual_seed(self.config.seed * 7919 + self.step)  # leaves the training RNG alone
-        roll = self._sample(self.heldout, self.config.eval_samples, gen)
-        texts = self._texts(roll)
-        return float(self._rewards(texts, self.heldout, self.config.eval_samples).mean())
+        return float(self._rollout(self.heldout, self.config.eval_samples, gen)[1].mean())
 
     # --- run, checkpoint, resume -----------------------------------------------------------------
 
     def _checkpoint(self) -> None:
         path = self.out / "checkpoints" / "latest.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "M": self.M, "M_fresh": self.M_fresh, "log_lr_crit": self.log_lr_crit, "rows": self.rows, "model": self.model.state_dict(),
-                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "generator": self.gen.get_state(),
-                 "fresh_generator": self.fresh_gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "python_rng": self.rng.getstate(),
-                 "settings": dataclasses.asdict(self.config)}
+        state = {"step": self.step, "M": self.M, "log_lr_crit": self.log_lr_crit, "rows": self.rows,
+                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "generator": self.gen.get_state(), "fresh_generator": self.fresh_gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "settings": dataclasses.asdict(self.config)}
         tmp = path.with_name(".latest.pt.tmp")
         torch.save(state, tmp)
         tmp.replace(path)
@@ -406,8 +392,7 @@ class GRPOTrainer:
         self.gen.set_state(state["generator"])
         self.fresh_gen.set_state(state["fresh_generator"])
         torch.set_rng_state(state["torch_rng"])
-        self.rng.setstate(state["python_rng"])
-        self.step, self.M, self.M_fresh, self.rows = state["step"], state["M"], state["M_fresh"], state["rows"]
+        self.step, self.M, self.rows = state["step"], state["M"], state["rows"]
         self.log_lr_crit = state["log_lr_crit"]
 
     def _write_metrics(self) -> None:
