@@ -205,7 +205,7 @@ def plot(out: Path) -> list[str]:
     M, J = cols["M"][conv], cols["J"][conv]
     starts = np.where(cols["step"][conv] == 0, np.arange(len(J)), 0)
     J0 = J[np.maximum.accumulate(starts)]  # each row's run's J(0): rows are run-major
-    bound = J0 / (J0 + (1 - J0) * np.exp(-M / 2))
+    bound = theory.logistic_lower_bound(J0, M).numpy()
     a2.scatter(bound, J, s=2, alpha=0.3, rasterized=True)
     a2.plot([0, 1], [0, 1], "k-", lw=0.8)
     a2.set_xlabel("logistic lower bound (13b)/(15b)")

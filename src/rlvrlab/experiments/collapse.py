@@ -183,7 +183,7 @@ def plot(out: Path) -> list[str]:
         a3.plot(cols["M"][conv], cols["J"][conv], color=color, label=label)
         J0 = cols["J"][conv][0]
         Ms = cols["M"][conv]
-        a3.plot(Ms, J0 / (J0 + (1 - J0) * np.exp(-Ms / 2)), color=color, ls="--", lw=0.8)
+        a3.plot(Ms, theory.logistic_lower_bound(J0, Ms).numpy(), color=color, ls="--", lw=0.8)
     a1.set_xlabel("step k")
     a1.set_ylabel("J(k), collapse step at the window's top")
     a2.set_xlabel("step k")

@@ -150,8 +150,7 @@ def run(config: ContextualConfig, progress: Progress, workdir: Path) -> Result:
     }
     eval_prompts = list(range(pool, C))
     prompts = prompt_table(traj, eval_prompts)
-    M_train = traj.metrics["M_train"]
-    rel = (traj.prompt_metrics["M"][:, :, pool:] - M_train.unsqueeze(-1)).permute(1, 0, 2).reshape(-1)
+    rel = M_rel.permute(1, 0, 2).reshape(-1)
     prompts = prompts.append_column("M_relative", pa.array(rel.numpy()))
     return Result({"metrics": trajectory_table(traj), "prompt_metrics": prompts}, summary, checks)
 

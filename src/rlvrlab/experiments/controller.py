@@ -30,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rlvrlab import plotting, theory
+from rlvrlab import _checks, plotting, theory
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.experiments.phase import phase_cell
-from rlvrlab.experiments.token_bandit import initial_theta, instance
-from rlvrlab.integrations.sweep import run_sweep
+from rlvrlab.experiments.token_bandit import initial_theta, instance, prompt_outcomes
+from rlvrlab.integrations.sweep import BACKENDS, run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import simulate
 from rlvrlab.updates import get_preset, make_direction, make_step_size
@@ -74,8 +74,7 @@ class ControllerConfig:
         for J0 in self.J0s:
             if not 0 < J0 < 1:
                 raise ValueError(f"J0s: got {J0}; allowed: numbers in (0, 1)")
-        if self.backend not in ("local", "ray"):
-            raise ValueError(f"backend: got {self.backend!r}; allowed: local, ray")
+        _checks.choose("backend", self.backend, BACKENDS)
 
     @classmethod
     def quick(cls) -> ControllerConfig:
@@ -86,10 +85,7 @@ def _outcome(traj, target: float) -> dict[str, list]:
     J = traj.metrics["J"].numpy()
     hit = J >= target
     first = [int(traj.step[np.argmax(hit[:, r])]) if hit[:, r].any() else math.inf for r in range(J.shape[1])]
-    Jc, Jc0 = traj.prompt_metrics["J"][-1].numpy(), traj.prompt_metrics["J"][0].numpy()
-    return {"final_J": J[-1].tolist(), "steps_to_target": first,
-            "collapsed_prompts": ((Jc < 0.01) & (Jc0 >= 0.01)).sum(1).tolist(),
-            "never_started_prompts": ((Jc < 0.01) & (Jc0 < 0.01)).sum(1).tolist()}
+    return {"final_J": J[-1].tolist(), "steps_to_target": first, **prompt_outcomes(traj)}
 
 
 def _predicted(model, theta0: torch.Tensor, C: int) -> tuple[float, float]:

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rlvrlab import plotting
+from rlvrlab import _checks, plotting
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.experiments.token_bandit import initial_theta, instance
 from rlvrlab.integrations.sweep import run_sweep
@@ -75,8 +75,7 @@ class PhaseConfig:
         if self.lr_max <= self.lr_min:
             raise ValueError(f"lr_max: got {self.lr_max}; allowed: a number > lr_min = {self.lr_min}")
         for p in self.presets:
-            if p not in PRESETS:
-                raise ValueError(f"presets: got {p!r}; allowed: {', '.join(sorted(PRESETS))}")
+            _checks.choose("presets", p, PRESETS)
         for T in self.lengths:
             check_positive_int("lengths", T)
         for J0 in self.J0s:
@@ -131,7 +130,7 @@ def phase_cell(params: dict) -> dict[str, pa.Table]:
             _, converged, _ = _train(params, [mid])
             lo, hi = (mid, hi) if converged[0] else (lo, mid)
     crit = math.sqrt(lo * hi) if math.isfinite(hi) and lo > 0 else math.nan
-    grid = pa.table({k: v for k, v in rows.items() if not k.startswith("lr_crit")})
+    grid = pa.table(rows)
     critical = pa.table({"lr": [crit], "lr_crit_low": [lo], "lr_crit_high": [hi]})
     return {"trajectories": trajectory_table(traj, {"lr": lrs}), "grid": grid, "critical": critical}
 
@@ -178,11 +177,10 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
                        on_cell=progress.task("phase: (preset, T, J0, instance) cells", len(cells)))
     cols = columns(tables["critical"], ("preset", "T", "J0", "seed", "lr", "lr_crit_low", "lr_crit_high"))
     preset = np.asarray(tables["critical"].column("preset").to_pylist())
-    crit = np.ones(len(preset), dtype=bool)
     checks, slopes = [], {}
     for p in config.presets:
         for J0 in config.J0s:
-            sel = crit & (preset == p) & (cols["J0"] == J0)
+            sel = (preset == p) & (cols["J0"] == J0)
             slope, lo, hi, n = fit_slope(cols["T"][sel].astype(float), cols["lr"][sel])
             censored = int(sel.sum() - n)
             slopes[f"{p} J0={J0}"] = {"slope": slope, "ci95": [lo, hi], "cells_fitted": n, "cells_censored": censored}

@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rlvrlab import plotting
+from rlvrlab import _checks, plotting
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
-from rlvrlab.experiments.token_bandit import initial_theta, instance
-from rlvrlab.integrations.sweep import run_sweep
+from rlvrlab.experiments.token_bandit import initial_theta, instance, prompt_outcomes
+from rlvrlab.integrations.sweep import BACKENDS, run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import simulate
 from rlvrlab.updates import make_direction, make_step_size
@@ -61,8 +61,7 @@ class StagnationConfig:
         check_positive_floats("lrs", self.lrs)
         if not 0 < self.J0 < 1:
             raise ValueError(f"J0: got {self.J0}; allowed: a number in (0, 1)")
-        if self.backend not in ("local", "ray"):
-            raise ValueError(f"backend: got {self.backend!r}; allowed: local, ray")
+        _checks.choose("backend", self.backend, BACKENDS)
 
     @classmethod
     def quick(cls) -> StagnationConfig:
@@ -93,12 +92,10 @@ def stagnation_cell(params: dict) -> dict[str, pa.Table]:
     plateau = J[-tail:].mean(0)
     gain = J[-1] - J[-fifth]
     stalled = (J[-1] < params["target_J"]) & (gain < params["progress_tol"])
-    Jc, Jc0 = traj.prompt_metrics["J"][-1].numpy(), traj.prompt_metrics["J"][0].numpy()  # (R, C)
     outcomes = pa.table({
         "lr": lrs, "plateau_J": plateau.tolist(), "final_J": J[-1].tolist(), "stalled": stalled.tolist(),
-        "collapsed_prompts": ((Jc < 0.01) & (Jc0 >= 0.01)).sum(1).tolist(),
-        "never_started_prompts": ((Jc < 0.01) & (Jc0 < 0.01)).sum(1).tolist(),
-        "converged_prompts": (Jc > 0.99).sum(1).tolist(),
+        **prompt_outcomes(traj),
+        "converged_prompts": (traj.prompt_metrics["J"][-1].numpy() > 0.99).sum(1).tolist(),
         "mean_eta": traj.metrics["eta"][:-1].nanmean(0).tolist(),
     })
     return {"trajectories": trajectory_table(traj, {"lr": lrs}), "outcomes": outcomes}

@@ -25,7 +25,9 @@ import torch
 
 from rlvrlab.policies.independent import CountReward, IndependentSoftmax
 
-__all__ = ["initial_theta", "instance"]
+__all__ = ["PROMPT_FLOOR", "initial_theta", "instance", "prompt_outcomes"]
+
+PROMPT_FLOOR = 0.01  # a prompt whose success rate ends below this is lost
 
 
 def instance(seed: int, length: int, *, prompts: int, dim: int, vocab: int, rho: float):
@@ -60,3 +62,12 @@ def initial_theta(policy: IndependentSoftmax, reward: CountReward, beta: torch.T
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if mean_J(mid) < J0 else (lo, mid)
     return ((lo + hi) / 2 * beta).reshape(1, -1)
+
+
+def prompt_outcomes(traj) -> dict[str, list[int]]:
+    """Per run, the prompts collapsed during training (J_c ends below PROMPT_FLOOR from above it) and
+    those that never started (below it throughout)."""
+    Jc, Jc0 = traj.prompt_metrics["J"][-1].numpy(), traj.prompt_metrics["J"][0].numpy()  # (R, C)
+    lost = Jc < PROMPT_FLOOR
+    return {"collapsed_prompts": (lost & (Jc0 >= PROMPT_FLOOR)).sum(1).tolist(),
+            "never_started_prompts": (lost & (Jc0 < PROMPT_FLOOR)).sum(1).tolist()}

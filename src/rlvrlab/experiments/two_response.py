@@ -56,7 +56,7 @@ def run(config: TwoResponseConfig, progress: Progress, workdir: Path) -> Result:
     grid = [(J0, mult) for mult in config.step_multiples for J0 in config.J0s]
     J0 = torch.tensor([g[0] for g in grid], dtype=torch.float64)
     eta = torch.tensor([g[1] * eta_star for g in grid], dtype=torch.float64)
-    logit = torch.log(J0) - torch.log1p(-J0)
+    logit = theory.log_odds(J0)
     theta0 = torch.stack([logit / 2, -logit / 2], dim=1)
     reward = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     traj = simulate(policy, reward, theta0, steps=config.steps, direction="gap", step_size=eta,
@@ -105,7 +105,8 @@ def plot(out: Path) -> list[str]:
         k, J, J0, eta, mult = cols["step"][sel], cols["J"][sel], cols["J0"][sel][0], cols["eta"][sel][0], cols["eta_multiple"][sel][0]
         line = a1.semilogy(k, np.maximum(1 - J, 1e-300), label=f"J₀={J0:g}, η={mult:g}·η*")[0]
         if mult <= 1:
-            a1.semilogy(k, (1 - J0) / J0 * np.exp(-math.sqrt(2) * eta * k / 2), ls="--", color=line.get_color(), lw=0.8)
+            bound = theory.linear_rate_error_bound(J0, math.sqrt(2), eta, k).numpy()
+            a1.semilogy(k, bound, ls="--", color=line.get_color(), lw=0.8)
         a2.plot(k, cols["log_odds"][sel] - cols["log_odds"][sel][0], color=line.get_color())
     a1.set_ylim(bottom=1e-12)
     a1.set_xlabel("step K")

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlvrlab import _checks
-from rlvrlab.io import atomic_write_bytes
+from rlvrlab.io import write_table
 
 __all__ = ["BACKENDS", "cell_key", "run_sweep"]
 
@@ -70,9 +70,7 @@ def _unpack(table: pa.Table) -> dict[str, pa.Table]:
 def _write_cell(path: Path, params: Mapping[str, Any], table: pa.Table) -> None:
     meta = dict(table.schema.metadata or {})
     meta[_META] = json.dumps(params, sort_keys=True, default=str).encode()
-    sink = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata(meta), sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    write_table(path, table.replace_schema_metadata(meta))
 
 
 def _with_params(table: pa.Table, params: Mapping[str, Any]) -> pa.Table:
