@@ -65,7 +65,8 @@ class IndependentSoftmax:
         """(R, d) -> (R, C, T, V), C = 1 for the tabular parametrization."""
         if self.features is None:
             return theta.view(theta.shape[0], 1, self.length, self.vocab)
-        return torch.einsum("ctvd,rd->rctv", self.features.to(theta.dtype), theta)
+        F = self.features.to(theta.dtype)  # a matmul: ~10x faster than the equivalent einsum here
+        return (theta @ F.reshape(-1, self.n_params).T).view(theta.shape[0], *F.shape[:3])
 
     def init(self, runs: int, *, scale: float = 0.0, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -189,8 +189,10 @@ class Enumerated(Model):
         from rlvrlab.theory import psi1_norm
 
         p = self._logp(theta).exp()
-        lengths = self.policy.lengths().to(p.dtype)
-        return psi1_norm(lengths.expand_as(p), p).amax(-1)
+        lengths = self.policy.lengths().long()
+        K = int(lengths.max()) + 1  # the mass of each length: a bisection over T + 1 values, not every response
+        mass = p.new_zeros(*p.shape[:-1], K).index_add_(-1, lengths, p)
+        return psi1_norm(torch.arange(K, dtype=p.dtype).expand_as(mass), mass).amax(-1)
 
     def mean_length(self, theta: torch.Tensor) -> torch.Tensor:
         p = self._logp(theta).exp()

@@ -67,12 +67,13 @@ def _sampled_update(ctx: StepContext, preset: Preset, G: int, lr: float | None) 
     model, theta0 = ctx.model, ctx.theta.detach()
     batch = model.sample(theta0, G, ctx.generator)
     J = model.masses(theta0)[0].exp() if preset.advantage == "exact" else None
-    logp_old = model.token_logp(theta0, batch).detach()
-    theta, metrics = theta0, {}
+    theta, metrics, logp_old = theta0, {}, None
     for _ in range(preset.epochs):
         t = theta.detach().requires_grad_(True)
-        loss, metrics = policy_loss(preset, model.token_logp(t, batch), logp_old, batch.reward, batch.mask,
-                                    weights=ctx.weights, J=J)
+        logp = model.token_logp(t, batch)
+        if logp_old is None:  # the first pass is at θ_old
+            logp_old = logp.detach()
+        loss, metrics = policy_loss(preset, logp, logp_old, batch.reward, batch.mask, weights=ctx.weights, J=J)
         grad = torch.autograd.grad(loss.sum(), t)[0]  # runs are independent: row r is run r's gradient
         if preset.epochs == 1:
             return Direction(-grad, batch, metrics)
