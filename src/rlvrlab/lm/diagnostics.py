@@ -21,12 +21,13 @@ The paper's own proxy (§6.2) is reported too: g_GRPO ∝ sqrt(J(1-J))(g+ - g-)/
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from rlvrlab.gap import gap_stats_mc, log_odds_change_mc
 
-__all__ = ["step_diagnostics"]
+__all__ = ["GapAdaptiveRate", "step_diagnostics"]
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -77,3 +78,38 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
         "gap/zero_variance_groups": float((~mixed).float().mean()),
         "gap/grpo_norm_proxy": proxy,
     }
+
+
+@dataclass
+class GapAdaptiveRate:
+    """The gap-adaptive learning-rate rule, shared by rlvrlab's trainer and the TRL integration.
+
+    After a step at rate lr with estimated ratio r = η/η_crit, lr/r estimates the critical rate.
+    One batch's estimate is noisy, so the rule follows its geometric running mean (weight
+    `smoothing` on the past, in `log_lr_crit`): the next rate is `fraction` of it, moving at most
+    a factor 2 per step and kept in [lr_min, lr_max]. While no threshold is in sight (r undefined
+    or ≤ 0) the rate grows by `growth`. A step at rate 0 (a warm-up's first) carries no
+    information and leaves everything as it is.
+    """
+
+    fraction: float = 0.5
+    smoothing: float = 0.8
+    growth: float = 1.1
+    lr_min: float = 1e-6
+    lr_max: float = 1e-1
+    log_lr_crit: float = math.nan
+
+    def __call__(self, ratio: float, lr: float) -> float:
+        """The next rate after a step at rate ``lr`` whose estimated crit_ratio was ``ratio``."""
+        if not lr > 0:
+            return lr
+        if math.isfinite(ratio) and ratio > 0:
+            x = math.log(lr / ratio)
+            a = self.smoothing
+            self.log_lr_crit = x if math.isnan(self.log_lr_crit) else a * self.log_lr_crit + (1 - a) * x
+        if math.isnan(self.log_lr_crit):
+            target = self.growth * lr
+        else:
+            target = self.fraction * math.exp(self.log_lr_crit)
+        new = min(max(target, lr / 2), 2 * lr)
+        return min(max(new, self.lr_min), self.lr_max)

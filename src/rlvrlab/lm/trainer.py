@@ -50,7 +50,7 @@ import torch
 
 from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, write_table
-from rlvrlab.lm.diagnostics import step_diagnostics
+from rlvrlab.lm.diagnostics import GapAdaptiveRate, step_diagnostics
 from rlvrlab.lm.sampling import Rollout, completion_texts, sample, token_logprobs
 from rlvrlab.updates import PRESETS, get_preset, policy_loss
 from rlvrlab.updates.advantages import ADVANTAGES
@@ -245,7 +245,8 @@ class GRPOTrainer:
         self.fresh_gen = torch.Generator(self.device).manual_seed(config.seed + 1_000_003)
         self.step, self.rows = 0, []
         self.M = {"gap/": 0.0, "gap_fresh/": 0.0}  # cumulative positive alignment, in-sample and fresh
-        self.log_lr_crit = math.nan  # running mean of log(lr / crit_ratio), for the gap-adaptive rule
+        self.rate = GapAdaptiveRate(config.adaptive_fraction, config.adaptive_smoothing, config.adaptive_growth,
+                                    config.lr_min, config.lr_max)
         self.writer = None
         self.warned: set[str] = set()
         if config.tensorboard:
@@ -345,18 +346,7 @@ class GRPOTrainer:
         return row
 
     def _adapt(self, ratio: float, lr: float) -> None:
-        """Next rate: adaptive_fraction of the running estimate of the critical rate, within a factor 2."""
-        cfg = self.config
-        if math.isfinite(ratio) and ratio > 0:
-            x = math.log(lr / ratio)
-            a = cfg.adaptive_smoothing
-            self.log_lr_crit = x if math.isnan(self.log_lr_crit) else a * self.log_lr_crit + (1 - a) * x
-        if math.isnan(self.log_lr_crit):  # no second-order threshold in sight yet: grow, cautiously
-            target = cfg.adaptive_growth * lr
-        else:
-            target = cfg.adaptive_fraction * math.exp(self.log_lr_crit)
-        new = min(max(target, lr / 2), 2 * lr)
-        new = min(max(new, cfg.lr_min), cfg.lr_max)
+        new = self.rate(ratio, lr)
         for g in self.opt.param_groups:
             g["lr"] = new
 
@@ -371,7 +361,7 @@ class GRPOTrainer:
     def _checkpoint(self) -> None:
         path = self.out / "checkpoints" / "latest.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "M": self.M, "log_lr_crit": self.log_lr_crit, "rows": self.rows,
+        state = {"step": self.step, "M": self.M, "log_lr_crit": self.rate.log_lr_crit, "rows": self.rows,
                  "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "generator": self.gen.get_state(), "fresh_generator": self.fresh_gen.get_state(),
                  "torch_rng": torch.get_rng_state(), "settings": dataclasses.asdict(self.config)}
@@ -393,7 +383,7 @@ class GRPOTrainer:
         self.fresh_gen.set_state(state["fresh_generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.M, self.rows = state["step"], state["M"], state["rows"]
-        self.log_lr_crit = state["log_lr_crit"]
+        self.rate.log_lr_crit = state["log_lr_crit"]
 
     def _write_metrics(self) -> None:
         names = list(dict.fromkeys(k for row in self.rows for k in row))

@@ -1,0 +1,387 @@
+"""The Gradient-Gap monitor and the theory-guided learning rate inside TRL's GRPOTrainer.
+
+One import and one changed line in a TRL script::
+
+    from rlvrlab.integrations.trl import GapConfig, GapGRPOTrainer
+    trainer = GapGRPOTrainer(model=..., reward_funcs=..., args=grpo_config, train_dataset=...,
+                             gap=GapConfig(gap_schedule="gap-adaptive"))   # was: GRPOTrainer(...)
+
+What it adds to TRL (pinned: trl 1.16):
+
+- **Diagnostics** (`gap/*`, the names of rlvrlab's own trainer, rlvrlab.lm.diagnostics): after each
+  optimizer step, one forward pass over the completions the step trained on gives every
+  completion's log-ratio ΔL = log π_new(o) − log π_old(o); log π_old comes free from TRL's own
+  training forward (captured, not recomputed), and both come from TRL's own log-prob routine, so
+  that a step that changes nothing gives ΔL = 0 exactly, under bf16 autocast too. From ΔL and the
+  0/1 success of each completion: Δμ·η, the realized log-odds change (Lemma 3), var±, the
+  critical-step ratio and rate, the cumulative alignment M, the share of groups without reward
+  variance. They enter TRL's own metrics, so `report_to` sends them to TensorBoard / W&B / trackio,
+  averaged over `logging_steps` like TRL's; every step's values also go to
+  `output_dir/gap_metrics.parquet`.
+- **Warnings**, each once per run (a `GapWarning`): the step overshot (crit_ratio > 1 or a negative
+  realized log-odds change) for `gap_patience` consecutive steps; most groups had no reward variance.
+- **The gap-adaptive learning rate** (`gap_schedule="gap-adaptive"`): rlvrlab's rule
+  (GapAdaptiveRate) sets the *peak* rate, and TRL's schedule keeps its shape: the rate of step t is
+  learning_rate × λ(t) × s_t, where λ is the `lr_scheduler_type` schedule and s_t the rule's scale.
+  The scale enters the scheduler's own multiplier, so the scheduler never overwrites it, the
+  logged `learning_rate` is the rate used, and it survives checkpoints.
+- **Low-probability advantage reweighting** (`gap_alpha` = α > 0; METHODS.md §B, "Direction of RLVR
+  updates"): every token's advantage becomes [1 + α(1 − π_old(y_t))]·Â, on top of any TRL loss.
+
+Why a subclass, not a callback: a transformers callback sees neither the batch nor its log-probs,
+and the post-step pass needs both. The subclass overrides the few methods that hand them over
+(`_calculate_rewards`, `_generate_and_score_completions`, `_get_per_token_logps_and_entropies`
+and transformers' `_get_grad_norm`, `_save_checkpoint`, `_load_optimizer_and_scheduler`), calls
+TRL's own implementation in each, and does its work from an internal callback between
+`optimizer.step()` and `lr_scheduler.step()`. `check_trl()` verifies these hooks exist.
+
+Limits: each optimizer step must train on whole generation batches (TRL's default,
+steps_per_generation = gradient_accumulation_steps) so that every group is measured whole. With
+num_iterations > 1 the later steps on a batch measure samples of an older policy (off-policy:
+Lemma 3's expectation no longer holds exactly). η = ‖θ_new − θ_old‖ (for var± in score units and
+η_crit) needs a copy of the trainable weights; under DeepSpeed or FSDP, whose parameters are
+sharded, it is not measured (NaN), and nor is it with `gap_step_norm=False`; the ratio, Δμ·η and
+the log-odds change are in log-probability units and need no η. The in-sample ΔL are optimistic
+(issue 4's finding: 1.1–4.1× the fresh-sample ones): the step was fitted to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+import torch
+
+from rlvrlab import _checks
+from rlvrlab.io import atomic_write_json, read_table, write_table
+from rlvrlab.lm.diagnostics import GapAdaptiveRate, step_diagnostics
+from rlvrlab.lm.trainer import GapWarning, gap_warnings
+
+try:
+    import trl
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+    from trl.models.utils import disable_gradient_checkpointing
+except ImportError as err:  # an extra, not a dependency
+    raise ImportError(f"rlvrlab.integrations.trl needs TRL: pip install 'rlvrlab[trl]' ({err})") from err
+
+__all__ = ["GapConfig", "GapGRPOTrainer", "GapWarning", "check_trl", "low_probability_weights", "matched_config"]
+
+TRL_TESTED = "1.16"  # the TRL release line these hooks were read from and tested with
+_HOOKS = {  # TRL / transformers methods the subclass overrides, with the parameters it relies on
+    "_calculate_rewards": ["inputs", "prompts", "completions", "completion_ids_list"],
+    "_generate_and_score_completions": ["inputs"],
+    "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"],
+    "compute_loss": ["model", "inputs"],
+    "_get_grad_norm": ["model", "grad_norm"],
+    "_save_checkpoint": ["model", "trial"],
+    "_load_optimizer_and_scheduler": ["checkpoint"],
+    "create_scheduler": ["num_training_steps", "optimizer"],
+}
+STATE = "rlvrlab_gap.json"  # the monitor's state in a checkpoint directory (with rlvrlab_gap.parquet)
+METRICS = "gap_metrics.parquet"  # every step's values, in output_dir
+
+
+def check_trl() -> None:
+    """Fail clearly when the installed TRL lacks a method the subclass overrides (a TRL upgrade)."""
+    for name, params in _HOOKS.items():
+        method = getattr(GRPOTrainer, name, None)
+        missing = [p for p in params if method is not None and p not in inspect.signature(method).parameters]
+        if method is None or missing:
+            raise ImportError(f"rlvrlab.integrations.trl was written for trl {TRL_TESTED}.x; the installed trl "
+                              f"{trl.__version__} lacks GRPOTrainer.{name}({', '.join(missing or params)}): install "
+                              f"trl=={TRL_TESTED}.* (pip install 'rlvrlab[trl]')")
+
+
+check_trl()
+
+
+def low_probability_weights(logp_old: torch.Tensor, *, alpha: float) -> torch.Tensor:
+    """[1 + α(1 − π_old(y_t))] for each token (METHODS.md §B): rare tokens get up to 1 + α times the
+    advantage. logp_old: (B, T) log π_old of the sampled tokens → (B, T)."""
+    return 1 + alpha * (1 - logp_old.exp())
+
+
+@dataclass
+class GapConfig:
+    """The monitor's settings (prefixed ``gap_`` so that transformers' HfArgumentParser can parse
+    them beside GRPOConfig: ``--gap_schedule gap-adaptive``)."""
+
+    gap_diagnostics: bool = field(default=True, metadata={"help": "the post-step pass and the gap/* metrics"})
+    gap_every: int = field(default=1, metadata={"help": "measure every N-th optimizer step (the pass costs one forward)"})
+    gap_schedule: Literal["trl", "gap-adaptive"] = field(default="trl", metadata={
+        "help": "trl: TRL's learning rate as configured; gap-adaptive: rlvrlab's rule sets the peak rate under TRL's schedule"})
+    gap_fraction: float = field(default=0.5, metadata={"help": "gap-adaptive: aim at this fraction of the critical rate"})
+    gap_smoothing: float = field(default=0.8, metadata={"help": "gap-adaptive: weight of the past in the running estimate"})
+    gap_growth: float = field(default=1.1, metadata={"help": "gap-adaptive: growth per step while no threshold is in sight"})
+    gap_lr_min: float | None = field(default=None, metadata={"help": "gap-adaptive: lowest peak rate (default learning_rate / 100)"})
+    gap_lr_max: float | None = field(default=None, metadata={"help": "gap-adaptive: highest peak rate (default learning_rate × 100)"})
+    gap_alpha: float = field(default=0.0, metadata={
+        "help": "low-probability advantage reweighting [1 + α(1 − π_old)]·Â (METHODS.md §B; 0.1–0.2 there); 0: off"})
+    gap_patience: int = field(default=3, metadata={"help": "consecutive steps before a warning"})
+    gap_success_reward: str = field(default="", metadata={
+        "help": "the reward function that verifies success (its name); empty: the only one"})
+    gap_success_threshold: float = field(default=1.0, metadata={"help": "a completion succeeds when that reward >= this"})
+    gap_step_norm: bool = field(default=True, metadata={
+        "help": "measure η = ‖θ_new − θ_old‖ (a copy of the trainable weights each measured step)"})
+
+    def __post_init__(self) -> None:
+        for name in ("gap_every", "gap_patience"):
+            _checks.integer(name, getattr(self, name))
+        _checks.choose("gap_schedule", self.gap_schedule, ("trl", "gap-adaptive"))
+        if self.gap_schedule == "gap-adaptive" and not self.gap_diagnostics:
+            _checks.fail("gap_diagnostics", self.gap_diagnostics, "True with gap_schedule 'gap-adaptive' (the rule reads them)")
+        if not 0 < self.gap_fraction <= 1:
+            _checks.fail("gap_fraction", self.gap_fraction, "a number in (0, 1]")
+        if not 0 <= self.gap_smoothing < 1:
+            _checks.fail("gap_smoothing", self.gap_smoothing, "a number in [0, 1)")
+        if not 1 <= self.gap_growth <= 2:
+            _checks.fail("gap_growth", self.gap_growth, "a number in [1, 2]")
+        for name in ("gap_lr_min", "gap_lr_max"):
+            if getattr(self, name) is not None:
+                _checks.positive(name, getattr(self, name))
+        if not (math.isfinite(self.gap_alpha) and self.gap_alpha >= 0):
+            _checks.fail("gap_alpha", self.gap_alpha, "a number >= 0 (0: no reweighting)")
+        if not math.isfinite(self.gap_success_threshold):
+            _checks.fail("gap_success_threshold", self.gap_success_threshold, "a finite number")
+
+
+def matched_config(output_dir: str, **overrides):
+    """A GRPOConfig whose update is rlvrlab's "grpo" preset (mean-std advantages, clip 0.2, per-
+    sequence token mean, no KL, Adam without decay, gradient clipping at 1, constant rate, float32,
+    one generation batch per optimizer step); overrides on top. TRL's own defaults differ (bf16
+    and activation checkpointing, on CPU too; loss_type "dapo"; lr 1e-6; a linear schedule)."""
+    from trl import GRPOConfig
+
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    settings = dict(output_dir=output_dir, gradient_accumulation_steps=1, num_iterations=1, loss_type="grpo", beta=0.0,
+                    epsilon=0.2, scale_rewards="group", optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
+                    lr_scheduler_type="constant", warmup_steps=0, bf16=False, fp16=False, use_vllm=False,
+                    report_to=[], save_strategy="no", disable_tqdm=True, **{checkpointing: False})
+    return GRPOConfig(**{**settings, **overrides})
+
+
+class _StepHooks(TrainerCallback):
+    """Runs the monitor between transformers' optimizer.step() and lr_scheduler.step()."""
+
+    def __init__(self, trainer: GapGRPOTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._gap_before_step()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._gap_after_step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._gap_write_metrics()
+
+
+_MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+               "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+
+
+class GapGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer with rlvrlab's Gradient-Gap monitor, gap-adaptive rate and α reweighting
+    (see the module docstring). Takes GRPOTrainer's arguments, plus ``gap`` (a GapConfig)."""
+
+    def __init__(self, *args, gap: GapConfig | None = None, **kwargs):
+        self.gap = gap if gap is not None else GapConfig()
+        if not isinstance(self.gap, GapConfig):
+            _checks.fail("gap", type(self.gap).__name__, "a GapConfig")
+        self._gap_inputs: dict | None = None  # the micro-batch whose training forward is under way
+        super().__init__(*args, **kwargs)
+        g, a = self.gap, self.args
+        if g.gap_success_reward:
+            _checks.choose("gap_success_reward", g.gap_success_reward, self.reward_func_names)
+            self._gap_success_index = self.reward_func_names.index(g.gap_success_reward)
+        elif len(self.reward_func_names) == 1:
+            self._gap_success_index = 0
+        else:
+            _checks.fail("gap_success_reward", "", f"the name of the reward function that verifies success, one of "
+                         f"{', '.join(self.reward_func_names)} (the theory needs a 0/1 success per completion)")
+        if g.gap_diagnostics and a.steps_per_generation != a.gradient_accumulation_steps:
+            _checks.fail("steps_per_generation", a.steps_per_generation,
+                         f"gradient_accumulation_steps = {a.gradient_accumulation_steps} (TRL's default): the monitor measures "
+                         "each optimizer step on the whole generation batch it trained on, every group complete")
+        self.gap_rate = GapAdaptiveRate(g.gap_fraction, g.gap_smoothing, g.gap_growth,
+                                        g.gap_lr_min if g.gap_lr_min is not None else a.learning_rate / 100,
+                                        g.gap_lr_max if g.gap_lr_max is not None else a.learning_rate * 100)
+        self.gap_scale = 1.0  # the rule's peak rate / learning_rate (gap-adaptive)
+        self.gap_M = 0.0
+        self.gap_history: list[dict[str, float]] = []  # one row per measured step, every value (NaN and inf too)
+        self._gap_warned: set[str] = set()
+        self._gap_batch: dict | None = None  # the local generation batch (before TRL shuffles it)
+        self._gap_success: torch.Tensor | None = None  # (N,) success of every completion of the global batch
+        self._gap_pending_success: torch.Tensor | None = None
+        self._gap_old: torch.Tensor | None = None  # (n,) log π_old of each local completion, from the training forward
+        self._gap_before: list[torch.Tensor] | None = None
+        self._gap_grad_norm = math.nan
+        self._gap_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.add_callback(_StepHooks(self))
+
+    # --- what TRL hands over -------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # (N, funcs), gathered
+        if self.model.training:
+            self._gap_pending_success = rewards[:, self._gap_success_index] >= self.gap.gap_success_threshold  # NaN: False
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training and self.gap.gap_diagnostics:
+            n = out["completion_ids"].shape[0]
+            out["rlvrlab_row"] = torch.arange(n, device=out["completion_ids"].device)  # survives TRL's shuffle and split
+            self._gap_batch = dict(out)
+            self._gap_success = self._gap_pending_success
+            self._gap_old = torch.full((n,), math.nan, device=out["completion_ids"].device)
+        return out
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._gap_inputs = inputs if self.model.training else None
+        try:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        finally:
+            self._gap_inputs = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        inputs, self._gap_inputs = self._gap_inputs, None  # only the first call inside compute_loss: the training forward
+        if inputs is not None and torch.is_grad_enabled():
+            logps = out[0].detach()  # (b, T) log π of the current (pre-step) weights
+            mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+            if "rlvrlab_row" in inputs and self._gap_old is not None:
+                self._gap_old[inputs["rlvrlab_row"]] = (logps * mask).sum(-1)
+            if self.gap.gap_alpha > 0:
+                # TRL reads inputs["advantages"] after this forward and accepts (B, T) advantages
+                old = inputs.get("old_per_token_logps")
+                adv = inputs["advantages"]
+                adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
+                inputs["advantages"] = adv * low_probability_weights(logps if old is None else old, alpha=self.gap.gap_alpha)
+        return out
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)  # before clipping, as TRL logs it
+        self._gap_grad_norm = float(norm) if norm is not None else math.nan
+        return norm
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.gap.gap_schedule == "gap-adaptive" and not getattr(scheduler, "_rlvrlab_scaled", False):
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                _checks.fail("lr_scheduler_type", getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type),
+                             "a schedule of the LambdaLR kind (constant, linear, cosine, polynomial, ... of transformers; "
+                             "not reduce_lr_on_plateau, nor a scheduler of your own of another kind) with gap_schedule "
+                             f"'gap-adaptive'; got a {type(scheduler).__name__}")
+            # the rule's scale rides on the schedule's own multiplier: scheduler.step() can never overwrite it
+            scheduler.lr_lambdas = [lambda step, f=f: f(step) * self.gap_scale for f in scheduler.lr_lambdas]
+            scheduler._rlvrlab_scaled = True
+        return scheduler
+
+    # --- the post-step pass --------------------------------------------------------------------
+
+    def _gap_measuring(self) -> bool:
+        return self.gap.gap_diagnostics and self._gap_batch is not None and (self.state.global_step + 1) % self.gap.gap_every == 0
+
+    def _gap_sharded(self) -> bool:
+        return bool(getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False))
+
+    def _gap_before_step(self) -> None:
+        if self._gap_measuring() and self.gap.gap_step_norm and not self._gap_sharded():
+            self._gap_before = [p.detach().clone() for p in self._gap_params]
+
+    @torch.no_grad()
+    def _gap_after_step(self) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler has not stepped yet)
+        if not self._gap_measuring():
+            return
+        batch, old = self._gap_batch, self._gap_old
+        if bool(torch.isnan(old).any()):
+            raise RuntimeError(f"the Gradient-Gap monitor saw {int(torch.isnan(old).sum())} of {old.numel()} completions "
+                               "of the generation batch left out of this optimizer step's training forward")
+        eta = math.nan
+        if self._gap_before is not None:
+            eta = math.sqrt(sum(float((p.detach() - q).double().pow(2).sum()) for p, q in zip(self._gap_params, self._gap_before)))
+            self._gap_before = None
+        mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):  # as TRL's no-grad passes
+            new, _, _ = super()._get_per_token_logps_and_entropies(
+                self.model, ids, attention, batch["completion_ids"].shape[1], batch_size=self.args.per_device_train_batch_size,
+                **{k: batch[k] for k in _MULTIMODAL if batch.get(k) is not None})
+        local = torch.stack([(new * mask).sum(-1) - old, mask.sum(-1).float()], 1)  # (n, 2): ΔL, length
+        both = self.accelerator.gather(local).float().cpu()  # (N, 2), global order: groups are consecutive
+        G = self.num_generations
+        delta, length = both[:, 0].view(-1, G), both[:, 1]
+        success = self._gap_success.float().cpu().view(-1, G)
+        self._gap_old = torch.full_like(old, math.nan)  # num_iterations > 1: the next step re-measures this batch
+        diag = step_diagnostics(delta, success, eta=eta, grad_norm=self._gap_grad_norm, mean_length=float(length.mean()))
+        d = diag["gap/delta_mu_eta"]
+        self.gap_M += max(d, 0.0) if math.isfinite(d) else 0.0
+        ratio = diag["gap/crit_ratio"]
+        row = {"step": self.state.global_step + 1, "charts/lr": lr, "charts/grad_norm": self._gap_grad_norm, **diag, "gap/M": self.gap_M,
+               "gap/lr_crit": lr / ratio if ratio > 0 else (math.inf if ratio <= 0 else math.nan)}
+        if self.gap.gap_schedule == "gap-adaptive":
+            peak = self.args.learning_rate * self.gap_scale
+            self.gap_scale = self.gap_rate(ratio, peak) / self.args.learning_rate if lr > 0 else self.gap_scale
+            row["gap/scale"] = self.gap_scale
+        self.gap_history.append(row)
+        metrics = self._metrics["train"]
+        for k, v in row.items():
+            if k.startswith("gap/") and math.isfinite(v):  # TRL averages each over logging_steps; undefined ones stay out
+                metrics[k].append(v)
+        if self.accelerator.is_main_process:
+            for kind, message in gap_warnings(self.gap_history[-self.gap.gap_patience:], self.gap.gap_patience).items():
+                if kind not in self._gap_warned:
+                    self._gap_warned.add(kind)
+                    warnings.warn(message, GapWarning, stacklevel=2)
+
+    # --- results and checkpoints ---------------------------------------------------------------
+
+    def _gap_table(self) -> pa.Table:
+        names = list(dict.fromkeys(k for row in self.gap_history for k in row))
+        return pa.table({k: [row.get(k, math.nan) for row in self.gap_history] for k in names})
+
+    def _gap_write_metrics(self) -> None:
+        if self.gap.gap_diagnostics and self.args.should_save and self.gap_history:
+            write_table(os.path.join(self.args.output_dir, METRICS), self._gap_table())
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            log_crit = self.gap_rate.log_lr_crit
+            atomic_write_json(os.path.join(folder, STATE), {
+                "M": self.gap_M, "scale": self.gap_scale, "log_lr_crit": None if math.isnan(log_crit) else log_crit,
+                "warned": sorted(self._gap_warned), "rows": len(self.gap_history)})
+            if self.gap_history:
+                write_table(os.path.join(folder, "rlvrlab_gap.parquet"), self._gap_table())
+            self._gap_write_metrics()
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, STATE) if checkpoint is not None else None
+        if path is None or not os.path.exists(path):
+            return
+        with open(path) as f:
+            state = json.load(f)
+        self.gap_M, self.gap_scale = state["M"], state["scale"]
+        self.gap_rate.log_lr_crit = math.nan if state["log_lr_crit"] is None else state["log_lr_crit"]
+        self._gap_warned = set(state["warned"])
+        self.gap_history = []
+        if state["rows"]:
+            table = read_table(os.path.join(checkpoint, "rlvrlab_gap.parquet")).to_pylist()
+            self.gap_history = [{k: v for k, v in row.items() if v is not None} for row in table]

@@ -1,0 +1,313 @@
+"""rlvrlab.integrations.trl with the real TRL (1.16) on a tiny model, on CPU.
+
+The monitor's numbers are checked against rlvrlab's own trainer replaying TRL's very batches, the
+learning rate against a plain-loop recomputation of schedule × rule, the α reweighting against a
+hand-written surrogate, and the logged values against TRL's own (its reward mean is gap/J)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+
+from transformers import PrinterCallback  # noqa: E402
+
+from rlvrlab.integrations import trl as gap_trl  # noqa: E402
+from rlvrlab.integrations.trl import (GapConfig, GapGRPOTrainer, GapWarning, check_trl, low_probability_weights,  # noqa: E402
+                                      matched_config)
+from rlvrlab.io import read_table  # noqa: E402
+from rlvrlab.lm.diagnostics import GapAdaptiveRate  # noqa: E402
+from rlvrlab.lm.sampling import Rollout  # noqa: E402
+from rlvrlab.lm.trainer import GRPOTrainer, TrainConfig, load_model  # noqa: E402
+
+G = 4
+PROMPTS = [f"{a}+{b}=" for a in range(10) for b in range(10)]
+
+
+def even_length(prompts, completions, **kwargs):
+    """A 0/1 reward the untrained model meets about half the time."""
+    return [float(len(c) % 2 == 0) for c in completions]
+
+
+def never(prompts, completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def _trainer(model_dir, out, cls=GapGRPOTrainer, reward=even_length, gap=None, optimizers=None, **overrides):
+    model, tok = load_model(str(model_dir))
+    settings = dict(max_steps=20, per_device_train_batch_size=4 * G, num_generations=G, max_completion_length=10,
+                    learning_rate=3e-3, logging_steps=1, seed=0, use_cpu=True)
+    args = matched_config(str(out), **{**settings, **overrides})
+    trainer = cls(model=model, args=args, reward_funcs=reward, train_dataset=datasets.Dataset.from_dict({"prompt": PROMPTS}),
+                  processing_class=tok, gap=gap, **({"optimizers": optimizers(model)} if optimizers else {}))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+class Recording(GapGRPOTrainer):
+    """Keeps every generation batch, as rlvrlab Rollouts with their 0/1 rewards."""
+
+    recorded: list
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            self.recorded = getattr(self, "recorded", [])
+            rollout = Rollout(out["prompt_ids"].clone(), out["prompt_mask"].bool(), out["completion_ids"].clone(),
+                              out["completion_mask"].bool(), group=G)
+            self.recorded.append((rollout, self._gap_success.float().view(-1, G).clone()))
+        return out
+
+
+def _defined(row: dict, key: str) -> bool:
+    """Whether the value of key is defined on this step (otherwise NaN by design)."""
+    N = 4 * G  # completions per step
+    both = 0 < row["gap/J"] < 1  # successes and failures
+    spread = round(row["gap/J"] * N) >= 2 and round((1 - row["gap/J"]) * N) >= 2  # a variance on each side
+    mixed = row["gap/mixed_prompts"] > 0
+    if key in ("gap/delta_mu_eta", "gap/log_odds_change"):
+        return both
+    if key in ("gap/se_delta_mu_eta", "gap/se_log_odds_change", "gap/var_plus", "gap/var_minus"):
+        return spread
+    if key in ("gap/delta_mu_eta_prompt", "gap/log_odds_change_prompt", "gap/grpo_norm_proxy"):
+        return mixed
+    if key in ("gap/crit_ratio", "gap/eta_crit", "gap/lr_crit"):
+        return spread and row["gap/delta_mu_eta"] > 0
+    if key in ("gap/crit_ratio_prompt_mean", "gap/crit_ratio_prompt_max"):
+        return False  # defined only on mixed prompts whose Δμ > 0: not asserted
+    return True
+
+
+@pytest.fixture(scope="module")
+def monitored(tiny_base_model, tmp_path_factory):
+    """20 steps of TRL with the monitor, TensorBoard logging every step, and every batch recorded."""
+    out = tmp_path_factory.mktemp("trl")
+    trainer = _trainer(tiny_base_model, out, cls=Recording, report_to=["tensorboard"])
+    trainer.train()
+    return trainer, out
+
+
+def test_twenty_steps_log_every_gap_metric_through_trl(monitored):
+    trainer, out = monitored
+    rows = trainer.gap_history
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    expected = {"gap/J", "gap/delta_mu_eta", "gap/se_delta_mu_eta", "gap/log_odds_change", "gap/se_log_odds_change",
+                "gap/delta_mu_eta_prompt", "gap/log_odds_change_prompt", "gap/var_plus", "gap/var_minus", "gap/eta",
+                "gap/crit_ratio", "gap/eta_crit", "gap/crit_ratio_prompt_mean", "gap/crit_ratio_prompt_max",
+                "gap/prompts_past_crit", "gap/mixed_prompts", "gap/zero_variance_groups", "gap/grpo_norm_proxy", "gap/M",
+                "gap/lr_crit"}
+    assert sum(0 < r["gap/J"] < 1 for r in rows) >= 15  # the reward has variance: most steps define everything
+    for r in rows:
+        assert expected <= set(r)
+        for k in expected:
+            if _defined(r, k):
+                assert math.isfinite(r[k]) or k in ("gap/eta_crit", "gap/lr_crit") and r["gap/crit_ratio"] <= 0, (r["step"], k)
+        assert r["gap/eta"] > 0
+    # cumulative alignment: the running sum of the positive Δμ·η
+    M = 0.0
+    for r in rows:
+        M += max(r["gap/delta_mu_eta"], 0.0) if math.isfinite(r["gap/delta_mu_eta"]) else 0.0
+        assert r["gap/M"] == pytest.approx(M)
+    # TRL logged them beside its own metrics, step by step; its reward mean is the success rate
+    logs = [h for h in trainer.state.log_history if "gap/J" in h]
+    assert [h["step"] for h in logs] == list(range(1, 21))
+    for h, r in zip(logs, rows):
+        assert h["gap/J"] == pytest.approx(h["reward"])
+        assert h["gap/J"] == pytest.approx(r["gap/J"])
+        assert h["learning_rate"] == pytest.approx(r["charts/lr"])
+        assert h["grad_norm"] == pytest.approx(r["charts/grad_norm"])  # the norm the ‖g_GRPO‖ proxy uses
+        for k in expected:
+            assert (k in h) == math.isfinite(r[k]), (r["step"], k)  # undefined values stay out of TRL's averages
+            if k in h:
+                assert h[k] == pytest.approx(r[k])
+    # ... and from there to TensorBoard through report_to
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = out.rglob("events.out.tfevents.*")  # transformers' default: output_dir/runs/<time>_<host>
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/gap/delta_mu_eta", "train/gap/log_odds_change", "train/gap/crit_ratio", "train/gap/M"} <= tags
+    assert len(acc.Scalars("train/gap/M")) == 20
+    table = read_table(out / "gap_metrics.parquet").to_pylist()
+    assert [t["step"] for t in table] == list(range(1, 21))
+    assert all(t["gap/M"] == pytest.approx(r["gap/M"]) for t, r in zip(table, rows))
+
+
+def test_monitor_agrees_with_rlvrlab_trainer_on_the_same_batches(monitored, tiny_base_model, tmp_path):
+    """rlvrlab's GRPOTrainer, from the same weights with the same loss and optimizer, replays TRL's
+    20 batches: its per-step Δμ·η and realized log-odds change are the monitor's, to float error."""
+    trainer, _ = monitored
+    batches = list(trainer.recorded)
+    assert len(batches) == 20
+    for rollout, _ in batches:  # TRL repeats each prompt G times, consecutively: rlvrlab's layout
+        assert torch.equal(rollout.prompt_ids.view(-1, G, rollout.prompt_ids.shape[1]).amin(1),
+                           rollout.prompt_ids.view(-1, G, rollout.prompt_ids.shape[1]).amax(1))
+
+    class Replay(GRPOTrainer):
+        def _rollout(self, problems, group, generator):
+            if generator is not self.gen:  # held-out evaluation: sample as usual
+                return super()._rollout(problems, group, generator)
+            assert group == G and len(problems) == 4
+            return batches[self.step]
+
+    ours = Replay(TrainConfig(model=str(tiny_base_model), task="add", preset="grpo", batch_size=4 * G, group=G, steps=20,
+                              lr=3e-3, max_grad_norm=1.0, eval_every=20, eval_samples=1, checkpoint_every=20, seed=0,
+                              device="cpu"), tmp_path)
+    rows = [r for r in ours.train() if r["step"] > 0]
+    for mine, theirs in zip(rows, trainer.gap_history, strict=True):
+        assert mine["charts/reward"] == theirs["gap/J"]
+        for k in ("gap/delta_mu_eta", "gap/log_odds_change", "gap/eta"):
+            if math.isfinite(theirs[k]):
+                assert mine[k] == pytest.approx(theirs[k], rel=2e-3, abs=1e-6), (mine["step"], k)
+            else:
+                assert not math.isfinite(mine[k])
+
+
+def _cosine(t: int, warmup: int, total: int) -> float:
+    """transformers' cosine schedule with warm-up, written out."""
+    if t < warmup:
+        return t / warmup
+    return 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+
+
+def test_gap_adaptive_rate_rides_on_trls_schedule(tiny_base_model, tmp_path):
+    """lr_t = learning_rate × λ(t) × s_t, with λ TRL's cosine schedule with warm-up and s the rule's
+    scale: recomputed here in a plain loop from the logged ratios, and TRL logs the same rate."""
+    gap = GapConfig(gap_schedule="gap-adaptive", gap_fraction=0.5, gap_smoothing=0.5)
+    trainer = _trainer(tiny_base_model, tmp_path, gap=gap, lr_scheduler_type="cosine", warmup_steps=3, learning_rate=1e-2)
+    trainer.train()
+    rows = trainer.gap_history
+    rule = GapAdaptiveRate(0.5, 0.5, 1.1, 1e-4, 1.0)
+    scale = 1.0
+    for t, r in enumerate(rows):
+        assert r["charts/lr"] == pytest.approx(1e-2 * _cosine(t, 3, 20) * scale, rel=1e-9), t
+        if r["charts/lr"] > 0:
+            scale = rule(r["gap/crit_ratio"], 1e-2 * scale) / 1e-2
+        assert r["gap/scale"] == pytest.approx(scale, rel=1e-9)
+    assert rows[0]["charts/lr"] == 0 and rows[0]["gap/scale"] == 1.0  # warm-up's first step: no information, no change
+    assert len({round(r["gap/scale"], 9) for r in rows}) > 3  # the rule did act
+    logged = [h["learning_rate"] for h in trainer.state.log_history if "gap/J" in h]
+    assert logged == pytest.approx([r["charts/lr"] for r in rows])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * _cosine(20, 3, 20) * scale, abs=1e-12)
+
+
+def test_resume_continues_the_monitor_without_loss_or_duplication(tiny_base_model, tmp_path):
+    gap = GapConfig(gap_schedule="gap-adaptive")
+    full = _trainer(tiny_base_model, tmp_path / "full", gap=gap, max_steps=8, save_strategy="steps", save_steps=4)
+    full.train()
+    resumed = _trainer(tiny_base_model, tmp_path / "full", gap=gap, max_steps=8, save_strategy="steps", save_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    a, b = full.gap_history, resumed.gap_history
+    assert [r["step"] for r in b] == list(range(1, 9))
+    for x, y in zip(b[:4], a[:4]):  # restored from the checkpoint, not recomputed
+        assert x.keys() == y.keys() and all(x[k] == y[k] or math.isnan(x[k]) and math.isnan(y[k]) for k in x)
+    M = b[3]["gap/M"]
+    for r in b[4:]:
+        M += max(r["gap/delta_mu_eta"], 0.0) if math.isfinite(r["gap/delta_mu_eta"]) else 0.0
+        assert r["gap/M"] == pytest.approx(M)
+    assert b[4]["charts/lr"] == pytest.approx(3e-3 * a[3]["gap/scale"])  # the rate carried over
+    assert [t["step"] for t in read_table(tmp_path / "full" / "gap_metrics.parquet").to_pylist()] == list(range(1, 9))
+
+
+def test_low_probability_reweighting_matches_the_surrogate_written_out(tiny_base_model, tmp_path):
+    """With α, TRL's loss and gradient are those of -mean_b Σ_t w_bt Â_b log π_bt / |o_b| with
+    w = 1 + α(1 − π_old), π_old the detached π (one step per batch, so the ratio is 1)."""
+    alpha = 0.5
+    trainer = _trainer(tiny_base_model, tmp_path, gap=GapConfig(gap_alpha=alpha))
+    model, tok = trainer.model, trainer.processing_class
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1  # what transformers' training loop sets before a step
+    torch.manual_seed(0)
+    prompt_ids = torch.randint(3, len(tok), (6, 5))
+    completion_ids = torch.randint(3, len(tok), (6, 7))
+    completion_mask = torch.ones(6, 7, dtype=torch.long)
+    completion_mask[0, 4:] = 0
+    completion_mask[3, 2:] = 0
+    adv = torch.tensor([1.0, -0.5, 0.3, -1.2, 0.8, 0.0])
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
+              "completion_mask": completion_mask, "advantages": adv.clone(), "num_items_in_batch": completion_mask.sum()}
+    model.zero_grad()
+    loss = trainer.compute_loss(model, inputs)
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad()
+    ids = torch.cat([prompt_ids, completion_ids], 1)
+    logp = torch.log_softmax(model(input_ids=ids).logits[:, 4:-1].float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    w = 1 + alpha * (1 - logp.detach().exp())
+    m = completion_mask.float()
+    ref = -((w * adv[:, None] * torch.exp(logp - logp.detach()) * m).sum(-1) / m.sum(-1)).mean()
+    ref.backward()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    for g, p in zip(got, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    assert torch.equal(low_probability_weights(torch.log(torch.tensor([1.0, 0.5, 1e-9])), alpha=0.2),
+                       1 + 0.2 * (1 - torch.tensor([1.0, 0.5, 1e-9])))
+
+
+def test_warnings_come_once_each(tiny_base_model, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(tiny_base_model, tmp_path / "flat", reward=never, max_steps=6).train()
+    messages = [str(w.message) for w in caught if issubclass(w.category, GapWarning)]
+    assert len(messages) == 1 and messages[0].startswith("more than half of the groups had no reward variance for 3")
+    # lr 1.0 overshoots at once (the realized log-odds change of step 1 is about -8, then every
+    # completion is empty and succeeds); with patience 1 that one step is enough
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _trainer(tiny_base_model, tmp_path / "steep", learning_rate=1.0, max_steps=4, gap=GapConfig(gap_patience=1))
+        trainer.train()
+    crit = [str(w.message) for w in caught if issubclass(w.category, GapWarning) and "overshot" in str(w.message)]
+    over = [r["step"] for r in trainer.gap_history if r["gap/crit_ratio"] > 1 or r["gap/log_odds_change"] < 0]
+    assert over and len(crit) == 1 and crit[0].startswith(f"the step overshot for 1 consecutive steps (steps {over[0]}-{over[0]};")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(gap_schedule="cosine"), r"^gap_schedule: got 'cosine'; allowed: gap-adaptive, trl"),
+    (dict(gap_schedule="gap-adaptive", gap_diagnostics=False), r"^gap_diagnostics: got False; allowed: True with"),
+    (dict(gap_alpha=-0.1), r"^gap_alpha: got -0.1; allowed: a number >= 0"),
+    (dict(gap_every=0), r"^gap_every: got 0"),
+    (dict(gap_fraction=1.5), r"^gap_fraction: got 1.5; allowed: a number in \(0, 1\]"),
+    (dict(gap_lr_max=0.0), r"^gap_lr_max: got 0.0"),
+])
+def test_bad_settings(kw, message):
+    with pytest.raises(ValueError, match=message):
+        GapConfig(**kw)
+
+
+def test_bad_combinations_name_the_fix(tiny_base_model, tmp_path):
+    with pytest.raises(ValueError, match=r"^gap_success_reward: got ''; allowed: the name of the reward function that "
+                                         r"verifies success, one of even_length, never"):
+        _trainer(tiny_base_model, tmp_path, reward=[even_length, never])
+    with pytest.raises(ValueError, match=r"^gap_success_reward: got 'correct'; allowed: even_length, never"):
+        _trainer(tiny_base_model, tmp_path, reward=[even_length, never], gap=GapConfig(gap_success_reward="correct"))
+    with pytest.raises(ValueError, match=r"^steps_per_generation: got 2; allowed: gradient_accumulation_steps = 1"):
+        _trainer(tiny_base_model, tmp_path, steps_per_generation=2)
+    with pytest.raises(ValueError, match=r"^gap: got 'dict'; allowed: a GapConfig"):
+        _trainer(tiny_base_model, tmp_path, gap={"gap_alpha": 0.1})
+
+    def step_lr(model):  # a user's own optimizer and a scheduler that is not a LambdaLR
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=5)
+
+    trainer = _trainer(tiny_base_model, tmp_path, gap=GapConfig(gap_schedule="gap-adaptive"), optimizers=step_lr, max_steps=2)
+    with pytest.raises(ValueError, match=r"^lr_scheduler_type: got 'constant'; allowed: a schedule of the LambdaLR kind .* "
+                                         r"got a StepLR"):
+        trainer.train()
+
+
+def test_a_trl_without_the_hooks_is_refused(monkeypatch):
+    check_trl()  # the installed TRL has them
+
+    class Older(gap_trl.GRPOTrainer):
+        _get_per_token_logps_and_entropies = None
+
+    monkeypatch.setattr(gap_trl, "GRPOTrainer", Older)
+    with pytest.raises(ImportError, match=r"lacks GRPOTrainer._get_per_token_logps_and_entropies\(model, input_ids"):
+        check_trl()
