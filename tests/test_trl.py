@@ -6,8 +6,16 @@ hand-written surrogate, and the logged values against TRL's own (its reward mean
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import os
+import random
+import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -311,3 +319,62 @@ def test_a_trl_without_the_hooks_is_refused(monkeypatch):
     monkeypatch.setattr(gap_trl, "GRPOTrainer", Older)
     with pytest.raises(ImportError, match=r"lacks GRPOTrainer._get_per_token_logps_and_entropies\(model, input_ids"):
         check_trl()
+
+
+# --- examples/trl_gsm8k.py ----------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "trl_gsm8k.py"
+
+
+def _gsm8k_file(path: Path) -> Path:
+    rng = random.Random(0)
+    lines = []
+    for _ in range(40):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        lines.append(json.dumps({"question": f"{a}+{b}=", "answer": f"{a}+{b}={a + b}\n#### {a + b}"}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _example_args(model_dir, data, out, steps):
+    return ["--model_name_or_path", str(model_dir), "--data", str(data), "--output_dir", str(out), "--use_cpu", "true",
+            "--bf16", "false", "--max_steps", str(steps), "--per_device_train_batch_size", "8", "--num_generations", "4",
+            "--max_completion_length", "8", "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none",
+            "--save_strategy", "steps", "--save_steps", str(steps), "--instruction", "", "--gap_alpha", "0.1"]
+
+
+def test_example_trains_and_writes_the_gap_metrics(tiny_base_model, tmp_path):
+    spec = importlib.util.spec_from_file_location("trl_gsm8k", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses look their module up there
+    spec.loader.exec_module(example)
+    data = _gsm8k_file(tmp_path / "train.jsonl")
+    trainer = example.main(_example_args(tiny_base_model, data, tmp_path / "run", 3) + ["--eval_fraction", "0.25"])
+    assert len(trainer.train_dataset) == 30 and len(trainer.eval_dataset) == 10
+    assert trainer.train_dataset[0]["prompt"].endswith("=\n") and trainer.gap.gap_alpha == 0.1
+    assert [r["step"] for r in read_table(tmp_path / "run" / "gap_metrics.parquet").to_pylist()] == [1, 2, 3]
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    with pytest.raises(SystemExit, match=r"eval_fraction: got 1.5; allowed: a fraction in \[0, 1\)"):
+        example.main(_example_args(tiny_base_model, data, tmp_path / "bad", 1) + ["--eval_fraction", "1.5"])
+
+
+def test_example_under_accelerate_with_two_processes(tiny_base_model, tmp_path):
+    """Two CPU processes (gloo): each generates and trains on half of every group set, and the
+    monitor gathers both halves: its success rate is TRL's reward over the whole batch, and it sees
+    all of the step's groups (2 processes × 8 completions / 4 = 4 groups)."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is missing from the environment"
+    data = _gsm8k_file(tmp_path / "train.jsonl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(EXAMPLE.parents[1] / "src")}
+    done = subprocess.run([accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                           "--dynamo_backend", "no", "--cpu", str(EXAMPLE), *_example_args(tiny_base_model, data, tmp_path / "run", 4)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "done: 4 steps" in done.stdout
+    rows = read_table(tmp_path / "run" / "gap_metrics.parquet").to_pylist()
+    logs = [h for h in json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+            if "reward" in h]
+    assert [r["step"] for r in rows] == [h["step"] for h in logs] == [1, 2, 3, 4]
+    for r, h in zip(rows, logs):
+        assert r["gap/J"] == pytest.approx(h["reward"])
+        assert r["gap/mixed_prompts"] + 4 * r["gap/zero_variance_groups"] == pytest.approx(4)
