@@ -63,7 +63,6 @@ the default model every trainer sees variance, so all three must move).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -81,8 +80,9 @@ try:  # TRL is an extra, not a dependency of rlvrlab
     import transformers
     import trl
     from transformers import PrinterCallback, TrainerCallback
-    from trl import GRPOConfig
     from trl import GRPOTrainer as TRLGRPOTrainer
+
+    from rlvrlab.integrations.trl import matched_config
 except ImportError as err:
     raise SystemExit(f"this benchmark needs TRL: pip install -e '.[trl]' ({err})") from err
 
@@ -107,19 +107,9 @@ def ours(args, model: str, diagnostics: bool, out: Path):
 
 def trl_config(args, steps: int, out: Path):
     """TRL's settings for the same update (the table in the module docstring)."""
-    # transformers 5 renamed gradient_checkpointing (TRL's default: True) to activation_checkpointing
-    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    config = GRPOConfig(
-        output_dir=str(out), seed=args.seed, max_steps=steps,
-        per_device_train_batch_size=args.prompts * args.group, num_generations=args.group, gradient_accumulation_steps=1,
-        num_iterations=1, max_completion_length=args.max_new_tokens, temperature=1.0,
-        loss_type="grpo", beta=0.0, epsilon=0.2, scale_rewards="group",
-        learning_rate=args.lr, optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
-        lr_scheduler_type="constant", warmup_steps=0,
-        bf16=False, fp16=False, use_cpu=True, use_vllm=False, **{checkpointing: False},
-        report_to=[], logging_strategy="no", save_strategy="no", disable_tqdm=True,
-    )
+    config = matched_config(str(out), seed=args.seed, max_steps=steps, per_device_train_batch_size=args.prompts * args.group,
+                            num_generations=args.group, max_completion_length=args.max_new_tokens, temperature=1.0,
+                            learning_rate=args.lr, use_cpu=True, logging_strategy="no")
     assert config.generation_batch_size == args.prompts * args.group and config.steps_per_generation == 1, \
         f"TRL would not generate once per optimizer step: {config.generation_batch_size=}, {config.steps_per_generation=}"
     return config

@@ -59,3 +59,20 @@ def test_grpo_vs_trl_benchmark_smoke(tmp_path, tiny_base_model):
     assert trl["loss_type"] == "grpo" and trl["beta"] == 0.0 and not trl["gradient_checkpointing"] and not trl["bf16"]
     for k in ("trl", "ours_off", "ours_on"):
         assert 1 <= result["completion_length_mean"][k] <= result["completion_length_longest_mean"][k] <= 16
+
+
+def test_trl_monitor_benchmark_smoke(tmp_path, tiny_base_model):
+    pytest.importorskip("trl")
+    out = tmp_path / "trl_monitor.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "trl_monitor.py"), "--model", str(tiny_base_model), "--prompts", "2",
+         "--group", "4", "--max-new-tokens", "8", "--warmup", "1", "--rounds", "2", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    sec = result["seconds_per_step"]
+    assert (result["warmup"], result["rounds"]) == (1, 2)
+    assert 0 < sec["monitor_pass_median"] < sec["monitored_median"]
+    assert result["overhead_direct"] == pytest.approx(sec["monitor_pass_median"] / sec["idle_median"])
+    assert result["target_le_10pct"]["paired"] == (result["overhead_paired_median"] <= 0.10)
+    assert 1 <= result["completion_length_mean"] <= 8
