@@ -378,3 +378,15 @@ def test_example_under_accelerate_with_two_processes(tiny_base_model, tmp_path):
     for r, h in zip(rows, logs):
         assert r["gap/J"] == pytest.approx(h["reward"])
         assert r["gap/mixed_prompts"] + 4 * r["gap/zero_variance_groups"] == pytest.approx(4)
+
+
+def test_adaptive_vs_fixed_example_runs(tiny_base_model, tmp_path):
+    spec = importlib.util.spec_from_file_location("trl_adaptive_vs_fixed", EXAMPLE.with_name("trl_adaptive_vs_fixed.py"))
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example
+    spec.loader.exec_module(example)
+    results = example.main(["--model", str(tiny_base_model), "--steps", "3", "--out", str(tmp_path)])
+    assert list(results) == ["fixed 0.001", "gap-adaptive from 0.001", "fixed 0.0003"]
+    for r in results.values():
+        assert 0 <= r["success_last10"] <= 1 and list(r["lr"]) == [3]
+    assert results["fixed 0.001"]["lr"][3] == 1e-3 and results["fixed 0.0003"]["lr"][3] == 3e-4
