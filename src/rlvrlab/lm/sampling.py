@@ -14,11 +14,12 @@ distribution.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Rollout", "completion_texts", "sample", "token_logprobs"]
+__all__ = ["Rollout", "completion_texts", "decode", "next_token_logprobs", "sample", "token_logprobs"]
 
 
 @dataclass
@@ -70,36 +71,58 @@ def sample(model, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_
     """G completions for each prompt (token id lists), with a KV cache; rows that have ended are
     dropped from the cache, so a step costs in proportion to the completions still running.
     Tensors live on the model's device; ``generator`` must be on it too."""
-    device = next(model.parameters()).device
+
+    def choose(logits: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+        probs = torch.softmax(logits[0].float() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1), None
+
+    return decode([model], prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, choose=choose)[0]
+
+
+Choose = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+@torch.no_grad()
+def decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_id: int, pad_id: int,
+           choose: Choose) -> tuple[Rollout, torch.Tensor]:
+    """Decode with several models in lockstep (each with its own KV cache over the same tokens):
+    at each step ``choose`` gets every model's next-token logits (n, V) for the n running rows and
+    returns the tokens (n,) and, optionally, a per-row flag (n,) bool (e.g. "this position was
+    replaced"). Returns the Rollout and the flags (N, T) (False where none were returned)."""
+    device = next(models[0].parameters()).device
     ids, mask = (x.to(device) for x in _left_pad(prompts, pad_id))
-    logits, cache = _prefill(model, ids, mask, G)
+    firsts = [_prefill(m, ids, mask, G) for m in models]
+    logits, caches = [f[0] for f in firsts], [f[1] for f in firsts]
     ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
     N = ids.shape[0]
     tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
     alive = torch.zeros((N, max_new_tokens), dtype=torch.bool, device=device)
+    flags = torch.zeros((N, max_new_tokens), dtype=torch.bool, device=device)
     rows = torch.arange(N, device=device)  # the rows of the batch still running, in cache order
     attn = mask.long()
     next_pos = _positions(mask)[:, -1] + 1
     T = 0
     for t in range(max_new_tokens):
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt, flag = choose(logits)
         tokens[rows, t] = nxt
         alive[rows, t] = True
+        if flag is not None:
+            flags[rows, t] = flag
         T = t + 1
         running = nxt != eos_id
         if t == max_new_tokens - 1 or not bool(running.any()):
             break
         if not bool(running.all()):
             keep = running.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
+            for cache in caches:
+                cache.batch_select_indices(keep)
             rows, nxt, attn, next_pos = rows[keep], nxt[keep], attn[keep], next_pos[keep]
         attn = torch.cat([attn, attn.new_ones(len(rows), 1)], 1)
-        out = model(input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),
-                    past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        outs = [m(input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1), past_key_values=c,
+                  use_cache=True) for m, c in zip(models, caches)]
+        caches, logits = [o.past_key_values for o in outs], [o.logits[:, -1] for o in outs]
         next_pos = next_pos + 1
-    return Rollout(ids, mask, tokens[:, :T], alive[:, :T], group=G)
+    return Rollout(ids, mask, tokens[:, :T], alive[:, :T], group=G), flags[:, :T]
 
 
 def completion_texts(tokenizer, rollout: Rollout) -> list[str]:
@@ -109,9 +132,9 @@ def completion_texts(tokenizer, rollout: Rollout) -> list[str]:
     return [tokenizer.decode(row[m]).removesuffix(eos) for row, m in zip(ids, mask)]
 
 
-def token_logprobs(model, rollout: Rollout, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(o_t | q, o_<t) of every completion token (N, T) (0 where masked), and optionally the
-    entropy of each next-token distribution (N, T). Differentiable when grad is enabled.
+def next_token_logprobs(model, rollout: Rollout) -> torch.Tensor:
+    """log π(· | q, o_<t) over the whole vocabulary at every completion position (N, T, V), float32,
+    differentiable when grad is enabled.
 
     The G completions of a prompt share it: the prompt runs once, its key/value cache is repeated
     G times, and the completions run on top of it (fewer tokens through the model than running
@@ -122,8 +145,13 @@ def token_logprobs(model, rollout: Rollout, *, entropy: bool = False) -> tuple[t
     pos = _positions(mask)[:, P:]
     rest = model(input_ids=rollout.completion_ids, attention_mask=mask.long(), position_ids=pos, past_key_values=cache,
                  use_cache=True).logits[:, :-1]
-    logits = torch.cat([first.unsqueeze(1), rest], 1).float()
-    logp_all = torch.log_softmax(logits, -1)
+    return torch.log_softmax(torch.cat([first.unsqueeze(1), rest], 1).float(), -1)
+
+
+def token_logprobs(model, rollout: Rollout, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(o_t | q, o_<t) of every completion token (N, T) (0 where masked), and optionally the
+    entropy of each next-token distribution (N, T). Differentiable when grad is enabled."""
+    logp_all = next_token_logprobs(model, rollout)
     logp = logp_all.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1) * rollout.completion_mask
     ent = None
     if entropy:
