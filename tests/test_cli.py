@@ -33,7 +33,7 @@ def test_list_verbose_shows_settings_and_defaults():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("run", "nope"), "allowed: bounds, collapse, contextual, controller, lm-grpo, mab, phase, stagnation, two-response"),
+        (("run", "nope"), "allowed: bounds, collapse, contextual, controller, direction, leash, lm-grpo, mab, phase, stagnation, two-response"),
         (("run", "mab", "--set", "bogus=1"), "allowed: the settings of this experiment"),
         (("run", "mab", "--set", "steps=abc"), "allowed: an integer"),
         (("run", "mab", "--set", "etas=-0.1"), "finite numbers > 0"),

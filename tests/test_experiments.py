@@ -32,8 +32,9 @@ LM_SMALL = ["steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=
 
 
 def test_every_experiment_is_registered_and_small_settings_cover_them():
-    assert set(names()) == set(SMALL) | {"lm-grpo"} == {"mab", "contextual", "two-response", "collapse", "bounds", "phase",
-                                                       "stagnation", "controller", "lm-grpo"}
+    assert set(names()) == set(SMALL) | {"lm-grpo", "leash", "direction"} == {
+        "mab", "contextual", "two-response", "collapse", "bounds", "phase", "stagnation", "controller", "lm-grpo", "leash",
+        "direction"}  # leash and direction: tests/test_analysis_experiments.py
 
 
 @pytest.mark.parametrize("name", sorted(SMALL) + ["lm-grpo"])
@@ -125,7 +126,7 @@ def test_bad_settings_name_the_field_and_the_allowed_values(assignment, message)
 
 
 def test_unknown_experiment_lists_the_valid_names():
-    with pytest.raises(ValueError, match="experiment: got 'nope'; allowed: bounds, collapse, contextual, controller, lm-grpo, mab, phase, stagnation, two-response"):
+    with pytest.raises(ValueError, match="experiment: got 'nope'; allowed: bounds, collapse, contextual, controller, direction, leash, lm-grpo, mab, phase, stagnation, two-response"):
         get("nope")
 
 

@@ -242,13 +242,13 @@ def test_aggregations_by_hand():
 
 
 def test_presets_table_and_overrides():
-    assert set(PRESETS) == {"reinforce", "rloo", "grpo", "dr-grpo", "dapo", "gspo"}
+    assert set(PRESETS) == {"reinforce", "rloo", "grpo", "dr-grpo", "dapo", "gspo", "dapo-lowprob", "dapo-dominate", "dapo-ppl"}
     dapo = get_preset("dapo")
     assert (dapo.advantage, dapo.surrogate, dapo.aggregation, dapo.eps_low, dapo.eps_high, dapo.dynamic_sampling) == \
         ("mean-std", "clip", "token-mean", 0.2, 0.28, True)
     g = get_preset("grpo", epochs=4, eps_high=0.3)
     assert (g.epochs, g.eps_high, g.eps_low) == (4, 0.3, 0.2) and PRESETS["grpo"].epochs == 1
-    with pytest.raises(ValueError, match="^preset: got 'ppo'; allowed: dapo, dr-grpo, grpo, gspo, reinforce, rloo$"):
+    with pytest.raises(ValueError, match="^preset: got 'ppo'; allowed: dapo, dapo-dominate, dapo-lowprob, dapo-ppl, dr-grpo, grpo, gspo, reinforce, rloo$"):
         get_preset("ppo")
     with pytest.raises(ValueError, match="^preset 'grpo' option: got 'beta'"):
         get_preset("grpo", beta=0.1)
@@ -333,7 +333,10 @@ def _loop_update(name, policy, model, theta, batch: Batch, weights, **overrides)
     return out, flat_count
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+UNWEIGHTED = sorted(n for n, p in PRESETS.items() if p.weighting == "none")  # weighted ones: tests/test_updates_weighting.py
+
+
+@pytest.mark.parametrize("name", UNWEIGHTED)
 def test_preset_gradient_at_theta_old_equals_plain_loop(name):
     policy, model, theta, weights = _setup()
     G = 4
@@ -425,7 +428,7 @@ def test_expected_grpo_is_eq5_and_the_others_their_closed_forms():
     weights = _t([0.4, 0.6]).expand(2, 2).clone()
     reward = model.reward
     ctx = StepContext(0, 1, theta, model, weights, policy.constants())
-    exp = {name: make_direction("expected", preset=name)(ctx).w for name in PRESETS}
+    exp = {name: make_direction("expected", preset=name)(ctx).w for name in UNWEIGHTED}
     grad_J = model.grad_J(theta, weights)
     eq5 = _expected_loop(policy, reward, theta, weights, advantage="mean-std", per_token="mean")
     assert bool((eq5.norm(dim=-1) > 1e-3).all())

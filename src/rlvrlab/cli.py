@@ -203,6 +203,80 @@ def lm_train(
     out_console.print(f"results: {out}", highlight=False)
 
 
+analyze_app = typer.Typer(no_args_is_help=True, help="What RLVR did to a model: a base model against its RLVR descendant.")
+app.add_typer(analyze_app, name="analyze")
+
+
+def _analyze(name: str, base: str, rl: str, task: str, quick: bool, out: Path | None, settings: list[str] | None,
+             resume: bool) -> None:
+    pair = [f"base={base}", f"rl={rl}", f"task={task}"]
+    run(name=name, quick=quick, out=out or Path("runs") / f"analyze-{name}", settings=pair + list(settings or []), resume=resume)
+
+
+_BASE = typer.Option(..., "--base", help="Directory of the base model (a Hugging Face causal LM and its tokenizer).")
+_RL = typer.Option(..., "--rl", help="Directory of its RLVR-trained descendant (the same tokenizer).")
+_QUICK = typer.Option(False, "--quick", help="Small settings.")
+_SET = typer.Option(None, "--set", help="Any other setting of the experiment: --set key=value (repeatable).")
+_RESUME = typer.Option(True, "--resume/--force", help="--resume (default): read a finished run back; --force: start over.")
+
+
+@analyze_app.command("leash")
+@_user_errors
+def analyze_leash(base: str = _BASE, rl: str = _RL, task: str = typer.Option("add", "--task", help="A task or question-answer file."),
+                  quick: bool = _QUICK, out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/analyze-leash)."),
+                  settings: list[str] | None = _SET, resume: bool = _RESUME) -> None:
+    """pass@k, support (P/E/S/O, SRR, NDR, SDS, NSCR) and token / answer entropy of a base and an RLVR model."""
+    _analyze("leash", base, rl, task, quick, out, settings, resume)
+
+
+@analyze_app.command("direction")
+@_user_errors
+def analyze_direction(base: str = _BASE, rl: str = _RL, task: str = typer.Option("add", "--task", help="A task of rlvrlab.lm.tasks."),
+                      quick: bool = _QUICK, out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/analyze-direction)."),
+                      settings: list[str] | None = _SET, resume: bool = _RESUME) -> None:
+    """Δlog p against entropy and KL, selective replacement, selective extrapolation and training with reweighting."""
+    _analyze("direction", base, rl, task, quick, out, settings, resume)
+
+
+@app.command()
+@_user_errors
+def generate(
+    base: str = _BASE, rl: str = _RL,
+    prompt: list[str] = typer.Option(..., "--prompt", help="A prompt (repeatable)."),
+    gamma: float = typer.Option(0.1, "--gamma", help="Extrapolation strength γ (0: the RLVR model itself)."),
+    tau: float = typer.Option(-0.3, "--tau", help="Extrapolate only the tokens with Δlog p <= τ."),
+    mode: str = typer.Option("extrapolate", "--mode", help="extrapolate, replace (with --criterion), base or rl."),
+    criterion: str = typer.Option("delta-logp", "--criterion", help="Replacement criterion: delta-logp, entropy, kl, reverse-kl, js, random."),
+    samples: int = typer.Option(1, "--samples", help="Completions per prompt."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(0.7, "--top-p", help="Nucleus (the direction paper: 0.7)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Decode with a base and an RLVR model together: selective test-time extrapolation (default) or replacement."""
+    import torch
+
+    from rlvrlab.analysis import check_pair
+    from rlvrlab.analysis import generate as decode
+    from rlvrlab.experiments.base import check_positive_int
+    from rlvrlab.lm.sampling import completion_texts
+    from rlvrlab.lm.trainer import load_model
+
+    check_positive_int("samples", samples)
+    check_positive_int("max_new_tokens", max_new_tokens)
+    b, tok = load_model(base)
+    r, rl_tok = load_model(rl)
+    check_pair(b, tok, r, rl_tok)
+    roll, flags = decode(b, r, [tok(p)["input_ids"] for p in prompt], mode=mode, G=samples, max_new_tokens=max_new_tokens,
+                         eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(seed),
+                         criterion=criterion, tau=tau, gamma=gamma, temperature=temperature, top_p=top_p)
+    for i, text in enumerate(completion_texts(tok, roll)):
+        n = int(roll.completion_mask[i].sum())
+        out_console.print(f"[{i // samples}.{i % samples}] {prompt[i // samples]}{text}", highlight=False, markup=False)
+        out_console.print(f"      ({int(flags[i].sum())} of {n} tokens {'extrapolated' if mode == 'extrapolate' else 'replaced'})"
+                          if mode in ("extrapolate", "replace") else "", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -12,10 +12,12 @@ __all__ = ["experiments", "get", "names"]
 
 @cache
 def experiments() -> dict[str, Experiment]:
-    from rlvrlab.experiments import bounds, collapse, contextual, controller, lm_grpo, mab, phase, stagnation, two_response
+    from rlvrlab.experiments import (bounds, collapse, contextual, controller, direction, leash, lm_grpo, mab, phase, stagnation,
+                                     two_response)
 
     found = [mab.EXPERIMENT, contextual.EXPERIMENT, two_response.EXPERIMENT, collapse.EXPERIMENT, bounds.EXPERIMENT,
-             phase.EXPERIMENT, stagnation.EXPERIMENT, controller.EXPERIMENT, lm_grpo.EXPERIMENT]
+             phase.EXPERIMENT, stagnation.EXPERIMENT, controller.EXPERIMENT, lm_grpo.EXPERIMENT, leash.EXPERIMENT,
+             direction.EXPERIMENT]
     return {e.name: e for e in found}
 
 

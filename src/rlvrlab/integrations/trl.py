@@ -26,7 +26,8 @@ What it adds to TRL (pinned: trl 1.16):
   The scale enters the scheduler's own multiplier, so the scheduler never overwrites it, the
   logged `learning_rate` is the rate used, and it survives checkpoints.
 - **Low-probability advantage reweighting** (`gap_alpha` = α > 0; METHODS.md §B, "Direction of RLVR
-  updates"): every token's advantage becomes [1 + α(1 − π_old(y_t))]·Â, on top of any TRL loss.
+  updates"): every token's advantage becomes [1 + α(1 − π_old(y_t))]·Â, on top of any TRL loss
+  (rlvrlab.updates' "low-prob" weighting, the one of the dapo-lowprob preset).
 
 Why a subclass, not a callback: a transformers callback sees neither the batch nor its log-probs,
 and the post-step pass needs both. The subclass overrides the few methods that hand them over
@@ -63,6 +64,7 @@ from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, read_table, write_table
 from rlvrlab.lm.diagnostics import GapAdaptiveRate, step_diagnostics
 from rlvrlab.lm.trainer import GapWarning, gap_warnings
+from rlvrlab.updates import WEIGHTINGS
 
 try:
     import trl
@@ -72,7 +74,7 @@ try:
 except ImportError as err:  # an extra, not a dependency
     raise ImportError(f"rlvrlab.integrations.trl needs TRL: pip install 'rlvrlab[trl]' ({err})") from err
 
-__all__ = ["GapConfig", "GapGRPOTrainer", "GapWarning", "check_trl", "low_probability_weights", "matched_config"]
+__all__ = ["GapConfig", "GapGRPOTrainer", "GapWarning", "check_trl", "matched_config"]
 
 TRL_TESTED = "1.16"  # the TRL release line these hooks were read from and tested with
 _HOOKS = {  # TRL / transformers methods the subclass overrides, with the parameters it relies on
@@ -101,12 +103,6 @@ def check_trl() -> None:
 
 
 check_trl()
-
-
-def low_probability_weights(logp_old: torch.Tensor, *, alpha: float) -> torch.Tensor:
-    """[1 + α(1 − π_old(y_t))] for each token (METHODS.md §B): rare tokens get up to 1 + α times the
-    advantage. logp_old: (B, T) log π_old of the sampled tokens → (B, T)."""
-    return 1 + alpha * (1 - logp_old.exp())
 
 
 @dataclass
@@ -263,11 +259,15 @@ class GapGRPOTrainer(GRPOTrainer):
             if "rlvrlab_row" in inputs and self._gap_old is not None:
                 self._gap_old[inputs["rlvrlab_row"]] = (logps * mask).sum(-1)
             if self.gap.gap_alpha > 0:
-                # TRL reads inputs["advantages"] after this forward and accepts (B, T) advantages
+                # TRL reads inputs["advantages"] after this forward and accepts (B, T) advantages; the
+                # weighting is rlvrlab.updates' "low-prob", the one dapo-lowprob uses
                 old = inputs.get("old_per_token_logps")
+                old = logps if old is None else old
                 adv = inputs["advantages"]
-                adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
-                inputs["advantages"] = adv * low_probability_weights(logps if old is None else old, alpha=self.gap.gap_alpha)
+                if adv.dim() == 2:  # already per token (a subclass of TRL's): weight it in place
+                    inputs["advantages"] = adv * WEIGHTINGS["low-prob"](torch.ones_like(adv[:, 0]), old, mask, alpha=self.gap.gap_alpha)
+                else:
+                    inputs["advantages"] = WEIGHTINGS["low-prob"](adv, old, mask, alpha=self.gap.gap_alpha)
         return out
 
     def _get_grad_norm(self, model, grad_norm=None):

@@ -55,7 +55,7 @@ from rlvrlab.lm.sampling import Rollout, completion_texts, sample, token_logprob
 from rlvrlab.updates import PRESETS, get_preset, policy_loss
 from rlvrlab.updates.advantages import ADVANTAGES
 
-__all__ = ["GRPOTrainer", "GapWarning", "RewardError", "TrainConfig", "gap_warnings", "load_model"]
+__all__ = ["GRPOTrainer", "GapWarning", "RewardError", "TrainConfig", "descendant", "gap_warnings", "load_model"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class TrainConfig:
     task: str = "add"  # a task of rlvrlab.lm.tasks, or a .jsonl / .parquet question-answer file
     preset: str = "grpo"
     advantage: str = ""  # override the preset's advantage (e.g. reinforce with "none"); empty: the preset's
+    alpha: float | None = None  # override the preset's token-reweighting strength (dapo-lowprob, ...); None: the preset's
     prompts: int = 400  # problems drawn from the task (held-out share: holdout)
     batch_size: int = 64  # completions per step: batch_size / group prompts, group completions each
     group: int = 8
@@ -101,6 +102,8 @@ class TrainConfig:
             _checks.fail("batch_size", self.batch_size,
                          f"a multiple of group = {self.group} (batch_size / group prompts of group completions each)")
         _checks.choose("preset", self.preset, PRESETS)
+        if self.alpha is not None:
+            get_preset(self.preset, alpha=self.alpha)  # the preset's own checks of alpha
         if self.advantage:
             _checks.choose("advantage", self.advantage, [a for a in ADVANTAGES if a != "exact"])
         elif PRESETS[self.preset].advantage == "exact":
@@ -233,7 +236,8 @@ class GRPOTrainer:
         if len(self.train_set) < config.prompts_per_step:
             _checks.fail("batch_size", config.batch_size,
                          f"at most group × {len(self.train_set)} (the training prompts available)")
-        self.preset = get_preset(config.preset, epochs=config.epochs, **({"advantage": config.advantage} if config.advantage else {}))
+        self.preset = get_preset(config.preset, epochs=config.epochs, **({"advantage": config.advantage} if config.advantage else {}),
+                                 **({"alpha": config.alpha} if config.alpha is not None else {}))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         fused = self.device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self.params)
         self.opt = torch.optim.Adam(self.params, lr=config.lr, fused=fused or None)  # fused: one kernel for all parameters
@@ -425,6 +429,21 @@ class GRPOTrainer:
         if self.writer is not None:
             self.writer.close()
         return self.rows
+
+
+def descendant(config: TrainConfig, root: Path | None = None, *, on_step: Callable[[int], None] | None = None) -> Path:
+    """The model a GRPO run with ``config`` ends with, trained once into the cache (as `pretrain`
+    does for the base: ``<cache>/grpo-<hash of the settings>``, resumable) and found there after."""
+    import hashlib
+    import json
+
+    from rlvrlab.lm.pretrain import cache_root
+
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    out = (root or cache_root()) / f"grpo-{key}"
+    if not (out / "model" / "config.json").exists():
+        GRPOTrainer(config, out, on_step=on_step, on_warning=lambda message: None).train()
+    return out / "model"
 
 
 def summary_of(rows: list[dict[str, float]]) -> dict[str, Any]:

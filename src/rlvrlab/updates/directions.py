@@ -16,7 +16,9 @@ step's prompt distribution ctx.weights (the batch objective J = Σ_c weights_c J
                            w = (θ_μ - θ)/lr, so that eta = lr reproduces them (its diagnostics
                            are those of the last inner step's loss, at θ_{μ-1})
     "expected"             a preset's update in expectation (G -> ∞) at θ = θ_old, exactly: e.g.
-                           eq. (5) for GRPO, ∇J for REINFORCE (rlvrlab.policies.model.Model.expected_update)
+                           eq. (5) for GRPO, ∇J for REINFORCE (rlvrlab.policies.model.Model.expected_update);
+                           presets with a token weighting (dapo-lowprob, ...) are refused: the
+                           models do not compute it, so sample them with "preset"
     "prompt-adaptive"      §7: each prompt's contribution to a preset's expected update scaled
                            so that no prompt steps past its own critical step (apply with eta = lr)
     "prescribed"           w = fn(k, theta), a given sequence (the App. F constructions)
@@ -96,9 +98,20 @@ def preset_update(ctx: StepContext, *, preset: str, G: int, lr: float | None = N
     return _sampled_update(ctx, get_preset(preset, **overrides), G, lr)
 
 
+def _exact_preset(preset: str, overrides: dict[str, Any]) -> Preset:
+    """A preset the models' exact expected_update knows: it has no token weighting, whose
+    expectation needs π_old of every token of every response, not just of every response."""
+    spec = get_preset(preset, **overrides)
+    if spec.weighting != "none":
+        _checks.fail(f"preset '{preset}' weighting", spec.weighting,
+                     "'none' for an exact expected update (the models do not compute token weightings); "
+                     "use direction 'preset' to sample it")
+    return spec
+
+
 def expected(ctx: StepContext, *, preset: str, **overrides: Any) -> Direction:
-    """A preset's expected update at θ = θ_old, computed exactly by the model."""
-    return Direction(ctx.model.expected_update(ctx.theta, ctx.weights, get_preset(preset, **overrides)))
+    """A preset's expected update at θ = θ_old, computed exactly by the model (no token weighting)."""
+    return Direction(ctx.model.expected_update(ctx.theta, ctx.weights, _exact_preset(preset, overrides)))
 
 
 def prompt_adaptive(ctx: StepContext, *, preset: str, lr: float, fraction: float = 0.5, **overrides: Any) -> Direction:
@@ -117,7 +130,7 @@ def prompt_adaptive(ctx: StepContext, *, preset: str, lr: float, fraction: float
         _checks.fail("lr", lr, "the fixed step size (> 0) this direction will be applied with")
     if not 0 < fraction <= 1:
         _checks.fail("fraction", fraction, "a number in (0, 1]")
-    spec = get_preset(preset, **overrides)
+    spec = _exact_preset(preset, overrides)
     R, C = ctx.weights.shape
     d = ctx.theta.shape[-1]
     theta = ctx.theta.repeat_interleave(C, 0)  # (R·C, d): one row per (run, prompt)

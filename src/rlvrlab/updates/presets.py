@@ -1,12 +1,24 @@
-"""Paper algorithms as presets over three independent choices: advantage × surrogate × aggregation.
+"""Paper algorithms as presets over four independent choices: advantage × weighting × surrogate × aggregation.
 
-    preset     advantage  surrogate  aggregation               clip (low, high)  other
-    reinforce  exact      pg         seq-mean-token-sum        —                 eq. (4)
-    rloo       loo        pg         seq-mean-token-sum        —
-    grpo       mean-std   clip       seq-mean-token-mean       0.2, 0.2          eq. (22)-(23)
-    dr-grpo    mean       clip       seq-mean-token-sum-norm   0.2, 0.2          constant normalizer
-    dapo       mean-std   clip       token-mean                0.2, 0.28         dynamic sampling
-    gspo       mean-std   gspo       seq-mean-token-mean       3e-4, 4e-4        sequence ratio
+    preset         advantage  weighting (α)     surrogate  aggregation               clip (low, high)  other
+    reinforce      exact      none              pg         seq-mean-token-sum        —                 eq. (4)
+    rloo           loo        none              pg         seq-mean-token-sum        —
+    grpo           mean-std   none              clip       seq-mean-token-mean       0.2, 0.2          eq. (22)-(23)
+    dr-grpo        mean       none              clip       seq-mean-token-sum-norm   0.2, 0.2          constant normalizer
+    dapo           mean-std   none              clip       token-mean                0.2, 0.28         dynamic sampling
+    gspo           mean-std   none              gspo       seq-mean-token-mean       3e-4, 4e-4        sequence ratio
+    dapo-lowprob   mean-std   low-prob (0.2)    clip       token-mean                0.2, 0.28         dynamic sampling
+    dapo-dominate  mean-std   dominate (0.2)    clip       token-mean                0.2, 0.28         dynamic sampling
+    dapo-ppl       mean-std   perplexity (0.2)  clip       token-mean                0.2, 0.28         dynamic sampling
+
+The weighting (rlvrlab.updates.weighting) turns the advantage Â_i of a response into one per token,
+Ã_{i,t} = w_{i,t}·Â_i, from π_old alone (no gradient through w). "dapo-lowprob" is the training
+recipe of "Direction of RLVR updates" (arXiv 2603.22117, METHODS.md §B): w_t = 1 + α(1 − p_t),
+α = 0.2 as for Qwen2.5-Math-7B (0.1 for Qwen3-8B-Base: get_preset("dapo-lowprob", alpha=0.1)).
+Its two baselines get no α in our notes; we use 0.2 for both so that all three move a token's
+weight by at most 0.2: "dapo-dominate" w_t = 0.2·p_t + 0.8 ∈ [0.8, 1], "dapo-ppl" w_i =
+clamp(1 − 0.2·z_i, 0.8, 1.2), whose clamp binds once a response's log-perplexity is one group
+standard deviation from the group's mean. With α = 0 each is exactly "dapo".
 
 ``policy_loss`` computes a preset's loss on a sampled batch, one value per leading index (run);
 its gradient at θ = θ_old is the preset's policy-gradient estimate, e.g. for GRPO
@@ -19,6 +31,7 @@ No KL penalty: the paper (and most RLVR recipes) train with β = 0.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +41,15 @@ from rlvrlab import _checks
 from rlvrlab.updates.advantages import ADVANTAGES
 from rlvrlab.updates.aggregation import AGGREGATIONS
 from rlvrlab.updates.surrogates import SURROGATES
+from rlvrlab.updates.weighting import WEIGHTINGS
 
 __all__ = ["PRESETS", "Preset", "get_preset", "policy_loss"]
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One update rule as its three choices and their hyperparameters."""
+    """One update rule as its four choices (advantage, weighting, surrogate, aggregation) and their
+    hyperparameters. ``weighting`` and its ``alpha`` come last so that positional presets keep working."""
 
     advantage: str
     surrogate: str
@@ -45,11 +60,25 @@ class Preset:
     epochs: int = 1
     norm: float | None = None  # Dr. GRPO's constant normalizer (default: the maximum length T)
     std_eps: float = 1e-4
+    weighting: str = "none"  # per-token weights on the advantage (rlvrlab.updates.weighting)
+    alpha: float = 0.0  # the weighting's strength; 0 leaves every weight at exactly 1
 
     def __post_init__(self) -> None:
         _checks.choose("advantage", self.advantage, ADVANTAGES)
+        _checks.choose("weighting", self.weighting, WEIGHTINGS)
         _checks.choose("surrogate", self.surrogate, SURROGATES)
         _checks.choose("aggregation", self.aggregation, AGGREGATIONS)
+        alpha = self.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha >= 0):
+            _checks.fail("alpha", alpha, "a finite number >= 0 (the weighting's strength)")
+        if self.weighting == "none" and alpha != 0:
+            _checks.fail("alpha", alpha, "0 with weighting 'none' (it would have no effect); "
+                         "set weighting to one of dominate, low-prob, perplexity, or alpha=0")
+        if self.weighting == "dominate" and alpha > 1:
+            _checks.fail("alpha", alpha, "a number in [0, 1] for weighting 'dominate' (w = α·p_old + 1 − α must stay > 0)")
+        if self.weighting != "none" and self.surrogate == "gspo":
+            _checks.fail("weighting", self.weighting, "'none' with surrogate 'gspo' (GSPO's ratio and clip are per "
+                         "sequence, so per-token weights have no place in it); use surrogate 'clip' or 'pg' to weight tokens")
         if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
             _checks.fail("eps_low/eps_high", (self.eps_low, self.eps_high), "0 <= eps_low < 1 and eps_high >= 0")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -65,6 +94,9 @@ PRESETS: dict[str, Preset] = {
     "dr-grpo": Preset("mean", "clip", "seq-mean-token-sum-norm", 0.2, 0.2),
     "dapo": Preset("mean-std", "clip", "token-mean", 0.2, 0.28, dynamic_sampling=True),
     "gspo": Preset("mean-std", "gspo", "seq-mean-token-mean", 3e-4, 4e-4),
+    "dapo-lowprob": Preset("mean-std", "clip", "token-mean", 0.2, 0.28, dynamic_sampling=True, weighting="low-prob", alpha=0.2),
+    "dapo-dominate": Preset("mean-std", "clip", "token-mean", 0.2, 0.28, dynamic_sampling=True, weighting="dominate", alpha=0.2),
+    "dapo-ppl": Preset("mean-std", "clip", "token-mean", 0.2, 0.28, dynamic_sampling=True, weighting="perplexity", alpha=0.2),
 }
 
 
@@ -94,7 +126,9 @@ def policy_loss(
     distribution (default uniform); J: (..., B) exact success rates (advantage "exact" only).
     Returns the loss (...) and ``loss/...`` diagnostics (...): clip fraction (over the tokens that
     count: those of dropped groups and of prompts with weight 0 do not), fraction of groups with
-    zero reward variance, mean |advantage|.
+    zero reward variance, mean |Â| over all B·G responses (the advantage before any weighting);
+    with a weighting other than "none" also ``loss/advantage_weight`` = Σ|Ã_t| / Σ|Â| over the
+    tokens that count, the |Â|-weighted mean token weight (1 where no such token has Â ≠ 0).
     """
     B = reward.shape[-2]
     if weights is None:
@@ -106,7 +140,10 @@ def policy_loss(
         weights = weights * ~flat
         total = weights.sum(-1, keepdim=True)
         weights = torch.where(total > 0, weights / total.clamp(min=1e-300), torch.zeros_like(weights))
-    loss_t, clipped = SURROGATES[preset.surrogate](logp, logp_old, adv, mask, eps_low=preset.eps_low, eps_high=preset.eps_high)
+    # Weighting "none" keeps one advantage per response (..., B, G): bit for bit the loss of the
+    # presets before weighting existed, and the only form GSPO's sequence ratio accepts.
+    adv_t = adv if preset.weighting == "none" else WEIGHTINGS[preset.weighting](adv, logp_old, mask, alpha=preset.alpha)
+    loss_t, clipped = SURROGATES[preset.surrogate](logp, logp_old, adv_t, mask, eps_low=preset.eps_low, eps_high=preset.eps_high)
     loss = AGGREGATIONS[preset.aggregation](loss_t, mask, weights, norm=preset.norm)
     m = mask.to(logp.dtype) * (weights > 0).to(logp.dtype)[..., None, None]  # tokens that count in the loss
     tokens = m.sum((-1, -2, -3)).clamp(min=1)
@@ -115,4 +152,8 @@ def policy_loss(
         "loss/zero_variance_groups": flat.to(logp.dtype).mean(-1),
         "loss/abs_advantage": adv.abs().mean((-1, -2)).detach(),
     }
+    if preset.weighting != "none":
+        weighted = (adv_t.abs() * m).sum((-1, -2, -3))
+        plain = (adv.abs().unsqueeze(-1) * m).sum((-1, -2, -3))
+        metrics["loss/advantage_weight"] = torch.where(plain > 0, weighted / plain.clamp(min=1e-300), torch.ones_like(plain)).detach()
     return loss, metrics
