@@ -257,7 +257,7 @@ def test_reward_failing_on_one_sample_is_reported_with_that_sample(tiny_model, t
     (dict(batch_size=10, group=4), r"^batch_size: got 10; allowed: a multiple of group = 4"),
     (dict(group=1, batch_size=4), r"^group: got 1; allowed: an integer >= 2"),
     (dict(preset="ppo"), r"^preset: got 'ppo'; allowed: "),
-    (dict(preset="reinforce"), r"^preset: got 'reinforce'; allowed: rloo, grpo, dr-grpo, dapo, gspo, or reinforce with an advantage set"),
+    (dict(preset="reinforce"), r"^preset: got 'reinforce'; allowed: rloo, grpo, dr-grpo, dapo, gspo, dapo-lowprob, dapo-dominate, dapo-ppl, or reinforce with an advantage set"),
     (dict(advantage="exact"), r"^advantage: got 'exact'; allowed: "),
     (dict(schedule="linear"), r"^schedule: got 'linear'; allowed: constant, cosine, gap-adaptive"),
     (dict(schedule="gap-adaptive", diagnostics=False), r"^diagnostics: got False; allowed: True with schedule 'gap-adaptive'"),
