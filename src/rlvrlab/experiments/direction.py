@@ -83,7 +83,7 @@ class DirectionConfig:
     @classmethod
     def quick(cls) -> DirectionConfig:
         return cls(problems=16, samples=4, rates=(0.1, 0.3), taus=(-0.3,), gammas=(0.1, 0.3), alphas=(0.2,),
-                   seeds=(0,), train_steps=20, rl_steps=30)
+                   seeds=(0,), train_steps=20, train_batch_size=32, train_prompts=120, rl_steps=30)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
