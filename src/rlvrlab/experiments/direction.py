@@ -251,13 +251,15 @@ def _first_seed(config: DirectionConfig):
 
 def plot(out: Path) -> list[str]:
     rep, tok, ex, tr = (read_table(out / f"{n}.parquet").to_pylist() for n in ("metrics", "tokens", "extrapolation", "training"))
-    fig, axes = plotting.panels(4, width=3.8)
-    a1, a2, a3, a4 = axes
-    for m, color in (("base", "C0"), ("rl", "C3")):
-        v = [r["value"] for r in tok if r["generated_by"] == m and r["quantity"] == "delta_logp"]
-        a1.hist(v, bins=60, alpha=0.5, color=color, label=f"tokens of the {'RLVR' if m == 'rl' else 'base'} model", log=True)
-    a1.set_xlabel("Δlog p = log π_RL − log π_base")
-    a1.legend(fontsize=6)
+    fig, axes = plotting.panels(6, width=3.4)
+    h1, h2, h3, a2, a3, a4 = axes
+    names = {"delta_logp": "Δlog p = log π_RL − log π_base", "entropy_base": "base entropy", "kl": "KL(π_RL ‖ π_base)"}
+    for ax, (quantity, xlabel) in zip((h1, h2, h3), names.items()):  # the same positions seen through three lenses
+        for m, color in (("base", "C0"), ("rl", "C3")):
+            v = [r["value"] for r in tok if r["generated_by"] == m and r["quantity"] == quantity]
+            ax.hist(v, bins=60, alpha=0.5, color=color, label=f"tokens of the {'RLVR' if m == 'rl' else 'base'} model", log=True)
+        ax.set_xlabel(xlabel)
+    h1.legend(fontsize=6)
     base_acc = next(r["accuracy"] for r in rep if r["criterion"] == "none")
     for i, c in enumerate(dict.fromkeys(r["criterion"] for r in rep if r["criterion"] != "none")):
         pts = sorted((r["rate"], r["accuracy"]) for r in rep if r["criterion"] == c)
