@@ -359,6 +359,14 @@ def test_every_preset_trains(tiny_model, tmp_path, preset):
     moved = any(not torch.equal(p.detach(), b) for p, b in zip(tr.params, before))
     signal = any(r["charts/reward"] not in (0.0, 1.0) for r in rows)  # some reward variance in the batches
     assert all(math.isfinite(r["loss/policy"]) and 0 <= r["loss/clipfrac"] <= 1 for r in rows)
+    # weighted presets log how much the weights scaled the advantages: w in [1, 1.2] (low-prob, α 0.2),
+    # [0.8, 1] (dominate), [0.8, 1.2] (perplexity); the others have no weights
+    bounds = {"dapo-lowprob": (1.0, 1.2), "dapo-dominate": (0.8, 1.0), "dapo-ppl": (0.8, 1.2)}.get(preset)
+    for r in rows:
+        if bounds is None:
+            assert "loss/advantage_weight" not in r
+        elif r["loss/zero_variance_groups"] < 1:
+            assert bounds[0] - 1e-6 <= r["loss/advantage_weight"] <= bounds[1] + 1e-6
     if preset in ("reinforce",):  # no baseline: any reward moves it
         assert moved == any(r["charts/reward"] > 0 for r in rows)
     else:

@@ -331,6 +331,8 @@ class GRPOTrainer:
                "charts/length_mean": float(lengths.mean()), "charts/length_max": float(lengths.max()),
                "charts/truncated": float((~(rollout.completion_ids == self.tokenizer.eos_token_id).any(-1)).float().mean()),
                "charts/reward": float(reward.mean()), "loss/zero_variance_groups": float(lm["loss/zero_variance_groups"])}
+        if "loss/advantage_weight" in lm:  # weighted presets (dapo-lowprob, ...): Σ|Ã_t| / Σ|Â|
+            row["loss/advantage_weight"] = float(lm["loss/advantage_weight"])
         if cfg.diagnostics:
             self.model.eval()
             with torch.inference_mode():  # a little cheaper than no_grad; the outputs never meet autograd
