@@ -14,7 +14,7 @@ KV cache. Sampling is at `temperature`, within the nucleus `top_p` (the paper: T
   log π_extra = log π_RL + γ·Δlog p at the tokens whose Δlog p ≤ τ (π_RL elsewhere), renormalized:
   (1 + γ) log π_RL − γ log π_base + const on the selected tokens, i.e. π_RL reweighted by
   exp(γ·Δlog p). γ = 0 is π_RL itself: the tokens of RLVR decoding with the same generator, exactly.
-- `mode="base"` / `"rl"`: plain sampling from one model, by the same code path.
+- `mode="base"` / `"rl"`: plain sampling from that model alone, with the same draw as the others.
 
 Each decoded position also records whether it was selected (replaced / extrapolated).
 """
@@ -101,12 +101,12 @@ def generate(base, rl, prompts: Sequence[Sequence[int]], *, mode: str, G: int, m
     def draw(logits: torch.Tensor) -> torch.Tensor:
         return torch.multinomial(_nucleus(logits, temperature, top_p), 1, generator=generator).squeeze(1)
 
+    if mode in ("base", "rl"):  # one model: its logits alone, through the same draw
+        return decode([base if mode == "base" else rl], [list(p) for p in prompts], G=G, max_new_tokens=max_new_tokens,
+                      eos_id=eos_id, pad_id=pad_id, choose=lambda logits: (draw(logits[0]), None))
+
     def choose(logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         lb, lr = logits
-        if mode == "base":
-            return draw(lb), None
-        if mode == "rl":
-            return draw(lr), None
         log_b, log_r = torch.log_softmax(lb.float(), -1), torch.log_softmax(lr.float(), -1)
         if mode == "extrapolate":
             y = draw(extrapolated_logits(lb, lr, tau=tau, gamma=gamma))  # γ = 0: exactly π_RL
