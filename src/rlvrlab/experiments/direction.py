@@ -91,13 +91,9 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     if len(pos) == 0 or len(neg) == 0:
         return math.nan
     values = np.concatenate([pos, neg])
-    order = values.argsort(kind="mergesort")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for v in np.unique(values):  # ties share their mean rank
-        tie = values == v
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
+    _, tie, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # the distinct values' last ranks; ties share their mean rank
+    ranks = (ends - (counts - 1) / 2)[tie]
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
@@ -109,7 +105,7 @@ def run(config: DirectionConfig, progress: Progress, workdir: Path) -> Result:
     from rlvrlab.lm.tasks import make_task
     from rlvrlab.lm.trainer import TrainConfig, descendant, load_model
 
-    base_dir, rl_dirs = models_of(config if config.rl else _first_seed(config), progress)
+    base_dir, rl_dirs = models_of(config, progress, seeds=config.seeds[:1])  # one descendant: the first seed's
     rl_dir = next(iter(rl_dirs.values()))
     base, tok = load_model(base_dir)
     rl, rl_tok = load_model(rl_dir)
@@ -239,14 +235,6 @@ def run(config: DirectionConfig, progress: Progress, workdir: Path) -> Result:
     ]
     return Result({"metrics": replacement, "tokens": tokens, "extrapolation": extrapolation, "training": training},
                   summary, checks)
-
-
-def _first_seed(config: DirectionConfig):
-    """`leash`'s settings for the descendant this experiment compares with its base."""
-    from rlvrlab.experiments.leash import LeashConfig
-
-    return LeashConfig(base=config.base, task=config.task, max_new_tokens=config.max_new_tokens, seeds=config.seeds[:1],
-                       rl_steps=config.rl_steps, rl_lr=config.rl_lr, rl_preset=config.rl_preset)
 
 
 def plot(out: Path) -> list[str]:

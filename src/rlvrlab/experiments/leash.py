@@ -57,9 +57,10 @@ class LeashConfig:
         return cls(problems=16, samples=32, seeds=(0,), rl_steps=30)
 
 
-def models_of(config, progress: Progress) -> tuple[str, dict[str, str]]:
+def models_of(config, progress: Progress, seeds: tuple[int, ...] | None = None) -> tuple[str, dict[str, str]]:
     """The base model and the RLVR models {label: directory}: the given ones, or the tiny base and
-    its GRPO descendants (one per seed, trained once into the cache)."""
+    its GRPO descendants (one per seed of ``seeds``, default config.seeds; trained once into the
+    cache). ``config`` has the fields base, rl, task, max_new_tokens and rl_steps / rl_lr / rl_preset."""
     from rlvrlab.lm.pretrain import PretrainConfig, pretrain
     from rlvrlab.lm.trainer import TrainConfig, descendant
 
@@ -70,7 +71,7 @@ def models_of(config, progress: Progress) -> tuple[str, dict[str, str]]:
     if config.rl:
         return base, {"rl": config.rl}
     rl = {}
-    for seed in config.seeds:
+    for seed in config.seeds if seeds is None else seeds:
         tc = TrainConfig(model=base, task=config.task, preset=config.rl_preset, steps=config.rl_steps, lr=config.rl_lr,
                          batch_size=64, group=8, prompts=400, max_new_tokens=config.max_new_tokens, eval_every=config.rl_steps,
                          checkpoint_every=max(1, config.rl_steps // 4), seed=seed)
