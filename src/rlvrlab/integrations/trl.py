@@ -134,12 +134,7 @@ class GapConfig:
         _checks.choose("gap_schedule", self.gap_schedule, ("trl", "gap-adaptive"))
         if self.gap_schedule == "gap-adaptive" and not self.gap_diagnostics:
             _checks.fail("gap_diagnostics", self.gap_diagnostics, "True with gap_schedule 'gap-adaptive' (the rule reads them)")
-        if not 0 < self.gap_fraction <= 1:
-            _checks.fail("gap_fraction", self.gap_fraction, "a number in (0, 1]")
-        if not 0 <= self.gap_smoothing < 1:
-            _checks.fail("gap_smoothing", self.gap_smoothing, "a number in [0, 1)")
-        if not 1 <= self.gap_growth <= 2:
-            _checks.fail("gap_growth", self.gap_growth, "a number in [1, 2]")
+        GapAdaptiveRate.check(self.gap_fraction, self.gap_smoothing, self.gap_growth, prefix="gap_")
         for name in ("gap_lr_min", "gap_lr_max"):
             if getattr(self, name) is not None:
                 _checks.positive(name, getattr(self, name))

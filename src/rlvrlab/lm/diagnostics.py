@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlvrlab import _checks
 from rlvrlab.gap import gap_stats_mc, log_odds_change_mc
 
 __all__ = ["GapAdaptiveRate", "step_diagnostics"]
@@ -98,6 +99,16 @@ class GapAdaptiveRate:
     lr_min: float = 1e-6
     lr_max: float = 1e-1
     log_lr_crit: float = math.nan
+
+    @staticmethod
+    def check(fraction: float, smoothing: float, growth: float, *, prefix: str) -> None:
+        """The rule's settings, as a config names them (``prefix`` + fraction / smoothing / growth)."""
+        if not 0 < fraction <= 1:
+            _checks.fail(f"{prefix}fraction", fraction, "a number in (0, 1]")
+        if not 0 <= smoothing < 1:
+            _checks.fail(f"{prefix}smoothing", smoothing, "a number in [0, 1)")
+        if not 1 <= growth <= 2:
+            _checks.fail(f"{prefix}growth", growth, "a number in [1, 2]")
 
     def __call__(self, ratio: float, lr: float) -> float:
         """The next rate after a step at rate ``lr`` whose estimated crit_ratio was ``ratio``."""

@@ -38,6 +38,8 @@ a kill ends with exactly the weights of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import warnings
 from collections.abc import Callable
@@ -117,12 +119,7 @@ class TrainConfig:
             _checks.fail("device", self.device, "auto, cpu, cuda, cuda:N or mps")
         if not 0 < self.holdout < 1:
             _checks.fail("holdout", self.holdout, "a fraction in (0, 1)")
-        if not 0 < self.adaptive_fraction <= 1:
-            _checks.fail("adaptive_fraction", self.adaptive_fraction, "a number in (0, 1]")
-        if not 0 <= self.adaptive_smoothing < 1:
-            _checks.fail("adaptive_smoothing", self.adaptive_smoothing, "a number in [0, 1)")
-        if not 1 <= self.adaptive_growth <= 2:
-            _checks.fail("adaptive_growth", self.adaptive_growth, "a number in [1, 2]")
+        GapAdaptiveRate.check(self.adaptive_fraction, self.adaptive_smoothing, self.adaptive_growth, prefix="adaptive_")
         if not (isinstance(self.fresh_samples, int) and self.fresh_samples >= 0 and self.fresh_samples != 1):
             _checks.fail("fresh_samples", self.fresh_samples, "0 (off) or an integer >= 2")
         if self.fresh_samples and not self.diagnostics:
@@ -436,9 +433,6 @@ class GRPOTrainer:
 def descendant(config: TrainConfig, root: Path | None = None, *, on_step: Callable[[int], None] | None = None) -> Path:
     """The model a GRPO run with ``config`` ends with, trained once into the cache (as `pretrain`
     does for the base: ``<cache>/grpo-<hash of the settings>``, resumable) and found there after."""
-    import hashlib
-    import json
-
     from rlvrlab.lm.pretrain import cache_root
 
     key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
