@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-from rlvrlab.lm.pretrain import PretrainConfig, model_dir, pretrain
 from rlvrlab.lm.tasks import make_task
 from rlvrlab.lm.trainer import load_model
 
@@ -45,14 +44,9 @@ try:
 except ImportError as err:
     raise SystemExit(f"this benchmark needs TRL: pip install -e '.[trl]' ({err})") from err
 
+from grpo_vs_trl import default_model  # noqa: E402  (this directory: the tiny base model of `make demo`)
+
 TASK = "arith"
-
-
-def default_model() -> str:
-    config = PretrainConfig()
-    if not (model_dir(config) / "rlvrlab_pretrain.json").exists():
-        print("training the default tiny base model (once; about 2 minutes) ...", flush=True)
-    return str(pretrain(config))
 
 
 def measure(args, model: str, out: Path) -> dict:
