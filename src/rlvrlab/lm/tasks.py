@@ -56,6 +56,7 @@ __all__ = [
     "TASKS",
     "Task",
     "load_qa",
+    "load_task",
     "make_task",
 ]
 
@@ -672,3 +673,14 @@ def _read_parquet(path: Path) -> list[tuple[str, dict]]:
         reason = str(e).replace(str(path), "it")
         _checks.fail(str(path), f"an unreadable Parquet file ({reason})", "a Parquet file of question-answer records")
     return [(f"row {i}", row) for i, row in enumerate(rows)]
+
+
+def load_task(spec: str):
+    """A task of rlvrlab.lm.tasks by name, or a question-answer file."""
+    if spec in TASKS:
+        return make_task(spec)
+    if spec.endswith((".jsonl", ".parquet")):
+        return load_qa(spec)
+    _checks.fail("task", spec, f"a task name ({', '.join(sorted(TASKS))}) or a .jsonl / .parquet question-answer file")
+
+

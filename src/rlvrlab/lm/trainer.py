@@ -43,93 +43,22 @@ import json
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import torch
 
 from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, write_table
+from rlvrlab.lm.config import TrainConfig
 from rlvrlab.lm.diagnostics import GapAdaptiveRate, step_diagnostics
+from rlvrlab.lm.models import load_model, resolve_device
+from rlvrlab.lm.tasks import load_task
 from rlvrlab.lm.sampling import Rollout, completion_texts, sample, token_logprobs
-from rlvrlab.updates import PRESETS, get_preset, policy_loss
-from rlvrlab.updates.advantages import ADVANTAGES
+from rlvrlab.updates import get_preset, policy_loss
 
 __all__ = ["GRPOTrainer", "GapWarning", "RewardError", "TrainConfig", "descendant", "gap_warnings", "load_model"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of a GRPO run (defaults: a few minutes on a laptop CPU with the tiny base model)."""
-
-    model: str = ""  # a directory with a Hugging Face causal LM and its tokenizer
-    task: str = "add"  # a task of rlvrlab.lm.tasks, or a .jsonl / .parquet question-answer file
-    preset: str = "grpo"
-    advantage: str = ""  # override the preset's advantage (e.g. reinforce with "none"); empty: the preset's
-    alpha: float | None = None  # override the preset's token-reweighting strength (dapo-lowprob, ...); None: the preset's
-    prompts: int = 400  # problems drawn from the task (held-out share: holdout)
-    batch_size: int = 64  # completions per step: batch_size / group prompts, group completions each
-    group: int = 8
-    max_new_tokens: int = 48
-    steps: int = 100
-    lr: float = 1e-3
-    schedule: Literal["constant", "cosine", "gap-adaptive"] = "constant"
-    adaptive_fraction: float = 0.5
-    adaptive_smoothing: float = 0.8
-    adaptive_growth: float = 1.1
-    lr_min: float = 1e-6
-    lr_max: float = 1e-1
-    epochs: int = 1
-    max_grad_norm: float = 1.0
-    temperature: float = 1.0
-    holdout: float = 0.2
-    eval_every: int = 10
-    eval_samples: int = 5
-    diagnostics: bool = True
-    fresh_samples: int = 0  # completions per prompt for unbiased (never trained on) diagnostics; 0: off
-    checkpoint_every: int = 25
-    tensorboard: bool = False
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("prompts", "batch_size", "group", "max_new_tokens", "steps", "epochs", "eval_every", "eval_samples",
-                     "checkpoint_every"):
-            _checks.integer(name, getattr(self, name))
-        if self.group < 2:
-            _checks.fail("group", self.group, "an integer >= 2 (GRPO compares completions within a group)")
-        if self.batch_size % self.group:
-            _checks.fail("batch_size", self.batch_size,
-                         f"a multiple of group = {self.group} (batch_size / group prompts of group completions each)")
-        _checks.choose("preset", self.preset, PRESETS)
-        if self.alpha is not None:
-            get_preset(self.preset, alpha=self.alpha)  # the preset's own checks of alpha
-        if self.advantage:
-            _checks.choose("advantage", self.advantage, [a for a in ADVANTAGES if a != "exact"])
-        elif PRESETS[self.preset].advantage == "exact":
-            sampled = [n for n, p in PRESETS.items() if p.advantage != "exact"]
-            _checks.fail("preset", self.preset, f"{', '.join(sampled)}, or {self.preset} with an advantage set "
-                         "(its exact advantage r - J needs the exact J of a simulator; e.g. advantage=none)")
-        _checks.choose("schedule", self.schedule, ("constant", "cosine", "gap-adaptive"))
-        for name in ("lr", "lr_min", "lr_max", "temperature", "max_grad_norm"):
-            _checks.positive(name, getattr(self, name))
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:") and self.device[5:].isdigit()):
-            _checks.fail("device", self.device, "auto, cpu, cuda, cuda:N or mps")
-        if not 0 < self.holdout < 1:
-            _checks.fail("holdout", self.holdout, "a fraction in (0, 1)")
-        GapAdaptiveRate.check(self.adaptive_fraction, self.adaptive_smoothing, self.adaptive_growth, prefix="adaptive_")
-        if not (isinstance(self.fresh_samples, int) and self.fresh_samples >= 0 and self.fresh_samples != 1):
-            _checks.fail("fresh_samples", self.fresh_samples, "0 (off) or an integer >= 2")
-        if self.fresh_samples and not self.diagnostics:
-            _checks.fail("diagnostics", self.diagnostics, "True when fresh_samples > 0")
-        if self.schedule == "gap-adaptive" and not self.diagnostics:
-            _checks.fail("diagnostics", self.diagnostics, "True with schedule 'gap-adaptive' (the rule reads the diagnostics)")
-
-    @property
-    def prompts_per_step(self) -> int:
-        return self.batch_size // self.group
 
 
 class GapWarning(UserWarning):
@@ -167,52 +96,6 @@ class RewardError(ValueError):
     """A reward function failed or returned something other than 0/1 for one sample."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' is cuda where available, else cpu; an unavailable accelerator is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        _checks.fail("device", name, "cpu or auto (no CUDA device is available here)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        _checks.fail("device", name, "cpu or auto (MPS is not available here)")
-    return torch.device(name)
-
-
-def load_model(path: str | Path):
-    """(model, tokenizer) from a directory, with clear errors for what GRPO cannot use."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of rlvrlab's own progress
-
-    p = Path(path)
-    if not str(path) or not p.is_dir() or not (p / "config.json").exists():
-        _checks.fail("model", str(path), "a directory holding a Hugging Face causal LM (config.json, weights, tokenizer)")
-    try:
-        config = AutoConfig.from_pretrained(p)
-        model = AutoModelForCausalLM.from_pretrained(p)
-    except (ValueError, OSError, KeyError) as err:
-        _checks.fail("model", str(path), f"a causal language model that AutoModelForCausalLM loads ({type(err).__name__}: {err})")
-    if not getattr(config, "is_decoder", True) and getattr(config, "is_encoder_decoder", False):
-        _checks.fail("model", str(path), "a decoder-only causal LM")
-    tokenizer = AutoTokenizer.from_pretrained(p)
-    if tokenizer.eos_token_id is None:
-        _checks.fail("tokenizer", str(path), "a tokenizer with an EOS token (completions must be able to end)")
-    if tokenizer.pad_token_id is None:
-        _checks.fail("tokenizer", str(path), "a tokenizer with a pad token (set tokenizer.pad_token, e.g. to the EOS token)")
-    return model, tokenizer
-
-
-def _load_task(spec: str):
-    from rlvrlab.lm.tasks import TASKS, load_qa, make_task
-
-    if spec in TASKS:
-        return make_task(spec)
-    if spec.endswith((".jsonl", ".parquet")):
-        return load_qa(spec)
-    _checks.fail("task", spec, f"a task name ({', '.join(sorted(TASKS))}) or a .jsonl / .parquet question-answer file")
-
-
 class GRPOTrainer:
     """Trains ``config.model`` on ``config.task`` into ``out`` (see the module docstring)."""
 
@@ -223,7 +106,7 @@ class GRPOTrainer:
         self.device = resolve_device(config.device)
         self.model, self.tokenizer = load_model(config.model)
         self.model.to(self.device)
-        self.task = _load_task(config.task)
+        self.task = load_task(config.task)
         self.reward_fn = reward_fn or self.task.verify
         problems = self.task.sample(config.prompts, seed=config.seed)
         if len(problems) < 2:
