@@ -1,0 +1,176 @@
+"""The statistics experiments share, from scipy: rank correlation, AUC, bootstrap and slope CIs,
+and the critical-rate search.
+
+- ``spearman(x, y)`` — Spearman's ρ, the Pearson correlation of average ranks (scipy.stats.spearmanr);
+- ``auc(pos, neg)`` — P(pos > neg) + ½ P(pos = neg), the Mann-Whitney U / (n₁·n₂)
+  (scipy.stats.mannwhitneyu);
+- ``bootstrap_ci(statistic, *samples)`` and ``spearman_ci(x, y)`` — bootstrap confidence intervals
+  (scipy.stats.bootstrap, BCa by default);
+- ``loglog_slope(x, y)`` — least-squares slope of log y on log x with a t-interval
+  (scipy.stats.linregress, scipy.stats.t): how a critical rate scales with the length T (eq. 17 vs 18);
+- ``critical_rate(rates, converged, refine, bisection=...)`` — the upper edge of the window of step
+  sizes at which training converges (the rate past which a step overshoots, Thm 2/4), from a grid,
+  refined by bisection in log(rate).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy import stats
+
+from rlvrlab import _checks
+
+__all__ = ["CriticalRate", "SlopeFit", "auc", "bootstrap_ci", "critical_rate", "loglog_slope", "spearman", "spearman_ci"]
+
+
+def _vector(field: str, value: Any) -> np.ndarray:
+    a = np.asarray(value, dtype=float)
+    if a.ndim != 1:
+        _checks.fail(field, f"an array of shape {a.shape}", "a one-dimensional sequence of numbers")
+    return a
+
+
+def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _vector("x", x), _vector("y", y)
+    if len(x) != len(y):
+        _checks.fail("y", f"{len(y)} values", f"as many values as x ({len(x)})")
+    return x, y
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman's rank correlation of paired samples x, y (N,), ties at their average rank.
+
+    nan with fewer than 3 pairs or when x or y has no spread (no ranking to correlate)."""
+    x, y = _pair(x, y)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def auc(pos: Any, neg: Any) -> float:
+    """P(p > n) + ½ P(p = n) for p drawn from pos, n from neg: U / (n_pos·n_neg), U the Mann-Whitney
+    statistic of pos. 0.5 means a threshold on the value cannot tell the two apart; nan when
+    either is empty."""
+    pos, neg = _vector("pos", pos), _vector("neg", neg)
+    if len(pos) == 0 or len(neg) == 0:
+        return math.nan
+    # asymptotic: only U is needed, not the exact p-value (whose cost grows with the sizes)
+    u = stats.mannwhitneyu(pos, neg, method="asymptotic").statistic
+    return float(u / (len(pos) * len(neg)))
+
+
+def bootstrap_ci(statistic: Callable[..., Any], *samples: Any, confidence: float = 0.95, n_resamples: int = 2000,
+                 paired: bool = False, method: str = "BCa", seed: int = 0) -> tuple[float, float]:
+    """Bootstrap confidence interval (low, high) of ``statistic(*samples, axis=-1)`` (scipy.stats.bootstrap).
+
+    statistic must be vectorized over a trailing resample axis (as np.mean is); ``paired`` resamples
+    the samples' positions together (a statistic of pairs such as a correlation). (nan, nan) when
+    the bootstrap distribution is degenerate (every resample gives the same value)."""
+    if not 0 < confidence < 1:
+        _checks.fail("confidence", confidence, "a number in (0, 1)")
+    _checks.integer("n_resamples", n_resamples)
+    _checks.choose("method", method, ("BCa", "percentile", "basic"))
+    data = tuple(_vector("samples", s) for s in samples)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # reported as nan below
+        res = stats.bootstrap(data, statistic, vectorized=True, paired=paired, confidence_level=confidence,
+                              n_resamples=n_resamples, method=method, rng=np.random.default_rng(seed))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else (math.nan, math.nan)
+
+
+def _rank_correlation(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's ρ along ``axis`` (vectorized for the bootstrap): Pearson's r of average ranks."""
+    rx, ry = stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis)
+    rx = rx - rx.mean(axis, keepdims=True)
+    ry = ry - ry.mean(axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample without spread: nan
+        return (rx * ry).sum(axis) / np.sqrt((rx**2).sum(axis) * (ry**2).sum(axis))
+
+
+def spearman_ci(x: Any, y: Any, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of Spearman's ρ over pairs (x_i, y_i) (BCa); (nan, nan) where spearman is nan."""
+    x, y = _pair(x, y)
+    if math.isnan(spearman(x, y)):
+        return math.nan, math.nan
+    return bootstrap_ci(_rank_correlation, x, y, confidence=confidence, n_resamples=n_resamples, paired=True, seed=seed)
+
+
+class SlopeFit(NamedTuple):
+    """log y ≈ intercept + slope·log x over the n usable points, with the slope's t-interval [low, high]."""
+
+    slope: float
+    low: float
+    high: float
+    n: int
+    intercept: float
+
+
+def loglog_slope(x: Any, y: Any, *, confidence: float = 0.95) -> SlopeFit:
+    """Least-squares slope of log y on log x with a two-sided Student-t interval (n - 2 degrees of freedom).
+
+    Points where y is not finite and > 0 (a censored or missing measurement) are left out; with
+    fewer than 3 usable points, or all at one x, the fit is nan (n says how many were usable)."""
+    if not 0 < confidence < 1:
+        _checks.fail("confidence", confidence, "a number in (0, 1)")
+    x, y = _pair(x, y)
+    if np.any(~(x > 0)):
+        _checks.fail("x", x.tolist(), "numbers > 0 (their logarithm is taken)")
+    ok = np.isfinite(y) & (y > 0)
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    n = int(ok.sum())
+    if n < 3 or np.ptp(lx) == 0:
+        return SlopeFit(math.nan, math.nan, math.nan, n, math.nan)
+    fit = stats.linregress(lx, ly)
+    half = stats.t.ppf((1 + confidence) / 2, n - 2) * fit.stderr
+    return SlopeFit(float(fit.slope), float(fit.slope - half), float(fit.slope + half), n, float(fit.intercept))
+
+
+class CriticalRate(NamedTuple):
+    """The upper edge of the convergence window lies in [low, high]; rate = sqrt(low·high).
+
+    low = high = rate = nan: no rate of the grid converged. high = inf (rate nan): every rate from
+    the first converging one up to the largest converged, so the edge lies above the grid."""
+
+    rate: float
+    low: float
+    high: float
+
+
+def critical_rate(rates: Sequence[float], converged: Sequence[bool], refine: Callable[[float], bool] | None = None, *,
+                  bisection: int = 0) -> CriticalRate:
+    """The critical rate of a grid of runs: the upper edge of its convergence window.
+
+    rates:     (L,) increasing step sizes > 0
+    converged: (L,) whether the run at each rate converged
+    refine:    rate -> converged, a run at one more rate (called ``bisection`` times)
+
+    The window starts at the first converging rate (smaller ones may be too slow for the budget);
+    its upper edge is bracketed by the first failing rate above it and the rate just below that,
+    then narrowed ``bisection`` times at the geometric midpoint, keeping a converging lower end and
+    a failing upper end.
+    """
+    rates, ok = [float(r) for r in rates], np.asarray(converged, dtype=bool)
+    if ok.shape != (len(rates),):
+        _checks.fail("converged", f"shape {ok.shape}", f"one flag per rate ({len(rates)})")
+    if not rates or not all(r > 0 for r in rates) or any(b <= a for a, b in zip(rates, rates[1:])):
+        _checks.fail("rates", rates, "increasing numbers > 0")
+    _checks.integer("bisection", bisection, 0)
+    if bisection and refine is None:
+        _checks.fail("refine", None, "a function rate -> converged when bisection > 0")
+    if not ok.any():
+        return CriticalRate(math.nan, math.nan, math.nan)
+    first_ok = int(np.argmax(ok))
+    fails = [i for i in range(first_ok + 1, len(rates)) if not ok[i]]
+    if not fails:
+        return CriticalRate(math.nan, rates[-1], math.inf)
+    lo, hi = rates[fails[0] - 1], rates[fails[0]]
+    for _ in range(bisection):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if refine(mid) else (lo, mid)
+    return CriticalRate(math.sqrt(lo * hi), lo, hi)
