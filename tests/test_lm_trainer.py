@@ -146,7 +146,9 @@ def test_fresh_samples_measure_the_same_step_on_responses_it_was_not_trained_on(
     tr = GRPOTrainer(_config(tiny_model, fresh_samples=6), tmp_path, reward_fn=_even_length)
     row = tr.train_step()
     assert row["gap_fresh/eta"] == row["gap/eta"]  # the same step ...
-    assert row["gap_fresh/J"] != row["gap/J"] or row["gap_fresh/delta_mu_eta"] != row["gap/delta_mu_eta"]  # ... other samples
+    B = tr.config.prompts_per_step  # ... measured on 6 other completions per prompt, not the group of 4 trained on
+    assert row["gap_fresh/J"] * B * 6 == pytest.approx(round(row["gap_fresh/J"] * B * 6), abs=1e-9)
+    assert row["gap_fresh/mixed_prompts"] + row["gap_fresh/zero_variance_groups"] * B == pytest.approx(B)
     for key in ("delta_mu_eta", "log_odds_change", "crit_ratio", "var_plus", "var_minus", "zero_variance_groups"):
         assert "gap_fresh/" + key in row
     d = row["gap_fresh/delta_mu_eta"]
@@ -188,14 +190,15 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model, tmp_path):
 def test_gap_adaptive_rate_follows_the_smoothed_critical_rate(tiny_model, tmp_path):
     tr = GRPOTrainer(_config(tiny_model, schedule="gap-adaptive", lr=1e-2, adaptive_fraction=0.5, adaptive_smoothing=0.5),
                      tmp_path, reward_fn=_even_length)
-    tr._adapt(ratio=math.nan, lr=1e-2)  # no threshold yet: grow by adaptive_growth
-    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1.1e-2)
-    tr._adapt(ratio=0.8, lr=1e-2)  # critical rate 1.25e-2, target half of it
-    assert tr.opt.param_groups[0]["lr"] == pytest.approx(0.625e-2)
-    tr._adapt(ratio=4.0, lr=1e-2)  # critical 2.5e-3; geometric mean with 1.25e-2 is sqrt(3.125e-5)
-    assert tr.opt.param_groups[0]["lr"] == pytest.approx(max(0.5 * math.sqrt(1.25e-2 * 2.5e-3), 0.5e-2))
-    tr._adapt(ratio=1e3, lr=1e-2)  # at most a factor 2 per step
-    assert tr.opt.param_groups[0]["lr"] == pytest.approx(0.5e-2)
+
+    def after(ratio):  # the rate the monitor sets after a step at 1e-2 whose estimated crit_ratio was `ratio`
+        return tr.monitor.record({"step": 1, "charts/lr": 1e-2, "gap/crit_ratio": ratio, "gap/zero_variance_groups": 0.0})
+
+    assert after(math.nan) == pytest.approx(1.1e-2)  # no threshold yet: grow by adaptive_growth
+    assert after(0.8) == pytest.approx(0.625e-2)  # critical rate 1.25e-2, target half of it
+    # critical 2.5e-3; geometric mean with 1.25e-2 is sqrt(3.125e-5)
+    assert after(4.0) == pytest.approx(max(0.5 * math.sqrt(1.25e-2 * 2.5e-3), 0.5e-2))
+    assert after(1e3) == pytest.approx(0.5e-2)  # at most a factor 2 per step
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -371,3 +374,55 @@ def test_every_preset_trains(tiny_model, tmp_path, preset):
         assert moved == any(r["charts/reward"] > 0 for r in rows)
     else:
         assert signal and moved
+
+
+# --- dropout: both passes of ΔL see one function ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dropout_model(tmp_path_factory):
+    """A tiny GPT-2 with GPT-2's dropout (p = 0.1 on embeddings, attention and residuals)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2")
+    tok = char_tokenizer("".join("".join(make_task(t).alphabet) for t in ("add", "arith", "countdown")))
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.1, embd_pdrop=0.1,
+                     attn_pdrop=0.1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # completions of several lengths, so that the even-length reward gives mixed groups
+        model.transformer.wte.weight[tok.eos_token_id] *= 3.0
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_a_vanishing_step_measures_nothing_on_a_model_with_dropout(dropout_model, tmp_path):
+    # with dropout on in one pass and off in the other, ΔL is dropout noise: Δμ·η ≈ 0.07 at lr 1e-12
+    tr = GRPOTrainer(_config(dropout_model, lr=1e-12, batch_size=16), tmp_path, reward_fn=_even_length)
+    assert all(m.p == 0 for m in tr.model.modules() if isinstance(m, torch.nn.Dropout))
+    row = tr.train_step()
+    assert row["gap/mixed_prompts"] > 0
+    assert abs(row["gap/delta_mu_eta"]) < 1e-6 and abs(row["gap/log_odds_change"]) < 1e-6
+    assert 0 < row["gap/eta"] < 1e-9
+
+
+def test_a_diverging_run_stops_with_the_step_and_rate_and_keeps_its_rows(tiny_model, tmp_path):
+    from rlvrlab.lm.trainer import DivergedError
+
+    tr = GRPOTrainer(_config(tiny_model, steps=6, checkpoint_every=1), tmp_path, reward_fn=_even_length)
+    original = tr.opt.step
+
+    def poison(*args, **kwargs):  # the third step leaves a non-finite weight, as a rate of 1e9 does after a few steps
+        original(*args, **kwargs)
+        if tr.step == 2:
+            with torch.no_grad():
+                tr.params[0].view(-1)[0] = math.nan
+
+    tr.opt.step = poison
+    with pytest.raises(DivergedError, match=r"non-finite at step 3 with learning rate 0\.01.*gap/lr_crit"):
+        tr.train()
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "metrics.parquet").column("step").to_pylist() == [0, 1, 2]
+    assert torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=False)["step"] == 2

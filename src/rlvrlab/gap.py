@@ -37,6 +37,7 @@ __all__ = [
     "GapStats",
     "GapStatsMC",
     "LogOddsChangeMC",
+    "alignment_gain",
     "combine_prompts",
     "gap_along",
     "gap_stats",
@@ -46,6 +47,18 @@ __all__ = [
 ]
 
 _NEG_INF = -math.inf
+
+
+def alignment_gain(delta_mu, eta=1.0):
+    """One step's term of the cumulative alignment M = Σ_k [Δμ_k]₊·η_k (eq. 12): [Δμ]₊·η.
+
+    An undefined Δμ (NaN: a batch with no correct or no incorrect response carries no gap
+    signal) adds 0. Takes tensors (the simulators, batched over runs) or floats (a trainer that
+    measured Δμ·η directly passes it as ``delta_mu`` with eta = 1) and returns the same kind.
+    """
+    if isinstance(delta_mu, torch.Tensor):
+        return delta_mu.nan_to_num(0.0).clamp(min=0) * eta
+    return max(float(delta_mu), 0.0) * eta if math.isfinite(delta_mu) else 0.0
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,29 @@ import torch
 
 from rlvrlab import _checks
 from rlvrlab.gap import gap_stats_mc, log_odds_change_mc
+from rlvrlab.theory import eta_crit_second_order
 
-__all__ = ["GapAdaptiveRate", "step_diagnostics"]
+__all__ = ["GapAdaptiveRate", "critical_rate", "critical_ratio", "step_diagnostics"]
 
 
 def _mean(x: torch.Tensor) -> float:
     x = x[torch.isfinite(x)]
     return float(x.mean()) if x.numel() else math.nan
+
+
+def critical_ratio(delta_mu_eta: torch.Tensor, var_plus: torch.Tensor, var_minus: torch.Tensor) -> torch.Tensor:
+    """ratio = η / η_crit from the log-ratio moments along the step taken.
+
+    In log-ratio units (ΔL = η·s + O(η²)) the second-order critical step of rlvrlab.theory,
+    η_crit = 2Δμ/(var- - var+), is η times c = eta_crit_second_order(Δμ·η, Var+ΔL, Var-ΔL), so
+    the ratio is 1/c, with theory's convention carried over: no second-order threshold
+    (var- <= var+, c = inf) gives 0, a step against the gap (Δμ·η <= 0, c = 0) gives inf (every
+    step is past it), and an undefined Δμ (no mixed group) gives NaN.
+    """
+    c = torch.as_tensor(eta_crit_second_order(delta_mu_eta.nan_to_num(0.0), var_plus.nan_to_num(0.0),
+                                              var_minus.nan_to_num(0.0)))
+    ratio = torch.where(c > 0, 1 / c.where(c > 0, torch.ones_like(c)), torch.full_like(c, math.inf))
+    return torch.where(torch.isnan(delta_mu_eta), torch.full_like(ratio, math.nan), ratio)
 
 
 def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
@@ -42,8 +58,13 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
 
     delta_logp: (B, G) log π_new(o) - log π_old(o) of each sampled completion
     reward:     (B, G) 0/1
-    eta:        ‖θ_new - θ_old‖ (for the score-unit variances and eta_crit)
+    eta:        ‖θ_new - θ_old‖ (for the score-unit variances and eta_crit; NaN: not measured)
     grad_norm, mean_length: for the paper's ‖g_GRPO‖ proxy
+
+    The critical step follows rlvrlab.theory's convention (see ``critical_ratio``): crit_ratio
+    is 0 and eta_crit inf where there is no threshold, crit_ratio inf and eta_crit 0 after a step
+    against the gap, NaN where no group has both outcomes. The per-prompt mean and max are over
+    prompts with a finite ratio; ``prompts_past_crit`` counts every mixed prompt above 1.
     """
     B, G = reward.shape
     per = gap_stats_mc(reward, proj=delta_logp)  # per prompt: delta_mu = first order Δμ·η, var± of ΔL
@@ -51,10 +72,10 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
     pooled = gap_stats_mc(reward.reshape(1, -1), proj=delta_logp.reshape(1, -1))
     pooled_change = log_odds_change_mc(delta_logp.reshape(1, -1), reward.reshape(1, -1))
     mixed = per.defined
-    ratio = (per.var_minus - per.var_plus) / (2 * per.delta_mu)
-    ratio = torch.where(mixed & (per.delta_mu > 0), ratio, torch.nan)
+    ratio = torch.where(mixed, critical_ratio(per.delta_mu, per.var_plus, per.var_minus), torch.nan)  # (B,)
+    finite = torch.isfinite(ratio)
+    b_ratio = float(critical_ratio(pooled.delta_mu, pooled.var_plus, pooled.var_minus)[0])
     b_first, b_vp, b_vm = float(pooled.delta_mu[0]), float(pooled.var_plus[0]), float(pooled.var_minus[0])
-    b_ratio = (b_vm - b_vp) / (2 * b_first) if b_first > 0 else math.nan
     J = reward.float().mean(-1)
     spread = torch.sqrt(J * (1 - J))
     proxy = grad_norm * mean_length / float(spread[mixed].mean()) if bool(mixed.any()) else math.nan
@@ -71,14 +92,22 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
         "gap/var_minus": b_vm / e2,
         "gap/eta": eta,
         "gap/crit_ratio": b_ratio,
-        "gap/eta_crit": eta / b_ratio if b_ratio > 0 else (math.inf if b_ratio <= 0 else math.nan),  # inf: no threshold
-        "gap/crit_ratio_prompt_mean": _mean(ratio),
-        "gap/crit_ratio_prompt_max": float(ratio[torch.isfinite(ratio)].max()) if bool(torch.isfinite(ratio).any()) else math.nan,
+        "gap/eta_crit": critical_rate(eta, b_ratio),  # η/ratio, in the same convention as lr_crit
+        "gap/crit_ratio_prompt_mean": _mean(ratio[finite]),
+        "gap/crit_ratio_prompt_max": float(ratio[finite].max()) if bool(finite.any()) else math.nan,
         "gap/prompts_past_crit": float((ratio > 1).sum()),
         "gap/mixed_prompts": float(mixed.sum()),
         "gap/zero_variance_groups": float((~mixed).float().mean()),
         "gap/grpo_norm_proxy": proxy,
     }
+
+
+def critical_rate(lr: float, ratio: float) -> float:
+    """The learning rate at which the step would reach the critical step, lr/ratio: inf where
+    there is no threshold (ratio 0), 0 after a step against the gap (ratio inf), NaN undefined."""
+    if math.isnan(ratio):
+        return math.nan
+    return math.inf if ratio == 0 else lr / ratio
 
 
 @dataclass

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from rlvrlab import _checks
-from rlvrlab.gap import GapStats, combine_prompts, gap_stats_mc
+from rlvrlab.gap import GapStats, alignment_gain, combine_prompts, gap_stats_mc
 from rlvrlab.policies import EnumerablePolicy
 from rlvrlab.policies.model import Enumerated, Model, as_model
 from rlvrlab.simulate.record import Recorder, Trajectory
@@ -172,9 +172,9 @@ def simulate(
                 if per_prompt:
                     rec.put_prompt(k, J_mc=mc.J, delta_mu_mc=mc.delta_mu)
 
-        M += obj.delta_mu.nan_to_num(0.0).clamp(min=0) * eta
-        M_prompt += per.delta_mu.nan_to_num(0.0).clamp(min=0) * eta.unsqueeze(-1)
-        M_train += trn.delta_mu.nan_to_num(0.0).clamp(min=0) * eta
+        M += alignment_gain(obj.delta_mu, eta)
+        M_prompt += alignment_gain(per.delta_mu, eta.unsqueeze(-1))
+        M_train += alignment_gain(trn.delta_mu, eta)
         theta = theta + eta.unsqueeze(-1) * w
         if on_step is not None:
             on_step(1)

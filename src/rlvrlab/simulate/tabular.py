@@ -37,6 +37,7 @@ from functools import cache
 
 import torch
 
+from rlvrlab.gap import alignment_gain
 from rlvrlab.policies import EnumerablePolicy, TabularSoftmax
 from rlvrlab.simulate.record import Trajectory
 
@@ -160,7 +161,7 @@ def run(
             chunk_fn = _chunk
             continue
         p = p_next
-        gain = block[:, 2].nan_to_num(0.0).clamp(min=0) * eta
+        gain = alignment_gain(block[:, 2], eta)
         M_before = M + gain.cumsum(0) - gain
         M = M + gain.sum(0)
         sel = [i for i in range(n) if k + i in due]
