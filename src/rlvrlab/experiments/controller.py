@@ -13,8 +13,9 @@ instance), lengths T and initial J0, for a fixed number of steps with exact expe
 Outcomes per run: final J, the first step with J >= `target_J` (∞ if never), the number of
 prompts collapsed onto a wrong token during training (J_c ends below 0.01 from above it) and of
 prompts that never started (J_c below 0.01 throughout). And per cell, the critical rate of fixed-rate
-GRPO measured as in `phase` (upper edge of the rates whose final J reaches `target_J`), against
-the rate the second-order analysis predicts at the start: the step at which the objective's
+GRPO measured as in `phase` (upper edge of the rates whose final J reaches `target_J`, on a log grid
+spanning `lrs`; rlvrlab.analysis.critical_rate), against the rate the second-order analysis predicts
+at the start (rlvrlab.simulate.instances.predicted_critical_rates): the step at which the objective's
 second-order log-odds change turns negative along GRPO's update, and the smallest such step over
 the prompts (prompt level). Their ratios are reported; where the second order predicts no
 threshold (Var- <= Var+), the prediction is infinite and is said so.
@@ -30,14 +31,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rlvrlab import _checks, plotting, theory
+from rlvrlab import _checks, plotting
+from rlvrlab.analysis.stats import critical_rate
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
-from rlvrlab.experiments.phase import phase_cell
-from rlvrlab.experiments.token_bandit import initial_theta, instance, prompt_outcomes
 from rlvrlab.integrations.sweep import BACKENDS, run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import simulate
-from rlvrlab.updates import get_preset, make_direction, make_step_size
+from rlvrlab.simulate.instances import initial_theta, predicted_critical_rates, prompt_outcomes, token_bandit
+from rlvrlab.updates import make_direction, make_step_size
 
 __all__ = ["CONTENDERS", "ControllerConfig", "EXPERIMENT", "controller_cell", "plot", "run"]
 
@@ -88,26 +89,10 @@ def _outcome(traj, target: float) -> dict[str, list]:
     return {"final_J": J[-1].tolist(), "steps_to_target": first, **prompt_outcomes(traj)}
 
 
-def _predicted(model, theta0: torch.Tensor, C: int) -> tuple[float, float]:
-    """Second-order critical rate of GRPO's expected update at θ0: objective level, and the
-    smallest over the prompts whose alignment is positive (inf where none is predicted)."""
-    weights = torch.full((1, C), 1.0 / C, dtype=torch.float64)
-    w = model.expected_update(theta0, weights, get_preset("grpo"))
-    per = model.along(theta0, w)
-    from rlvrlab.gap import combine_prompts
-
-    obj = combine_prompts(per, weights)
-    crit_obj = float(theory.eta_crit_second_order(obj.delta_mu, obj.var_plus, obj.var_minus))
-    crit_p = torch.as_tensor(theory.eta_crit_second_order(per.delta_mu.nan_to_num(0.0), per.var_plus.nan_to_num(0.0),
-                                                          per.var_minus.nan_to_num(0.0)))
-    crit_p = torch.where(per.delta_mu > 0, crit_p, torch.full_like(crit_p, math.inf))
-    return crit_obj, float(crit_p.min())
-
-
 def controller_cell(params: dict) -> dict[str, pa.Table]:
     """All contenders on one (T, J0, instance), plus GRPO's measured and predicted critical rates."""
     T, J0, seed = params["T"], params["J0"], params["seed"]
-    policy, reward, beta = instance(seed, T, prompts=params["prompts"], dim=params["dim"], vocab=params["vocab"], rho=params["rho"])
+    policy, reward, beta = token_bandit(seed, T, prompts=params["prompts"], dim=params["dim"], vocab=params["vocab"], rho=params["rho"])
     theta0 = initial_theta(policy, reward, beta, J0)
     model = policy.bind(reward)
     grpo = make_direction("expected", preset="grpo")
@@ -140,20 +125,19 @@ def controller_cell(params: dict) -> dict[str, pa.Table]:
     best = min(grid, key=lambda i: (-rows["final_J"][i], rows["steps_to_target"][i]))
     for k in rows:
         rows[k].append("grpo-best" if k == "contender" else rows[k][best])
-    # measured critical rate (phase's criterion) and the second-order predictions at the start
-    crit = phase_cell(dict(seed=seed, T=T, J0=J0, preset="grpo", update="expected", G=2, drgrpo_norm=1.0,
-                           lr_min=min(lrs), lr_max=max(lrs), lr_points=len(lrs), steps=steps, prompts=params["prompts"],
-                           dim=params["dim"], vocab=params["vocab"], rho=params["rho"], target_J=target,
-                           bisection=params["bisection"]))
-    measured = crit["critical"].column("lr").to_pylist()[0]
-    pred_obj, pred_prompt = _predicted(model, theta0, policy_prompts(reward))
+
+    # measured critical rate (phase's criterion, on phase's log grid) and the second-order predictions at the start
+    def converged(rates: list[float]) -> np.ndarray:
+        traj = simulate(policy, reward, theta0.expand(len(rates), -1).clone(), steps=steps, direction=grpo,
+                        step_size=torch.tensor(rates, dtype=torch.float64), record_every=max(1, steps // 50))
+        return traj.metrics["J"][-1].numpy() >= target
+
+    log_grid = np.geomspace(min(lrs), max(lrs), len(lrs)).tolist()
+    measured = critical_rate(log_grid, converged(log_grid), lambda lr: bool(converged([lr])[0]), bisection=params["bisection"]).rate
+    pred_obj, pred_prompt = predicted_critical_rates(model, theta0, "grpo")
     n = len(rows["contender"])
     rows.update(measured_crit=[measured] * n, predicted_crit_objective=[pred_obj] * n, predicted_crit_prompt=[pred_prompt] * n)
     return {"trajectories": pa.concat_tables(trajectories, promote_options="permissive"), "outcomes": pa.table(rows)}
-
-
-def policy_prompts(reward) -> int:
-    return reward.targets.shape[0]
 
 
 def run(config: ControllerConfig, progress: Progress, workdir: Path) -> Result:

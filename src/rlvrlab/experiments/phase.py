@@ -1,6 +1,6 @@
 """Phase diagrams of the step size: final J over (learning rate × response length T).
 
-For REINFORCE, Dr. GRPO and GRPO, on the contextual token bandit (experiments/token_bandit.py),
+For REINFORCE, Dr. GRPO and GRPO, on the contextual token bandit (rlvrlab.simulate.instances),
 each cell (preset, T, J0, instance) trains at every learning rate of a log grid for a fixed
 number of steps, with the preset's exact expected update (eq. 4, eq. 5, Dr. GRPO's with a
 constant normalizer) or its sampled update (G responses per prompt).
@@ -10,13 +10,14 @@ Criterion: a run converges when its objective J (the mean over prompts) ends at 
 overshoots: some prompts' policies collapse onto wrong tokens, from which no gradient returns
 (J_c = 0 gives ∇J_c = 0), and J stalls below the target. The critical learning rate of a cell is
 the upper edge of its convergence window: the first failing rate above the first converging one,
-refined by bisection in log(rate) against its converging neighbour. Cells that converge at every
-rate of the grid, or at none, are censored and left out of the fit.
+refined by bisection in log(rate) against its converging neighbour (rlvrlab.analysis.critical_rate).
+Cells that converge at every rate of the grid, or at none, are censored and left out of the fit.
 
 The theory's prediction (eq. 17 vs 18): with T_psi1 ∝ T, REINFORCE's and Dr. GRPO's effective
 step grows like T relative to what (15a)/(18) allow, so their critical rate should fall like
 1/T; GRPO divides by |o| and its critical rate should be roughly flat in T. We fit the slope of
-log(critical rate) on log T with a 95% confidence interval and report it either way.
+log(critical rate) on log T with a 95% t-interval (rlvrlab.analysis.loglog_slope) and report it
+either way.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ import pyarrow as pa
 import torch
 
 from rlvrlab import _checks, plotting
+from rlvrlab.analysis.stats import critical_rate, loglog_slope
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
-from rlvrlab.experiments.token_bandit import initial_theta, instance
 from rlvrlab.integrations.sweep import run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import simulate
+from rlvrlab.simulate.instances import initial_theta, token_bandit
 from rlvrlab.updates import PRESETS, make_direction
 
-__all__ = ["EXPERIMENT", "PhaseConfig", "fit_slope", "phase_cell", "phase_cells", "plot", "run"]
+__all__ = ["EXPERIMENT", "PhaseConfig", "phase_cell", "phase_cells", "plot", "run"]
 
 THEORY_SLOPE = {"reinforce": -1.0, "rloo": -1.0, "dr-grpo": -1.0, "grpo": 0.0, "dapo": 0.0, "gspo": 0.0}
 
@@ -101,7 +103,7 @@ def _direction(params: dict):
 
 def _train(params: dict, lrs: list[float]):
     """Final J, the convergence flag for each learning rate (one batched simulate), the trajectory."""
-    policy, reward, beta = instance(params["seed"], params["T"], prompts=params["prompts"], dim=params["dim"],
+    policy, reward, beta = token_bandit(params["seed"], params["T"], prompts=params["prompts"], dim=params["dim"],
                                     vocab=params["vocab"], rho=params["rho"])
     theta0 = initial_theta(policy, reward, beta, params["J0"]).expand(len(lrs), -1).clone()
     gen = torch.Generator().manual_seed(1000 + params["seed"])
@@ -115,50 +117,10 @@ def phase_cell(params: dict) -> dict[str, pa.Table]:
     """One cell of the sweep: the learning-rate grid, then bisection on the window's upper edge."""
     lrs = np.geomspace(params["lr_min"], params["lr_max"], params["lr_points"]).tolist()
     final, ok, traj = _train(params, lrs)
-    n = len(lrs)
-    rows = {"lr": lrs, "final_J": final.tolist(), "converged": ok.tolist()}
-    first_ok = int(np.argmax(ok)) if ok.any() else None
-    fails_after = [i for i in range(first_ok + 1, n) if not ok[i]] if first_ok is not None else []
-    if first_ok is None:
-        lo, hi = math.nan, math.nan  # no convergence window in the grid
-    elif not fails_after:
-        lo, hi = lrs[-1], math.inf  # converges up to the largest rate: censored above
-    else:
-        lo, hi = lrs[fails_after[0] - 1], lrs[fails_after[0]]
-        for _ in range(params["bisection"]):
-            mid = math.sqrt(lo * hi)
-            _, converged, _ = _train(params, [mid])
-            lo, hi = (mid, hi) if converged[0] else (lo, mid)
-    crit = math.sqrt(lo * hi) if math.isfinite(hi) and lo > 0 else math.nan
-    grid = pa.table(rows)
-    critical = pa.table({"lr": [crit], "lr_crit_low": [lo], "lr_crit_high": [hi]})
+    crit = critical_rate(lrs, ok, lambda lr: bool(_train(params, [lr])[1][0]), bisection=params["bisection"])
+    grid = pa.table({"lr": lrs, "final_J": final.tolist(), "converged": ok.tolist()})
+    critical = pa.table({"lr": [crit.rate], "lr_crit_low": [crit.low], "lr_crit_high": [crit.high]})
     return {"trajectories": trajectory_table(traj, {"lr": lrs}), "grid": grid, "critical": critical}
-
-
-def fit_slope(T: np.ndarray, lr: np.ndarray) -> tuple[float, float, float, int]:
-    """Least-squares slope of log(lr) on log(T) with a 95% t-interval: (slope, low, high, n)."""
-    ok = np.isfinite(lr) & (lr > 0)
-    x, y = np.log(T[ok]), np.log(lr[ok])
-    n = len(x)
-    if n < 3 or np.ptp(x) == 0:
-        return math.nan, math.nan, math.nan, n
-    X = np.stack([np.ones_like(x), x], 1)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    resid = y - X @ coef
-    s2 = resid @ resid / (n - 2)
-    se = math.sqrt(s2 / ((x - x.mean()) ** 2).sum())
-    t = _t975(n - 2)
-    return float(coef[1]), float(coef[1] - t * se), float(coef[1] + t * se), n
-
-
-def _t975(dof: int) -> float:
-    """97.5% quantile of Student's t (table for small dof, normal beyond)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-             12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000}
-    if dof in table:
-        return table[dof]
-    below = [k for k in table if k < dof]
-    return table[max(below)] if dof <= 60 else 1.96
 
 
 def phase_cells(config: PhaseConfig) -> list[dict]:
@@ -181,7 +143,7 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
     for p in config.presets:
         for J0 in config.J0s:
             sel = (preset == p) & (cols["J0"] == J0)
-            slope, lo, hi, n = fit_slope(cols["T"][sel].astype(float), cols["lr"][sel])
+            slope, lo, hi, n, _ = loglog_slope(cols["T"][sel].astype(float), cols["lr"][sel])
             censored = int(sel.sum() - n)
             slopes[f"{p} J0={J0}"] = {"slope": slope, "ci95": [lo, hi], "cells_fitted": n, "cells_censored": censored}
             expected = THEORY_SLOPE.get(p, math.nan)
@@ -233,14 +195,14 @@ def plot(out: Path) -> list[str]:
             if not sel.any():
                 continue
             line = ax.loglog(c["T"][sel], c["lr"][sel], "o", alpha=0.6, label=f"{p}, J0={J0v:g}")[0]
-            slope, lo, hi, n = fit_slope(c["T"][sel].astype(float), c["lr"][sel])
-            if math.isfinite(slope):
+            fit = loglog_slope(c["T"][sel].astype(float), c["lr"][sel])
+            if math.isfinite(fit.slope):
                 Ts = np.array(sorted(set(c["T"][sel].tolist())), dtype=float)
-                x, y = np.log(c["T"][sel]), np.log(c["lr"][sel])
-                icpt = y.mean() - slope * x.mean()
-                ax.loglog(Ts, np.exp(icpt + slope * np.log(Ts)), "-", color=line.get_color(), lw=1)
+                ax.loglog(Ts, np.exp(fit.intercept + fit.slope * np.log(Ts)), "-", color=line.get_color(), lw=1)
+                # the theory's slope through the fit's centre (mean log T, its fitted log rate)
+                x_mid = np.log(c["T"][sel]).mean()
                 th = THEORY_SLOPE.get(p, math.nan)
-                ax.loglog(Ts, np.exp(icpt + slope * x.mean() - th * x.mean() + th * np.log(Ts)), ":", color=line.get_color(), lw=1)
+                ax.loglog(Ts, np.exp(fit.intercept + fit.slope * x_mid + th * (np.log(Ts) - x_mid)), ":", color=line.get_color(), lw=1)
     ax.set_xlabel("response length T")
     ax.set_ylabel("critical learning rate")
     ax.set_title("critical rate vs T (solid: fit; dotted: theory's slope)", fontsize=9)

@@ -28,10 +28,10 @@ import torch
 
 from rlvrlab import _checks, plotting
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
-from rlvrlab.experiments.token_bandit import initial_theta, instance, prompt_outcomes
 from rlvrlab.integrations.sweep import BACKENDS, run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import simulate
+from rlvrlab.simulate.instances import initial_theta, prompt_outcomes, token_bandit
 from rlvrlab.updates import make_direction, make_step_size
 
 __all__ = ["EXPERIMENT", "StagnationConfig", "fit_plateau", "plot", "run", "stagnation_cell"]
@@ -73,7 +73,7 @@ RULES = ("grpo", "dr-grpo", "gap-adaptive")
 
 def stagnation_cell(params: dict) -> dict[str, pa.Table]:
     """One (rule, instance): the rule at every rate (or once, for gap-adaptive); per-run outcomes."""
-    policy, reward, beta = instance(params["seed"], params["T"], prompts=params["prompts"], dim=params["dim"],
+    policy, reward, beta = token_bandit(params["seed"], params["T"], prompts=params["prompts"], dim=params["dim"],
                                     vocab=params["vocab"], rho=params["rho"])
     theta0 = initial_theta(policy, reward, beta, params["J0"])
     rule, lrs = params["rule"], list(params["lrs"])

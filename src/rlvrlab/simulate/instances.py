@@ -1,4 +1,6 @@
-"""The instance family of the step-size experiments: §6.1's contextual bandit, one token per step.
+"""The token bandit: the instance family of the step-size experiments (phase, stagnation,
+controller), §6.1's contextual bandit with one token per step, and the second-order prediction of
+where a step overshoots on it.
 
 C prompts with contexts x_c ~ U[-1, 1]^d; V tokens; prompt c's right token is τ_c = argmax_v (βᵀx_c)_v
 with β standard normal (d × V). A response is T tokens drawn independently from softmax(θᵀx_c),
@@ -15,6 +17,10 @@ a response's score grow with T, the regime of the token-level theory (Section 4)
 
 θ0 = κ·β with κ set by bisection so that the mean J over prompts is J0: every prompt leans towards
 (κ > 0) or away from (κ < 0) its own right token, more or less depending on its context.
+
+The second-order prediction (App. F): along a preset's expected update w at θ, the log-odds change
+Δμ·η + ½(Var+ − Var−)η² turns negative at η_crit = 2Δμ / (Var− − Var+) (theory.eta_crit_second_order),
+for the objective (the prompts' statistics combined, gap.combine_prompts) and for each prompt.
 """
 
 from __future__ import annotations
@@ -23,16 +29,19 @@ import math
 
 import torch
 
+from rlvrlab import theory
+from rlvrlab.gap import combine_prompts
 from rlvrlab.policies.independent import CountReward, IndependentSoftmax
+from rlvrlab.updates import get_preset
 
-__all__ = ["PROMPT_FLOOR", "initial_theta", "instance", "prompt_outcomes"]
+__all__ = ["PROMPT_FLOOR", "initial_theta", "predicted_critical_rates", "prompt_outcomes", "token_bandit"]
 
 PROMPT_FLOOR = 0.01  # a prompt whose success rate ends below this is lost
 
 
-def instance(seed: int, length: int, *, prompts: int, dim: int, vocab: int, rho: float):
-    """(policy, reward, beta) for one random instance; the same seed gives the same contexts and β
-    for every length."""
+def token_bandit(seed: int, length: int, *, prompts: int, dim: int, vocab: int, rho: float):
+    """(policy, reward, beta) for one random instance with C = ``prompts``, T = ``length``,
+    d = ``dim``, V = ``vocab``; the same seed gives the same contexts and β for every length."""
     gen = torch.Generator().manual_seed(seed)
     X = 2 * torch.rand(prompts, dim, generator=gen, dtype=torch.float64) - 1
     beta = torch.randn(dim, vocab, generator=gen, dtype=torch.float64)
@@ -71,3 +80,20 @@ def prompt_outcomes(traj) -> dict[str, list[int]]:
     lost = Jc < PROMPT_FLOOR
     return {"collapsed_prompts": (lost & (Jc0 >= PROMPT_FLOOR)).sum(1).tolist(),
             "never_started_prompts": (lost & (Jc0 < PROMPT_FLOOR)).sum(1).tolist()}
+
+
+def predicted_critical_rates(model, theta: torch.Tensor, preset: str = "grpo") -> tuple[float, float]:
+    """Second-order critical step sizes of ``preset``'s expected update at θ (1, d), prompts weighted
+    equally: (objective, prompt level). The objective's uses the prompts' statistics combined; the
+    prompt level is the smallest over the prompts whose alignment Δμ_c is positive (a prompt the
+    step does not help has no step to overshoot). inf where the second order predicts no threshold
+    (Var− <= Var+)."""
+    weights = torch.full((1, model.n_prompts), 1.0 / model.n_prompts, dtype=torch.float64)
+    w = model.expected_update(theta, weights, get_preset(preset))
+    per = model.along(theta, w)  # per prompt, batch shape (1, C)
+    obj = combine_prompts(per, weights)
+    crit_obj = float(theory.eta_crit_second_order(obj.delta_mu, obj.var_plus, obj.var_minus))
+    crit_p = torch.as_tensor(theory.eta_crit_second_order(per.delta_mu.nan_to_num(0.0), per.var_plus.nan_to_num(0.0),
+                                                          per.var_minus.nan_to_num(0.0)))
+    crit_p = torch.where(per.delta_mu > 0, crit_p, torch.full_like(crit_p, math.inf))
+    return crit_obj, float(crit_p.min())

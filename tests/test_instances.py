@@ -1,0 +1,116 @@
+"""rlvrlab.simulate.instances, the token bandit: its construction, θ0 at the asked mean success rate
+(against the binomial closed form of J), the prompt outcomes on a worked trajectory, and the
+second-order critical rates against a plain loop over the tokens of a T = 1 instance."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from rlvrlab.simulate.instances import PROMPT_FLOOR, initial_theta, predicted_critical_rates, prompt_outcomes, token_bandit
+from rlvrlab.updates import get_preset
+
+SIZES = dict(prompts=6, dim=3, vocab=4)
+
+
+def _contexts(seed: int, prompts: int, dim: int, vocab: int):
+    """The instance's draws, repeated: X ~ U[-1, 1]^(C × d), β ~ N(0, 1)^(d × V)."""
+    gen = torch.Generator().manual_seed(seed)
+    X = 2 * torch.rand(prompts, dim, generator=gen, dtype=torch.float64) - 1
+    return X, torch.randn(dim, vocab, generator=gen, dtype=torch.float64)
+
+
+def _J_binomial(theta: torch.Tensor, X: torch.Tensor, target: torch.Tensor, T: int, m: int) -> list[float]:
+    """J_c = P(at least m of T independent tokens are τ_c), p_c = softmax(θᵀx_c)[τ_c]."""
+    probs = torch.softmax(X @ theta.reshape(X.shape[1], -1), -1)
+    out = []
+    for c in range(X.shape[0]):
+        p = float(probs[c, target[c]])
+        out.append(sum(math.comb(T, k) * p**k * (1 - p) ** (T - k) for k in range(m, T + 1)))
+    return out
+
+
+@pytest.mark.parametrize("T, rho", [(1, 0.5), (4, 0.5), (5, 0.3)])
+def test_token_bandit_targets_threshold_and_shared_draws(T, rho):
+    policy, reward, beta = token_bandit(3, T, rho=rho, **SIZES)
+    X, beta_ref = _contexts(3, **SIZES)
+    assert torch.equal(beta, beta_ref)  # the same seed: the same contexts and β for every length
+    assert reward.threshold == max(1, math.ceil(rho * T))
+    assert reward.targets.shape == (6, T) and torch.equal(reward.targets[:, 0], (X @ beta).argmax(-1))
+    assert (policy.vocab, policy.length, policy.n_params) == (4, T, 3 * 4)
+
+
+@pytest.mark.parametrize("J0", [0.05, 0.3, 0.8])
+@pytest.mark.parametrize("T", [1, 4])
+def test_initial_theta_has_the_mean_success_rate_asked(J0, T):
+    policy, reward, beta = token_bandit(0, T, rho=0.5, **SIZES)
+    theta = initial_theta(policy, reward, beta, J0)
+    assert theta.shape == (1, 12)
+    kappa = (theta.reshape(3, 4) / beta).flatten()
+    assert torch.allclose(kappa, kappa[0].expand_as(kappa))  # θ0 = κ·β
+    X, _ = _contexts(0, **SIZES)
+    J = _J_binomial(theta, X, reward.targets[:, 0], T, reward.threshold)
+    assert np.mean(J) == pytest.approx(J0, abs=1e-9)
+
+
+def test_prompt_outcomes_worked_example():
+    # 2 runs × 3 prompts; J_c at the first and the last recorded step
+    first = torch.tensor([[0.5, 0.005, 0.2], [0.001, 0.3, 0.9]])
+    last = torch.tensor([[0.002, 0.001, 0.99], [0.0, 0.009, 0.95]])
+    traj = SimpleNamespace(prompt_metrics={"J": torch.stack([first, (first + last) / 2, last])})
+    assert PROMPT_FLOOR == 0.01
+    assert prompt_outcomes(traj) == {"collapsed_prompts": [1, 1], "never_started_prompts": [1, 1]}
+
+
+def _grpo_reference(theta: torch.Tensor, X: torch.Tensor, target: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """T = 1: GRPO's expected update w = (1/C) Σ_c E[(r - J_c)/σ_c ∇log π(v|c)] and the second-order
+    critical steps along it, by loops over prompts and tokens."""
+    C, d = X.shape
+    V = theta.numel() // d
+    probs = torch.softmax(X @ theta.reshape(d, V), -1)
+    w = torch.zeros(d, V, dtype=torch.float64)
+    for c in range(C):
+        J = float(probs[c, target[c]])
+        sigma = math.sqrt(J * (1 - J))
+        for v in range(V):
+            grad = torch.outer(X[c], torch.eye(V, dtype=torch.float64)[v] - probs[c])  # ∇_θ log π(v|c)
+            w += float(probs[c, v]) * (float(v == int(target[c])) - J) / sigma * grad / C
+    per, plus, minus = [], [], []  # plus/minus: (P(c) P(side|c), mean, variance) per prompt
+    for c in range(C):
+        h = X[c] @ w  # (V,) the logits' change along w
+        s = h - (probs[c] * h).sum()  # s(v) = w·∇log π(v|c)
+        tau, J = int(target[c]), float(probs[c, target[c]])
+        others = [v for v in range(V) if v != tau]
+        m_minus = sum(float(probs[c, v] * s[v]) for v in others) / (1 - J)
+        v_minus = sum(float(probs[c, v]) * (float(s[v]) - m_minus) ** 2 for v in others) / (1 - J)
+        dm = float(s[tau]) - m_minus  # Var+ = 0: one correct response
+        per.append(2 * dm / v_minus if dm > 0 else math.inf)
+        plus.append((J / C, float(s[tau]), 0.0))
+        minus.append(((1 - J) / C, m_minus, v_minus))
+
+    def pooled(parts):  # the law of total variance over prompts
+        total = sum(p for p, _, _ in parts)
+        mean = sum(p * m for p, m, _ in parts) / total
+        return mean, sum(p * (v + (m - mean) ** 2) for p, m, v in parts) / total
+
+    (mp, vp), (mm, vm) = pooled(plus), pooled(minus)
+    return 2 * (mp - mm) / (vm - vp), min(per), w.reshape(1, -1)
+
+
+def test_predicted_critical_rates_against_a_loop_over_tokens():
+    policy, reward, beta = token_bandit(1, 1, rho=1.0, **SIZES)
+    theta = initial_theta(policy, reward, beta, 0.4)
+    model = policy.bind(reward)
+    weights = torch.full((1, 6), 1 / 6, dtype=torch.float64)
+    X, _ = _contexts(1, **SIZES)
+    crit_obj, crit_prompt, w = _grpo_reference(theta, X, reward.targets[:, 0])
+    assert torch.allclose(model.expected_update(theta, weights, get_preset("grpo")), w, atol=1e-12)
+    obj, prompt = predicted_critical_rates(model, theta, "grpo")
+    assert obj == pytest.approx(crit_obj, rel=1e-9)
+    assert prompt == pytest.approx(crit_prompt, rel=1e-9)
+    assert 0 < prompt < math.inf
+
