@@ -98,3 +98,62 @@ def test_ray_backend_against_a_local_instance(tmp_path):
         assert _computations(tmp_path) == {i: 1 for i in range(4)}
     finally:
         ray.shutdown()
+
+
+def sleepy(params: dict) -> pa.Table:
+    """A cell that takes long enough to be killed in the middle of it."""
+    import time
+
+    time.sleep(params["seconds"])
+    return pa.table({"x": [params["x"]]})
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (from /proc: psutil is not a dependency)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has died; only its new parent's wait is missing
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_workers_die_with_a_killed_sweep(tmp_path):
+    """SIGKILL runs no cleanup in the sweep's process: its pool workers and multiprocessing's
+    resource tracker must still go, not live on reparented."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from test_sweep import sleepy; "
+              "from rlvrlab.integrations import run_sweep; "
+              "run_sweep(sleepy, [dict(x=i, seconds=60) for i in range(4)], sys.argv[2], workers=2)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path / "s")])
+    try:
+        deadline = time.monotonic() + 60
+        while len(kids := _children(proc.pid)) < 3 and time.monotonic() < deadline:  # two workers and the tracker
+            time.sleep(0.2)
+        assert len(kids) == 3, f"expected two workers and a resource tracker, found {kids}"
+        time.sleep(1.0)  # the workers' initializer has run: they are inside a cell
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while (left := {k for k in kids if _alive(k)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for k in left:  # do not leak them into the rest of the test session
+        os.kill(k, signal.SIGKILL)
+    assert left == set()

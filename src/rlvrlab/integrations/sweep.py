@@ -12,18 +12,23 @@ result is every cell's table with its settings as leading columns (a dict of suc
 the cells return named tables).
 
 Backends: "local" runs the cells in a pool of ``workers`` spawned processes (one torch thread
-each, so that workers do not fight over cores); "ray" submits them as Ray tasks (Ray is an
+each, so that workers do not fight over cores; each dies with this process, even when it is
+killed with SIGKILL); "ray" submits them as Ray tasks (Ray is an
 optional extra, ``pip install rlvrlab[ray]``; a local instance is started when none is
 connected). Results are always written by this process, as they arrive.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -79,10 +84,36 @@ def _with_params(table: pa.Table, params: Mapping[str, Any]) -> pa.Table:
     return pa.table(columns)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int | None = None) -> None:
+    """One torch thread; in a local pool, also die with the parent (``parent``: its pid)."""
     import torch
 
     torch.set_num_threads(1)
+    if parent is not None:
+        _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """A worker killed with its parent: a sweep killed with SIGKILL runs no cleanup, and its idle
+    workers (and with them multiprocessing's resource tracker) would otherwise live on, reparented.
+    Linux: the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere a
+    daemon thread polls the parent's pid. A worker holds nothing to save: the parent writes results."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1: PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="rlvrlab-parent-watch").start()
 
 
 def _call(fn: Callable[[dict], pa.Table], params: dict) -> pa.Table:
@@ -131,7 +162,8 @@ def run_sweep(
 
     if todo and backend == "local":
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init,
+                                 initargs=(os.getpid(),)) as pool:
             pending = {pool.submit(_call, fn, params): (key, params) for key, params in todo}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
