@@ -23,7 +23,7 @@ import torch
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from transformers import PrinterCallback  # noqa: E402
+from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 
 from rlvrlab.integrations import trl as gap_trl  # noqa: E402
 from rlvrlab.integrations.trl import GapConfig, GapGRPOTrainer, GapWarning, check_trl, matched_config  # noqa: E402
@@ -324,10 +324,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "trl_gsm8k.py"
 
 
 def _gsm8k_file(path: Path) -> Path:
-    rng = random.Random(0)
+    pairs = random.Random(0).sample([(a, b) for a in range(1, 21) for b in range(1, 21)], 40)  # 40 distinct questions
     lines = []
-    for _ in range(40):
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
+    for a, b in pairs:
         lines.append(json.dumps({"question": f"{a}+{b}=", "answer": f"{a}+{b}={a + b}\n#### {a + b}"}))
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -387,3 +386,116 @@ def test_adaptive_vs_fixed_example_runs(tiny_base_model, tmp_path):
     for r in results.values():
         assert 0 <= r["success_last10"] <= 1 and list(r["lr"]) == [3]
     assert results["fixed 0.001"]["lr"][3] == 1e-3 and results["fixed 0.0003"]["lr"][3] == 3e-4
+
+
+# --- one function for both passes of ΔL: dropout, PEFT, repeated passes -----------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2_with_dropout(tiny_base_model, tmp_path_factory):
+    """A tiny GPT-2 with GPT-2's dropout (p = 0.1), on the tiny model's tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2")
+    tok = AutoTokenizer.from_pretrained(tiny_base_model)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.1, embd_pdrop=0.1,
+                     attn_pdrop=0.1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # completions of several lengths: the even-length reward gives mixed groups
+        model.transformer.wte.weight[tok.eos_token_id] *= 3.0
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_a_model_with_dropout_is_refused_unless_trl_disables_it(gpt2_with_dropout, tmp_path):
+    with pytest.raises(ValueError, match=r"^disable_dropout: got False; allowed: True \(GRPOConfig\(disable_dropout=True\)\) "
+                                         r"for a model with 7 dropout modules"):
+        _trainer(gpt2_with_dropout, tmp_path, max_steps=1)
+    # with TRL's disable_dropout, a step of rate 1e-12 moves no log-probability measurably
+    trainer = _trainer(gpt2_with_dropout, tmp_path, max_steps=2, learning_rate=1e-12, disable_dropout=True)
+    trainer.train()
+    rows = [r for r in trainer.gap_history if r["gap/mixed_prompts"] > 0]
+    assert rows
+    for r in rows:
+        assert abs(r["gap/delta_mu_eta"]) < 1e-6 and abs(r["gap/log_odds_change"]) < 1e-6
+        assert 0 < r["gap/eta"] < 1e-9
+
+
+class Reading(GapGRPOTrainer):
+    """Keeps the advantages TRL's loss read on each pass (after the training forward, where α is applied)."""
+
+    read: list
+
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        self.read = getattr(self, "read", [])
+        self.read.append((inputs["advantages"].detach().clone(), inputs["rlvrlab_advantages"].clone(),
+                          inputs["old_per_token_logps"].clone(), inputs["completion_mask"].clone()))
+        return loss
+
+
+def test_alpha_weights_each_generation_batch_once_over_repeated_passes(tiny_base_model, tmp_path):
+    alpha = 0.5
+    trainer = _trainer(tiny_base_model, tmp_path, cls=Reading, gap=GapConfig(gap_alpha=alpha), num_iterations=2, max_steps=4)
+    trainer.train()
+    assert len(trainer.read) == 4  # two generation batches, two passes each
+    for first, second in (trainer.read[0:2], trainer.read[2:4]):
+        torch.testing.assert_close(second[0], first[0], rtol=0, atol=0)  # not weighted twice (w² on the second pass)
+        adv, old, mask = first[1], first[2], first[3].bool()
+        assert adv.dim() == 1 and bool((adv != 0).any())
+        w = torch.where(mask, 1 + alpha * (1 - old.exp()), torch.ones_like(old))  # written out: [1 + α(1 − π_old)]·Â
+        torch.testing.assert_close(first[0], w * adv[:, None], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(trainer.read[0][0], trainer.read[2][0])  # a new batch, new weights
+
+
+class _StepNorms(TrainerCallback):
+    """‖θ_new − θ_old‖ of each optimizer step over the trainable parameters, measured on its own."""
+
+    def __init__(self):
+        self.moved = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        d = sum(float((p.detach() - self.before[n]).double().pow(2).sum()) for n, p in model.named_parameters() if p.requires_grad)
+        self.moved.append(math.sqrt(d))
+
+
+def _lora_trainer(model_dir, out, *, lora_dropout=0.0, callbacks=(), **overrides):
+    from peft import LoraConfig
+
+    model, tok = load_model(str(model_dir))
+    settings = dict(max_steps=4, per_device_train_batch_size=4 * G, num_generations=G, max_completion_length=10, learning_rate=3e-2,
+                    logging_steps=1, seed=0, use_cpu=True)
+    trainer = GapGRPOTrainer(model=model, args=matched_config(str(out), **{**settings, **overrides}), reward_funcs=even_length,
+                             processing_class=tok, train_dataset=datasets.Dataset.from_dict({"prompt": PROMPTS}),
+                             callbacks=list(callbacks), peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                                                lora_dropout=lora_dropout))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def test_the_monitor_measures_a_lora_adapter(tiny_base_model, tmp_path):
+    norms = _StepNorms()
+    trainer = _lora_trainer(tiny_base_model, tmp_path, callbacks=[norms])
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    trainer.train()
+    rows = trainer.gap_history
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["gap/eta"] for r in rows] == pytest.approx(norms.moved, rel=1e-9)  # η: the adapter's step
+    assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
+    assert sum(math.isfinite(r["gap/delta_mu_eta"]) and r["gap/delta_mu_eta"] != 0 for r in rows) >= 3  # the step is seen
+
+
+def test_lora_dropout_is_refused_and_a_vanishing_lora_step_measures_nothing(tiny_base_model, tmp_path):
+    with pytest.raises(ValueError, match=r"^disable_dropout: got False; .* for a model with 2 dropout modules"):
+        _lora_trainer(tiny_base_model, tmp_path, lora_dropout=0.1)
+    trainer = _lora_trainer(tiny_base_model, tmp_path, lora_dropout=0.1, disable_dropout=True, learning_rate=1e-12, max_steps=2)
+    trainer.train()
+    rows = [r for r in trainer.gap_history if r["gap/mixed_prompts"] > 0]
+    assert rows and all(abs(r["gap/delta_mu_eta"]) < 1e-6 and abs(r["gap/log_odds_change"]) < 1e-6 for r in rows)

@@ -29,12 +29,37 @@ What it adds to TRL (pinned: trl 1.16):
   updates"): every token's advantage becomes [1 + α(1 − π_old(y_t))]·Â, on top of any TRL loss
   (rlvrlab.updates' "low-prob" weighting, the one of the dapo-lowprob preset).
 
-Why a subclass, not a callback: a transformers callback sees neither the batch nor its log-probs,
-and the post-step pass needs both. The subclass overrides the few methods that hand them over
-(`_calculate_rewards`, `_generate_and_score_completions`, `_get_per_token_logps_and_entropies`
-and transformers' `_get_grad_norm`, `_save_checkpoint`, `_load_optimizer_and_scheduler`), calls
-TRL's own implementation in each, and does its work from an internal callback between
-`optimizer.step()` and `lr_scheduler.step()`. `check_trl()` verifies these hooks exist.
+Supported: trl 1.16.x (pinned by the `trl` extra, `>=1.16,<1.17`), on transformers 5; `check_trl()`
+refuses at import a TRL that lacks a hook below, naming the version to install.
+
+How it hooks in, with as little of TRL's private surface as gives exact ΔL. The monitor itself is
+rlvrlab.lm.monitor.GapMonitor, the one rlvrlab's own trainer uses; this class is its adapter.
+Public paths:
+- success: the success reward function is wrapped (its outputs recorded, unchanged) — not
+  TRL's `_calculate_rewards`;
+- the post-step pass runs from a callback's `on_pre_optimizer_step` / `on_optimizer_step`,
+  between `optimizer.step()` and `lr_scheduler.step()`;
+- the monitor's state (M, the adaptive scale and estimate, warnings given, every row) is an
+  `ExportableState` callback's state, saved in each checkpoint's trainer_state.json by
+  transformers and read back in `on_train_begin` — not the two checkpoint methods;
+- `compute_loss` marks the training forward; `create_scheduler` scales the schedule (both public).
+Private methods still overridden, each calling TRL's own, and why no public path serves:
+- `_generate_and_score_completions` (TRL): the only place the local generation batch exists
+  whole, groups consecutive, before TRL shuffles and splits it; a row index added there keeps
+  the groups through the shuffle;
+- `_get_per_token_logps_and_entropies` (TRL): log π_old of each completion comes free and exact
+  from TRL's own training forward (a forward of our own would cost as much as the post-step pass,
+  and differ from TRL's fused path by float noise); α reads π_old there too;
+- `_get_grad_norm` (transformers): the gradient norm before clipping (for the ‖g_GRPO‖ proxy and
+  `charts/grad_norm`) exists only there; callbacks see clipped (or loss-scaled) gradients.
+
+Correct wherever a user puts it: both passes of ΔL must see one function. The post-step pass runs
+in the training forward's mode (train), autocast (accelerate's wrapped forward), adapter (a PEFT
+model's active adapter; η is over the trainable parameters, the adapter's) and with gradient
+checkpointing off, which changes no value. Dropout would make ΔL noise (a 1e-12 step measured
+Δμ·η ≈ 0.07 on GPT-2): a model with active dropout and `disable_dropout=False` is refused while
+the diagnostics are on. The α weighting is computed once per generation batch from the
+advantages TRL computed, so later passes (num_iterations > 1) read the same weighted advantages.
 
 Limits: each optimizer step must train on whole generation batches (TRL's default,
 steps_per_generation = gradient_accumulation_steps) so that every group is measured whole. With
@@ -49,8 +74,8 @@ the log-odds change are in log-probability units and need no η. The in-sample �
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-import json
 import math
 import os
 import warnings
@@ -61,14 +86,15 @@ import pyarrow as pa
 import torch
 
 from rlvrlab import _checks
-from rlvrlab.io import atomic_write_json, read_table, write_table
-from rlvrlab.lm.diagnostics import GapAdaptiveRate, step_diagnostics
-from rlvrlab.lm.trainer import GapWarning, gap_warnings
+from rlvrlab.io import write_table
+from rlvrlab.lm.diagnostics import GapAdaptiveRate
+from rlvrlab.lm.monitor import GapMonitor, GapWarning
 from rlvrlab.updates import WEIGHTINGS
 
 try:
     import trl
     from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
     from trl import GRPOTrainer
     from trl.models.utils import disable_gradient_checkpointing
 except ImportError as err:  # an extra, not a dependency
@@ -78,16 +104,12 @@ __all__ = ["GapConfig", "GapGRPOTrainer", "GapWarning", "check_trl", "matched_co
 
 TRL_TESTED = "1.16"  # the TRL release line these hooks were read from and tested with
 _HOOKS = {  # TRL / transformers methods the subclass overrides, with the parameters it relies on
-    "_calculate_rewards": ["inputs", "prompts", "completions", "completion_ids_list"],
     "_generate_and_score_completions": ["inputs"],
     "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"],
     "compute_loss": ["model", "inputs"],
     "_get_grad_norm": ["model", "grad_norm"],
-    "_save_checkpoint": ["model", "trial"],
-    "_load_optimizer_and_scheduler": ["checkpoint"],
     "create_scheduler": ["num_training_steps", "optimizer"],
 }
-STATE = "rlvrlab_gap.json"  # the monitor's state in a checkpoint directory (with rlvrlab_gap.parquet)
 METRICS = "gap_metrics.parquet"  # every step's values, in output_dir
 
 
@@ -161,11 +183,26 @@ def matched_config(output_dir: str, **overrides):
     return GRPOConfig(**{**settings, **overrides})
 
 
-class _StepHooks(TrainerCallback):
-    """Runs the monitor between transformers' optimizer.step() and lr_scheduler.step()."""
+class _GapCallback(TrainerCallback, ExportableState):
+    """Runs the monitor between transformers' optimizer.step() and lr_scheduler.step(), and carries
+    its state through checkpoints (trainer_state.json's ``stateful_callbacks``). Each trainer gets
+    a subclass bound to it (``trainer``), so that transformers can re-create it without arguments
+    (``restore_callback_states_from_checkpoint``)."""
 
-    def __init__(self, trainer: GapGRPOTrainer):
-        self.trainer = trainer
+    trainer: GapGRPOTrainer
+
+    def state(self) -> dict:
+        t = self.trainer
+        return {"args": {}, "attributes": {}, "rlvrlab": {"monitor": t.gap_monitor.state_dict(), "scale": t.gap_scale}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the TrainerState of a resumed run was read from the checkpoint before this event; a new
+        # run's holds the initial state
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        saved = saved[0] if isinstance(saved, list) else saved
+        if saved and "rlvrlab" in saved:
+            self.trainer.gap_monitor.load_state_dict(saved["rlvrlab"]["monitor"])
+            self.trainer.gap_scale = saved["rlvrlab"]["scale"]
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._gap_before_step()
@@ -173,8 +210,36 @@ class _StepHooks(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._gap_after_step()
 
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer._gap_write_metrics()
+
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer._gap_write_metrics()
+
+
+def _active_dropout(model: torch.nn.Module) -> str:
+    """What in ``model`` drops out in train mode ('' when nothing does)."""
+    n = sum(1 for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0)
+    attention = sum(1 for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout > 0)
+    parts = ([f"{n} dropout modules"] if n else []) + ([f"attention dropout in {attention} modules"] if attention else [])
+    return " and ".join(parts)
+
+
+def _recording(func, sink: list):
+    """``func`` (a TRL reward function, sync or async) with each call's outputs appended to ``sink``."""
+    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):
+        @functools.wraps(func)
+        async def recorded(*args, **kwargs):
+            out = await func(*args, **kwargs)
+            sink.append(list(out))
+            return out
+    else:
+        @functools.wraps(func)
+        def recorded(*args, **kwargs):
+            out = func(*args, **kwargs)
+            sink.append(list(out))
+            return out
+    return recorded
 
 
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
@@ -194,48 +259,68 @@ class GapGRPOTrainer(GRPOTrainer):
         g, a = self.gap, self.args
         if g.gap_success_reward:
             _checks.choose("gap_success_reward", g.gap_success_reward, self.reward_func_names)
-            self._gap_success_index = self.reward_func_names.index(g.gap_success_reward)
+            index = self.reward_func_names.index(g.gap_success_reward)
         elif len(self.reward_func_names) == 1:
-            self._gap_success_index = 0
+            index = 0
         else:
             _checks.fail("gap_success_reward", "", f"the name of the reward function that verifies success, one of "
                          f"{', '.join(self.reward_func_names)} (the theory needs a 0/1 success per completion)")
+        if isinstance(self.reward_funcs[index], torch.nn.Module):
+            _checks.fail("gap_success_reward", self.reward_func_names[index],
+                         "a reward function that verifies success (a callable returning 0/1), not a reward model")
+        self._gap_rewards: list[list] = []  # the success reward's outputs since the last generation batch
+        self.reward_funcs[index] = _recording(self.reward_funcs[index], self._gap_rewards)
         if g.gap_diagnostics and a.steps_per_generation != a.gradient_accumulation_steps:
             _checks.fail("steps_per_generation", a.steps_per_generation,
                          f"gradient_accumulation_steps = {a.gradient_accumulation_steps} (TRL's default): the monitor measures "
                          "each optimizer step on the whole generation batch it trained on, every group complete")
-        self.gap_rate = GapAdaptiveRate(g.gap_fraction, g.gap_smoothing, g.gap_growth,
-                                        g.gap_lr_min if g.gap_lr_min is not None else a.learning_rate / 100,
-                                        g.gap_lr_max if g.gap_lr_max is not None else a.learning_rate * 100)
+        dropout = _active_dropout(self.model)
+        if g.gap_diagnostics and dropout:
+            _checks.fail("disable_dropout", a.disable_dropout,
+                         f"True (GRPOConfig(disable_dropout=True)) for a model with {dropout}: with dropout the two passes of "
+                         "the monitor's log-ratios see different functions and measure noise, and RL training is off-policy; "
+                         "or gap_diagnostics=False")
+        rule = None
+        if g.gap_schedule == "gap-adaptive":
+            rule = GapAdaptiveRate(g.gap_fraction, g.gap_smoothing, g.gap_growth,
+                                   g.gap_lr_min if g.gap_lr_min is not None else a.learning_rate / 100,
+                                   g.gap_lr_max if g.gap_lr_max is not None else a.learning_rate * 100)
+        self.gap_monitor = GapMonitor(patience=g.gap_patience, adaptive=rule, on_warning=self._gap_warn)
         self.gap_scale = 1.0  # the rule's peak rate / learning_rate (gap-adaptive)
-        self.gap_M = 0.0
-        self.gap_history: list[dict[str, float]] = []  # one row per measured step, every value (NaN and inf too)
-        self._gap_warned: set[str] = set()
         self._gap_batch: dict | None = None  # the local generation batch (before TRL shuffles it)
-        self._gap_success: torch.Tensor | None = None  # (N,) success of every completion of the global batch
-        self._gap_pending_success: torch.Tensor | None = None
+        self._gap_success: torch.Tensor | None = None  # (n,) success of each local completion
         self._gap_old: torch.Tensor | None = None  # (n,) log π_old of each local completion, from the training forward
         self._gap_before: list[torch.Tensor] | None = None
         self._gap_grad_norm = math.nan
-        self._gap_params = [p for p in self.model.parameters() if p.requires_grad]
-        self.add_callback(_StepHooks(self))
+        self._gap_params = [p for p in self.model.parameters() if p.requires_grad]  # a PEFT model's: the adapter's
+        self.add_callback(type("GapMonitorCallback", (_GapCallback,), {"trainer": self})())
+
+    @property
+    def gap_history(self) -> list[dict[str, float]]:
+        """One row per measured step, every value (NaN and inf too): the monitor's history."""
+        return self.gap_monitor.history
+
+    def _gap_warn(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            warnings.warn(message, GapWarning, stacklevel=2)
 
     # --- what TRL hands over -------------------------------------------------------------------
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # (N, funcs), gathered
-        if self.model.training:
-            self._gap_pending_success = rewards[:, self._gap_success_index] >= self.gap.gap_success_threshold  # NaN: False
-        return rewards
-
     def _generate_and_score_completions(self, inputs):
+        self._gap_rewards.clear()
         out = super()._generate_and_score_completions(inputs)
         if self.model.training and self.gap.gap_diagnostics:
             n = out["completion_ids"].shape[0]
-            out["rlvrlab_row"] = torch.arange(n, device=out["completion_ids"].device)  # survives TRL's shuffle and split
+            device = out["completion_ids"].device
+            rewards = [r for call in self._gap_rewards for r in call]
+            if len(rewards) != n:
+                raise RuntimeError(f"the Gradient-Gap monitor recorded {len(rewards)} success rewards for {n} completions")
+            # a None reward (TRL: NaN) is a failure
+            reward = torch.tensor([math.nan if r is None else float(r) for r in rewards], device=device)
+            self._gap_success = reward >= self.gap.gap_success_threshold
+            out["rlvrlab_row"] = torch.arange(n, device=device)  # survives TRL's shuffle and split
             self._gap_batch = dict(out)
-            self._gap_success = self._gap_pending_success
-            self._gap_old = torch.full((n,), math.nan, device=out["completion_ids"].device)
+            self._gap_old = torch.full((n,), math.nan, device=device)
         return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -254,12 +339,13 @@ class GapGRPOTrainer(GRPOTrainer):
             if "rlvrlab_row" in inputs and self._gap_old is not None:
                 self._gap_old[inputs["rlvrlab_row"]] = (logps * mask).sum(-1)
             if self.gap.gap_alpha > 0:
-                # TRL reads inputs["advantages"] after this forward and accepts (B, T) advantages; the
-                # weighting is rlvrlab.updates' "low-prob", the one dapo-lowprob uses
+                # TRL reads inputs["advantages"] after this forward and accepts (B, T) advantages. The
+                # weights come from TRL's advantages as generated, kept beside them: a later pass over
+                # the same buffered batch (num_iterations > 1) must not weight weighted advantages
+                adv = inputs.setdefault("rlvrlab_advantages", inputs["advantages"])
                 old = inputs.get("old_per_token_logps")
                 old = logps if old is None else old
-                adv = inputs["advantages"]
-                if adv.dim() == 2:  # already per token (a subclass of TRL's): weight it in place
+                if adv.dim() == 2:  # already per token (a subclass of TRL's)
                     inputs["advantages"] = adv * WEIGHTINGS["low-prob"](torch.ones_like(adv[:, 0]), old, mask, alpha=self.gap.gap_alpha)
                 else:
                     inputs["advantages"] = WEIGHTINGS["low-prob"](adv, old, mask, alpha=self.gap.gap_alpha)
@@ -311,72 +397,35 @@ class GapGRPOTrainer(GRPOTrainer):
         mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
         attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):  # as TRL's no-grad passes
+        # the training forward's mode, autocast and adapter; checkpointing off changes no value
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             new, _, _ = super()._get_per_token_logps_and_entropies(
                 self.model, ids, attention, batch["completion_ids"].shape[1], batch_size=self.args.per_device_train_batch_size,
                 **{k: batch[k] for k in _MULTIMODAL if batch.get(k) is not None})
-        local = torch.stack([(new * mask).sum(-1) - old, mask.sum(-1).float()], 1)  # (n, 2): ΔL, length
-        both = self.accelerator.gather(local).float().cpu()  # (N, 2), global order: groups are consecutive
+        local = torch.stack([(new * mask).sum(-1) - old, mask.sum(-1).float(), self._gap_success.float()], 1)  # (n, 3)
+        both = self.accelerator.gather(local).float().cpu()  # (N, 3), global order: groups are consecutive
         G = self.num_generations
-        delta, length = both[:, 0].view(-1, G), both[:, 1]
-        success = self._gap_success.float().cpu().view(-1, G)
+        delta, length, success = both[:, 0].view(-1, G), both[:, 1], both[:, 2].view(-1, G)
         self._gap_old = torch.full_like(old, math.nan)  # num_iterations > 1: the next step re-measures this batch
-        diag = step_diagnostics(delta, success, eta=eta, grad_norm=self._gap_grad_norm, mean_length=float(length.mean()))
-        d = diag["gap/delta_mu_eta"]
-        self.gap_M += max(d, 0.0) if math.isfinite(d) else 0.0
-        ratio = diag["gap/crit_ratio"]
-        row = {"step": self.state.global_step + 1, "charts/lr": lr, "charts/grad_norm": self._gap_grad_norm, **diag, "gap/M": self.gap_M,
-               "gap/lr_crit": lr / ratio if ratio > 0 else (math.inf if ratio <= 0 else math.nan)}
+        row = {"step": self.state.global_step + 1, "charts/lr": lr, "charts/grad_norm": self._gap_grad_norm}
+        row.update(self.gap_monitor.measure(delta, success, eta=eta, lr=lr, grad_norm=self._gap_grad_norm,
+                                            mean_length=float(length.mean())))
+        peak = self.args.learning_rate * self.gap_scale
+        self.gap_scale = self.gap_monitor.record(row, rate=peak) / self.args.learning_rate
         if self.gap.gap_schedule == "gap-adaptive":
-            peak = self.args.learning_rate * self.gap_scale
-            self.gap_scale = self.gap_rate(ratio, peak) / self.args.learning_rate if lr > 0 else self.gap_scale
             row["gap/scale"] = self.gap_scale
-        self.gap_history.append(row)
         metrics = self._metrics["train"]
         for k, v in row.items():
             if k.startswith("gap/") and math.isfinite(v):  # TRL averages each over logging_steps; undefined ones stay out
                 metrics[k].append(v)
-        if self.accelerator.is_main_process:
-            for kind, message in gap_warnings(self.gap_history[-self.gap.gap_patience:], self.gap.gap_patience).items():
-                if kind not in self._gap_warned:
-                    self._gap_warned.add(kind)
-                    warnings.warn(message, GapWarning, stacklevel=2)
 
-    # --- results and checkpoints ---------------------------------------------------------------
+    # --- results -------------------------------------------------------------------------------
 
     def _gap_table(self) -> pa.Table:
-        names = list(dict.fromkeys(k for row in self.gap_history for k in row))
-        return pa.table({k: [row.get(k, math.nan) for row in self.gap_history] for k in names})
+        rows = self.gap_history
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        return pa.table({k: [row.get(k, math.nan) for row in rows] for k in names})
 
     def _gap_write_metrics(self) -> None:
         if self.gap.gap_diagnostics and self.args.should_save and self.gap_history:
             write_table(os.path.join(self.args.output_dir, METRICS), self._gap_table())
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            log_crit = self.gap_rate.log_lr_crit
-            atomic_write_json(os.path.join(folder, STATE), {
-                "M": self.gap_M, "scale": self.gap_scale, "log_lr_crit": None if math.isnan(log_crit) else log_crit,
-                "warned": sorted(self._gap_warned), "rows": len(self.gap_history)})
-            if self.gap_history:
-                write_table(os.path.join(folder, "rlvrlab_gap.parquet"), self._gap_table())
-            self._gap_write_metrics()
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, STATE) if checkpoint is not None else None
-        if path is None or not os.path.exists(path):
-            return
-        with open(path) as f:
-            state = json.load(f)
-        self.gap_M, self.gap_scale = state["M"], state["scale"]
-        self.gap_rate.log_lr_crit = math.nan if state["log_lr_crit"] is None else state["log_lr_crit"]
-        self._gap_warned = set(state["warned"])
-        self.gap_history = []
-        if state["rows"]:
-            table = read_table(os.path.join(checkpoint, "rlvrlab_gap.parquet")).to_pylist()
-            self.gap_history = [{k: v for k, v in row.items() if v is not None} for row in table]

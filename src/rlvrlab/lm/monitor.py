@@ -105,10 +105,12 @@ class GapMonitor:
         diag["gap/lr_crit"] = critical_rate(lr, diag["gap/crit_ratio"])
         return {prefix + k.removeprefix("gap/"): v for k, v in diag.items()}
 
-    def record(self, row: dict[str, float]) -> float:
+    def record(self, row: dict[str, float], *, rate: float | None = None) -> float:
         """Keep the step's row (``step``, ``charts/lr`` and the measured ``gap/...``), warn as the
-        history calls for, and return the next learning rate: the adaptive rule's after a step
-        with ``gap/crit_ratio``, else ``charts/lr`` unchanged."""
+        history calls for, and return the next rate: the adaptive rule's move from ``rate``
+        (default: ``charts/lr``, the rate the step used; a trainer whose schedule scales a peak rate
+        passes the peak) after a measured step at a positive rate, else ``rate`` unchanged (a step at
+        rate 0, a warm-up's first, carries no information)."""
         self.history.append(row)
         recent = []  # the last `patience` measured rows (rows without gap/ values do not break a streak)
         for r in reversed(self.history):
@@ -121,9 +123,10 @@ class GapMonitor:
                 self.warned.add(kind)
                 self.on_warning(message)
         lr = row.get("charts/lr", math.nan)
-        if self.adaptive is None or "gap/crit_ratio" not in row:
-            return lr
-        return self.adaptive(row["gap/crit_ratio"], lr)
+        rate = lr if rate is None else rate
+        if self.adaptive is None or "gap/crit_ratio" not in row or not lr > 0:
+            return rate
+        return self.adaptive(row["gap/crit_ratio"], rate)
 
     def start(self, prefixes: tuple[str, ...] = ("gap/",)) -> dict[str, float]:
         """M = 0 for each prefix, for a run's step-0 row."""

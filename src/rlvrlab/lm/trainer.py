@@ -53,7 +53,7 @@ from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, write_table
 from rlvrlab.lm.config import TrainConfig
 from rlvrlab.lm.diagnostics import GapAdaptiveRate
-from rlvrlab.lm.models import load_model, resolve_device
+from rlvrlab.lm.models import check_prompts, load_model, resolve_device
 from rlvrlab.lm.monitor import GapMonitor, GapWarning, gap_warnings
 from rlvrlab.lm.tasks import load_task
 from rlvrlab.lm.sampling import Rollout, completion_texts, sample, token_logprobs
@@ -90,18 +90,22 @@ class GRPOTrainer:
                  on_step: Callable[[int], None] | None = None, on_warning: Callable[[str], None] | None = None):
         self.config, self.out, self.on_step = config, Path(out), on_step
         self.on_warning = on_warning or (lambda message: warnings.warn(message, GapWarning, stacklevel=3))
+        _checks.writable_dir("out", self.out)  # before any work
         self.device = resolve_device(config.device)
-        self.model, self.tokenizer = load_model(config.model)
-        self.model.to(self.device)
-        disable_dropout(self.model)
-        self.model.eval()  # every pass (sampling, training, diagnostics) in one mode: see disable_dropout
         self.task = load_task(config.task)
         self.reward_fn = reward_fn or self.task.verify
         problems = self.task.sample(config.prompts, seed=config.seed)
         if len(problems) < 2:
             _checks.fail("task", config.task, "a task or file with at least 2 problems")
         n_eval = max(1, int(round(config.holdout * len(problems))))
-        self.heldout, self.train_set = problems[:n_eval], problems[n_eval:]
+        self.heldout = problems[:n_eval]
+        seen = {p.prompt for p in self.heldout}  # held-out accuracy is measured on problems never trained on
+        self.train_set = [p for p in problems[n_eval:] if p.prompt not in seen]
+        self.model, self.tokenizer = load_model(config.model)
+        check_prompts(self.tokenizer, [p.prompt for p in problems], name="task")
+        self.model.to(self.device)
+        disable_dropout(self.model)
+        self.model.eval()  # every pass (sampling, training, diagnostics) in one mode: see disable_dropout
         if len(self.train_set) < config.prompts_per_step:
             _checks.fail("batch_size", config.batch_size,
                          f"at most group × {len(self.train_set)} (the training prompts available)")
