@@ -1,7 +1,9 @@
 """rlvrlab.lm.tasks: every reference solution verifies and every perturbed answer does not, over
 many seeds; the formats on hand-worked examples; garbage never raises; alphabets cover
 everything written; sampling is deterministic; difficulty options change lengths as documented;
-and load_qa on small GSM8K-, boxed- and bare-style files, with each bad input's message."""
+load_qa on small GSM8K-, boxed- and bare-style files, with each bad input's message; a file's
+sample never repeats a record; and load_task / check_task_spec, the one resolver of task names
+and files."""
 
 from __future__ import annotations
 
@@ -21,9 +23,13 @@ from rlvrlab.lm.tasks import (
     ArithmeticTask,
     CountdownTask,
     Problem,
+    QATask,
+    check_task_spec,
     load_qa,
+    load_task,
     make_task,
 )
+from rlvrlab.lm.tasks import expr
 
 NAMES = sorted(TASKS)
 SEEDS = range(50)  # x 20 problems = 1000 problems per task
@@ -310,12 +316,10 @@ _trees = st.recursive(
 
 @given(tree=_trees)
 def test_rendered_expressions_parse_back_and_scratchpads_follow_python(tree):
-    from rlvrlab.lm.tasks import _parse, _render, _steps, _value
-
-    text = _render(tree)
-    assert _parse(text) == tree  # the prompt fixes the order of the scratchpad
-    value, steps = _steps(tree)
-    assert value == _value(tree) == eval(text)
+    text = expr.render(tree)
+    assert expr.parse(text) == tree  # the prompt fixes the order of the scratchpad
+    value, steps = expr.steps(tree)
+    assert value == expr.value(tree) == eval(text)
     for step in steps:  # each step is a correct operation
         lhs, rhs = step.split("=")
         x, op, y = re.fullmatch(r"(-?\d+)([-+*])(-?\d+)", lhs).groups()
@@ -356,7 +360,7 @@ def test_countdown_rare_targets_say_what_to_change(monkeypatch):
     task = CountdownTask(min_numbers=2, max_numbers=2, max_number=1, max_target=5)  # 1+1 (1*1 is a shortcut)
     assert {p.prompt for p in task.sample(20, 0)} == {"1,1>2:"}
     assert all(task.verify(task.solution(p), p) for p in task.sample(20, 0))
-    monkeypatch.setattr("rlvrlab.lm.tasks._MAX_DRAWS", 1)  # give up after one draw
+    monkeypatch.setattr("rlvrlab.lm.tasks.synthetic._MAX_DRAWS", 1)  # give up after one draw
     with pytest.raises(ValueError, match=r"^max_target: got 1; allowed: a value that 4 numbers from 1..9 reach"):
         CountdownTask(min_numbers=4, max_numbers=4, max_target=1).sample(20, 0)
 
@@ -436,23 +440,46 @@ def test_load_bare_answers(tmp_path):
 
 
 def test_string_fallback_when_math_verify_cannot_parse(tmp_path):
-    task = load_qa(_write_jsonl(tmp_path / "words.jsonl", [{"question": "Colour?", "answer": "\\boxed{Blue sky}"}]))
+    task = load_qa(_write_jsonl(tmp_path / "words.jsonl", [{"question": "Colour?", "answer": "\\boxed{Blue sky}"},
+                                                           {"question": "Sea?", "answer": "\\boxed{Blue sea}"}]))
     p = task.problems[0]
     assert p.answer == "Blue sky"
     assert task.verify("\\boxed{Blue  sky}", p) == 1
     assert task.verify("\\boxed{Red sky}", p) == 0
 
 
-def test_qa_sampling_without_replacement_until_exhausted(tmp_path):
+def test_qa_sample_is_a_seeded_order_of_distinct_records(tmp_path):
     records = [{"question": f"q{i}", "answer": str(i)} for i in range(10)]
     task = load_qa(_write_jsonl(tmp_path / "ten.jsonl", records))
     first = task.sample(10, 3)
     assert sorted(p.answer for p in first) == sorted(str(i) for i in range(10))  # a permutation
     assert task.sample(10, 3) == first and task.sample(10, 4) != first
-    more = task.sample(25, 3)
-    assert more[:10] == first
-    assert Counter(p.answer for p in more[:20]) == Counter({str(i): 2 for i in range(10)})
-    assert task.sample(4, 3) == first[:4]
+    assert task.sample(25, 3) == first  # never more than the file's records, never one twice
+    assert task.sample(4, 3) == first[:4] and task.sample(0, 3) == []
+
+
+def test_qa_repeated_records_are_dropped_and_conflicting_answers_refused(tmp_path):
+    records = [{"question": "2+2?", "answer": "4"}, {"question": "3+3?", "answer": "6"},
+               {"question": " 2+2? ", "answer": "#### 4"}, {"question": "3+3?", "answer": "6"}]
+    task = load_qa(_write_jsonl(tmp_path / "dup.jsonl", records))
+    assert [(p.prompt, p.answer, p.meta["index"]) for p in task.problems] == [("2+2?", "4", 0), ("3+3?", "6", 1)]
+    for seed in range(20):
+        held_out, *train = task.sample(400, seed)  # as a trainer splits it
+        assert len(train) == 1 and held_out.prompt != train[0].prompt
+    records.append({"question": "2+2?", "answer": "5"})
+    with pytest.raises(ValueError, match=r"dup.jsonl line 5: got \"the question of line 1 with another answer \('5', not '4'\)\"; "
+                                         r"allowed: one answer per question$"):
+        load_qa(_write_jsonl(tmp_path / "dup.jsonl", records))
+
+
+@pytest.mark.parametrize("records, count", [([{"question": "2+2?", "answer": "4"}], "1 distinct question-answer record'"),
+                                            ([{"question": "2+2?", "answer": "4"}] * 3, "1 distinct question-answer record'")])
+def test_qa_files_with_fewer_than_two_distinct_records_are_refused(tmp_path, records, count):
+    path = _write_jsonl(tmp_path / "one.jsonl", records)
+    with pytest.raises(ValueError, match=rf"^\S*one.jsonl: got '{count}; allowed: at least 2 distinct questions"):
+        load_qa(path)
+    with pytest.raises(ValueError, match=r"^problems: got '1 distinct"):
+        QATask([Problem("2+2?", "4"), Problem("2+2?", "4")])
 
 
 def test_jsonl_and_parquet_load_the_same_problems(tmp_path):
@@ -474,7 +501,7 @@ def test_blank_lines_are_skipped_and_line_numbers_are_the_file_s(tmp_path):
         ("missing.jsonl", None,
          r"path: got '.*missing.jsonl \(no such file\)'; allowed: an existing .jsonl or .parquet"),
         ("data.csv", "question,answer\n", r"path: got '.*data.csv'; allowed: a file ending in .jsonl, .parquet"),
-        ("empty.jsonl", "", r"empty.jsonl: got 'no records'; allowed: a file with at least one"),
+        ("empty.jsonl", "", r"empty.jsonl: got 'no records'; allowed: a file with at least 2 distinct"),
         ("blank.jsonl", "\n  \n", r"blank.jsonl: got 'no records'"),
         ("bad.jsonl", '{"question": "a", "answer": "1"}\n{"question": "b", "answer": \n',
          r"bad.jsonl line 2: got 'malformed JSON \(Expecting value\)'; allowed: one JSON object per line"),
@@ -523,6 +550,25 @@ def _empty_parquet(tmp_path):
 def test_qa_random_completions_never_raise(tmp_path_factory, text):
     path = tmp_path_factory.getbasetemp() / "qa_random.jsonl"
     if not path.exists():
-        _write_jsonl(path, BOXED[:1])
+        _write_jsonl(path, BOXED)
     task = load_qa(path, question_key="problem", answer_key="solution")
     assert task.verify(text, task.problems[0]) in (0, 1)
+
+
+# --- one resolver: load_task / check_task_spec ------------------------------------------------------
+
+
+def test_load_task_resolves_names_and_files(tmp_path):
+    assert load_task("countdown").sample(3, 1) == make_task("countdown").sample(3, 1)
+    path = _write_jsonl(tmp_path / "g.jsonl", GSM8K)
+    assert load_task(str(path)).problems == load_qa(path).problems
+    assert check_task_spec("add") == "add" and check_task_spec(str(path)) == str(path)
+
+
+@pytest.mark.parametrize("spec, got", [("x.csv", "'x.csv'"), ("gsm8k", "'gsm8k'"), ("missing.jsonl", "'missing.jsonl \\(no such file\\)'"),
+                                       (3, "3")])
+def test_unknown_tasks_list_the_names_and_the_file_formats(spec, got):
+    message = rf"^task: got {got}; allowed: a task name \(add, arith, countdown\) or a .jsonl / .parquet question-answer file$"
+    for resolve in (check_task_spec, load_task):
+        with pytest.raises(ValueError, match=message):
+            resolve(spec)
