@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlvrlab.analysis import pass_at_k, support_metrics
+from rlvrlab.analysis import evaluation_problems, model_pair, pass_at_k, support_metrics
 from rlvrlab.cli import app
-from rlvrlab.experiments import run_experiment
+from rlvrlab.experiments import resolve_config, run_experiment
 from rlvrlab.experiments.base import describe_fields
-from rlvrlab.experiments.direction import auc
 from rlvrlab.experiments.registry import get
+from rlvrlab.lm.tasks import load_qa, make_task
 from rlvrlab.io import read_table
 from rlvrlab.lm.trainer import load_model
 
@@ -84,11 +84,42 @@ def test_direction_on_a_given_pair(tiny_base_model, rl_model, tmp_path, monkeypa
     assert len(list((tmp_path / "cache" / "models").glob("grpo-*"))) == 8
 
 
-def test_auc_against_counting_pairs():
-    rng = np.random.default_rng(0)
-    pos, neg = rng.integers(0, 5, 30).astype(float), rng.integers(0, 5, 40).astype(float)  # many ties
-    pairs = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
-    assert auc(pos, neg) == pytest.approx(pairs)
+def test_model_pair_trains_one_descendant_per_seed(tmp_path, monkeypatch):
+    trained, ticks = [], []
+
+    def descendant(config, on_step=None):
+        trained.append(config)
+        return tmp_path / f"grpo-{config.seed}" / "model"
+
+    monkeypatch.setattr("rlvrlab.lm.trainer.descendant", descendant)
+    base, rl = model_pair("base-dir", "", task="arith", seeds=(3, 5), steps=7, lr=1e-3, preset="grpo", max_new_tokens=16,
+                          on_task=lambda description, total: ticks.append((description, total)))
+    assert base == "base-dir"
+    assert rl == {"rl-seed3": str(tmp_path / "grpo-3" / "model"), "rl-seed5": str(tmp_path / "grpo-5" / "model")}
+    assert [(c.model, c.task, c.seed, c.steps, c.lr, c.prompts) for c in trained] == [
+        ("base-dir", "arith", 3, 7, 1e-3, 400), ("base-dir", "arith", 5, 7, 1e-3, 400)]
+    assert [t for _, t in ticks] == [7, 7]
+    assert model_pair("b", "r", task="add", seeds=(0,), steps=1, lr=1.0, preset="grpo", max_new_tokens=1) == ("b", {"rl": "r"})
+    assert len(trained) == 2  # a given RLVR model trains nothing
+
+
+def test_evaluation_problems_are_not_a_descendant_s_draw(tmp_path):
+    add = make_task("add")
+    problems = evaluation_problems(add, 20)
+    assert len(problems) == 20 and problems != add.sample(20, seed=0)
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(5)))
+    assert [p.answer for p in evaluation_problems(load_qa(path), 3)] == ["0", "1", "2"]  # the file's first records
+
+
+@pytest.mark.parametrize("name", ["leash", "direction"])
+def test_configs_resolve_tasks_like_the_trainer(name, tmp_path):
+    message = r"^task: got 'x.csv'; allowed: a task name \(add, arith, countdown\) or a .jsonl / .parquet question-answer file$"
+    with pytest.raises(ValueError, match=message):
+        resolve_config(name, settings=["task=x.csv"])
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(3)))
+    assert resolve_config(name, settings=[f"task={path}"]).task == str(path)
 
 
 def test_pass_at_k_and_support_feed_the_leash_numbers():

@@ -5,11 +5,14 @@
 - ``tokens`` — teacher-forced per-token Δlog p, entropies, KL both ways and JS; token and answer
   entropy; sampling answers; the check that two models share a tokenizer;
 - ``decoding`` — selective token replacement by criterion, and selective test-time extrapolation;
+- ``pair`` — the base/RLVR pair to compare (given, or the tiny base and its cached GRPO
+  descendants) and the problems to compare them on;
 - ``stats`` — the statistics experiments share (from scipy): Spearman's ρ, AUC, bootstrap
   intervals, log-log slope fits with t-intervals, the critical-rate search.
 """
 
 from rlvrlab.analysis.decoding import CRITERIA, MODES, calibrate, extrapolated_logits, generate, selected
+from rlvrlab.analysis.pair import evaluation_problems, model_pair
 from rlvrlab.analysis.passk import pass_at_k, pass_at_k_curve
 from rlvrlab.analysis.stats import (CriticalRate, SlopeFit, auc, bootstrap_ci, critical_rate, loglog_slope, spearman,
                                     spearman_ci)
@@ -18,6 +21,6 @@ from rlvrlab.analysis.tokens import (answer_entropy, check_pair, position_stats,
                                      token_stats)
 
 __all__ = ["CRITERIA", "MODES", "CriticalRate", "SlopeFit", "answer_entropy", "answer_support", "auc", "bootstrap_ci",
-           "calibrate", "check_pair", "critical_rate", "extrapolated_logits", "generate", "loglog_slope", "pass_at_k",
-           "pass_at_k_curve", "position_stats", "sample_answers", "selected", "spearman", "spearman_ci", "support_metrics",
-           "support_threshold", "token_entropy", "token_stats"]
+           "calibrate", "check_pair", "critical_rate", "evaluation_problems", "extrapolated_logits", "generate",
+           "loglog_slope", "model_pair", "pass_at_k", "pass_at_k_curve", "position_stats", "sample_answers", "selected",
+           "spearman", "spearman_ci", "support_metrics", "support_threshold", "token_entropy", "token_stats"]

@@ -26,6 +26,7 @@ import pyarrow as pa
 import torch
 
 from rlvrlab import plotting, theory
+from rlvrlab.analysis.stats import spearman, spearman_ci
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.io import columns, prompt_table, read_table, trajectory_table
 from rlvrlab.policies import LinearContextualSoftmax
@@ -92,11 +93,6 @@ class Curriculum:
         return torch.zeros(R, C, dtype=J.dtype).scatter_(1, choice, 1.0)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def run(config: ContextualConfig, progress: Progress, workdir: Path) -> Result:
     gen = torch.Generator().manual_seed(0)
     policy, reward, theta0 = instance(config, gen)
@@ -124,8 +120,8 @@ def run(config: ContextualConfig, progress: Progress, workdir: Path) -> Result:
     half = J.shape[0] // 4
     J_early = J[half].flatten().numpy()
     converged, stuck = float((Jf > 0.9).mean()), float((Jf < 0.1).mean())
-    rho_M = _spearman(Mf, Jf)
-    rho_rel = _spearman(np.abs(M_rel[half].flatten().numpy()), J_early)
+    rel_early = np.abs(M_rel[half].flatten().numpy())
+    rho_M, rho_rel = spearman(Mf, Jf), spearman(rel_early, J_early)
     checks = [
         Check("Lemma 1 band (27) per evaluation context", bool(lemma_ok.all()),
               f"{int((inside & premise).sum())} of {int(premise.sum())} (context, step) pairs inside",
@@ -142,7 +138,9 @@ def run(config: ContextualConfig, progress: Progress, workdir: Path) -> Result:
         "fraction_stuck_J_lt_0.1": stuck,
         "mean_eval_J_final": float(Jf.mean()),
         "spearman_M_J": rho_M,
+        "spearman_M_J_ci95": list(spearman_ci(Mf, Jf)),
         "spearman_abs_relative_M_J_early": rho_rel,
+        "spearman_abs_relative_M_J_early_ci95": list(spearman_ci(rel_early, J_early)),
         "steps_without_eligible_training_context": curriculum.fallbacks,
         "steps_total": config.steps * R,
         "constants": {"G_o": c.G_o, "L_o": c.L_o},

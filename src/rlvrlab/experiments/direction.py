@@ -27,20 +27,22 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from scipy.stats import sem
 
 from rlvrlab import _checks, plotting
+from rlvrlab.analysis.pair import evaluation_problems, model_pair
+from rlvrlab.analysis.stats import auc
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_int, setting
-from rlvrlab.experiments.leash import evaluation_problems, models_of
 from rlvrlab.io import read_table
 
-__all__ = ["DirectionConfig", "EXPERIMENT", "auc", "plot", "run"]
+__all__ = ["DirectionConfig", "EXPERIMENT", "plot", "run"]
 
 
 @dataclass(frozen=True)
 class DirectionConfig:
     base: str = setting("", "the base model's directory; empty: the tiny base model (trained once, then cached)")
     rl: str = setting("", "the RLVR model's directory; empty: the GRPO descendant of the first seed (cached)")
-    task: str = setting("add", "a task of rlvrlab.lm.tasks")
+    task: str = setting("add", "a task of rlvrlab.lm.tasks, or a .jsonl / .parquet question-answer file")
     problems: int = setting(48, "evaluation problems")
     samples: int = setting(8, "completions per problem for every decoding")
     max_new_tokens: int = setting(48, "longest completion")
@@ -63,12 +65,12 @@ class DirectionConfig:
 
     def __post_init__(self) -> None:
         from rlvrlab.analysis import CRITERIA
-        from rlvrlab.lm.tasks import make_task
+        from rlvrlab.lm.tasks import check_task_spec
         from rlvrlab.updates import PRESETS
 
         for name in ("problems", "samples", "max_new_tokens", "train_steps", "rl_steps", "train_batch_size", "train_prompts"):
             check_positive_int(name, getattr(self, name))
-        make_task(self.task)
+        check_task_spec(self.task)
         for c in self.criteria:
             _checks.choose("criteria", c, CRITERIA)
         for b in self.baselines:
@@ -86,31 +88,22 @@ class DirectionConfig:
                    seeds=(0,), train_steps=20, train_batch_size=32, train_prompts=120, rl_steps=30)
 
 
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(a value of pos > a value of neg) + ½ P(tie) (the Mann-Whitney AUC), by ranks."""
-    if len(pos) == 0 or len(neg) == 0:
-        return math.nan
-    values = np.concatenate([pos, neg])
-    _, tie, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)  # the distinct values' last ranks; ties share their mean rank
-    ranks = (ends - (counts - 1) / 2)[tie]
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def run(config: DirectionConfig, progress: Progress, workdir: Path) -> Result:
     import torch
 
     from rlvrlab.analysis import calibrate, check_pair, generate, token_stats
     from rlvrlab.lm.sampling import completion_texts
-    from rlvrlab.lm.tasks import make_task
+    from rlvrlab.lm.tasks import load_task
     from rlvrlab.lm.trainer import TrainConfig, descendant, load_model
 
-    base_dir, rl_dirs = models_of(config, progress, seeds=config.seeds[:1])  # one descendant: the first seed's
+    base_dir, rl_dirs = model_pair(config.base, config.rl, task=config.task, seeds=config.seeds[:1],  # one: the first seed's
+                                   steps=config.rl_steps, lr=config.rl_lr, preset=config.rl_preset,
+                                   max_new_tokens=config.max_new_tokens, on_task=progress.task)
     rl_dir = next(iter(rl_dirs.values()))
     base, tok = load_model(base_dir)
     rl, rl_tok = load_model(rl_dir)
     check_pair(base, tok, rl, rl_tok)
-    task = make_task(config.task)
+    task = load_task(config.task)
     problems = evaluation_problems(task, config.problems)
     prompts = [tok(p.prompt)["input_ids"] for p in problems]
 
@@ -192,7 +185,7 @@ def run(config: DirectionConfig, progress: Progress, workdir: Path) -> Result:
     by = {}
     for r in train_rows:
         by.setdefault(label(r), []).append(r["accuracy_end"])
-    summary["training"] = {k: {"mean": float(np.mean(v)), "se": float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan,
+    summary["training"] = {k: {"mean": float(np.mean(v)), "se": float(sem(v)) if len(v) > 1 else math.nan,
                                "seeds": len(v)} for k, v in by.items()}
     summary["replacement"] = rows
     summary["extrapolation"] = grid
@@ -264,7 +257,7 @@ def plot(out: Path) -> list[str]:
     labels = list(dict.fromkeys(r["preset"] if r["alpha"] != r["alpha"] else f"{r['preset']} α={r['alpha']:g}" for r in tr))
     for i, lab in enumerate(labels):
         v = [r["accuracy_end"] for r in tr if (r["preset"] if r["alpha"] != r["alpha"] else f"{r['preset']} α={r['alpha']:g}") == lab]
-        se = np.std(v, ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+        se = sem(v) if len(v) > 1 else 0.0
         a4.bar(i, np.mean(v), yerr=se, color=f"C{i}", capsize=3)
     a4.set_xticks(range(len(labels)), labels, rotation=30, fontsize=6, ha="right")
     a4.set_ylabel("held-out accuracy after training")

@@ -20,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 
 from rlvrlab import _checks, plotting
+from rlvrlab.analysis.pair import evaluation_problems, model_pair
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_int, setting
 from rlvrlab.io import read_table
 
-__all__ = ["EXPERIMENT", "LeashConfig", "models_of", "plot", "run"]
+__all__ = ["EXPERIMENT", "LeashConfig", "plot", "run"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class LeashConfig:
     rl_preset: str = setting("grpo", "update rule of the descendants")
 
     def __post_init__(self) -> None:
-        from rlvrlab.lm.tasks import make_task
+        from rlvrlab.lm.tasks import check_task_spec
 
         for name in ("problems", "samples", "max_new_tokens", "rl_steps"):
             check_positive_int(name, getattr(self, name))
@@ -49,52 +50,22 @@ class LeashConfig:
         _checks.positive("rl_lr", self.rl_lr)
         if not self.rl and not self.seeds:
             _checks.fail("seeds", self.seeds, "at least one seed when rl is empty")
-        if not self.task.endswith((".jsonl", ".parquet")):
-            make_task(self.task)
+        check_task_spec(self.task)
 
     @classmethod
     def quick(cls) -> LeashConfig:
         return cls(problems=16, samples=32, seeds=(0,), rl_steps=30)
 
 
-def models_of(config, progress: Progress, seeds: tuple[int, ...] | None = None) -> tuple[str, dict[str, str]]:
-    """The base model and the RLVR models {label: directory}: the given ones, or the tiny base and
-    its GRPO descendants (one per seed of ``seeds``, default config.seeds; trained once into the
-    cache). ``config`` has the fields base, rl, task, max_new_tokens and rl_steps / rl_lr / rl_preset."""
-    from rlvrlab.lm.pretrain import PretrainConfig, pretrain
-    from rlvrlab.lm.trainer import TrainConfig, descendant
-
-    base = config.base
-    if not base:
-        pc = PretrainConfig()
-        base = str(pretrain(pc, on_step=progress.task("pretraining the tiny base model (once)", pc.max_steps)))
-    if config.rl:
-        return base, {"rl": config.rl}
-    rl = {}
-    for seed in config.seeds if seeds is None else seeds:
-        tc = TrainConfig(model=base, task=config.task, preset=config.rl_preset, steps=config.rl_steps, lr=config.rl_lr,
-                         batch_size=64, group=8, prompts=400, max_new_tokens=config.max_new_tokens, eval_every=config.rl_steps,
-                         checkpoint_every=max(1, config.rl_steps // 4), seed=seed)
-        rl[f"rl-seed{seed}"] = str(descendant(tc, on_step=progress.task(f"GRPO descendant, seed {seed} (once)", tc.steps)))
-    return base, rl
-
-
-def evaluation_problems(task, n: int) -> list:
-    """Problems disjoint from any GRPO run's training prompts (those come from task.sample(400, seed))."""
-    from rlvrlab.lm.tasks import QATask
-
-    if isinstance(task, QATask):
-        return task.problems[:n]
-    return task.sample(n, seed=10_007)
-
-
 def run(config: LeashConfig, progress: Progress, workdir: Path) -> Result:
     from rlvrlab.analysis import answer_entropy, check_pair, pass_at_k, sample_answers, support_metrics, token_entropy
+    from rlvrlab.lm.tasks import load_task
     from rlvrlab.lm.trainer import load_model
-    from rlvrlab.lm.tasks import load_qa, make_task
 
-    base_dir, rl_dirs = models_of(config, progress)
-    task = load_qa(config.task) if config.task.endswith((".jsonl", ".parquet")) else make_task(config.task)
+    base_dir, rl_dirs = model_pair(config.base, config.rl, task=config.task, seeds=config.seeds, steps=config.rl_steps,
+                                   lr=config.rl_lr, preset=config.rl_preset, max_new_tokens=config.max_new_tokens,
+                                   on_task=progress.task)
+    task = load_task(config.task)
     problems = evaluation_problems(task, config.problems)
     base, tok = load_model(base_dir)
     ks = [k for k in (2 ** i for i in range(20)) if k <= config.samples]

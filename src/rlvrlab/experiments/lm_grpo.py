@@ -26,17 +26,19 @@ import numpy as np
 import pyarrow as pa
 
 from rlvrlab import _checks, plotting
+from rlvrlab.analysis.stats import spearman
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.io import read_table
 
-__all__ = ["EXPERIMENT", "LmGrpoConfig", "plot", "run", "spearman"]
+__all__ = ["EXPERIMENT", "LmGrpoConfig", "plot", "run"]
 
 LOSS_MARGIN = 0.05  # a run "loses accuracy" when it ends more than this below its start (evaluation noise is ~0.03)
 
 
 @dataclass(frozen=True)
 class LmGrpoConfig:
-    tasks: tuple[str, ...] = setting(("add", "arith", "countdown"), "tasks of rlvrlab.lm.tasks, one GRPO run each")
+    tasks: tuple[str, ...] = setting(("add", "arith", "countdown"),
+                                     "tasks of rlvrlab.lm.tasks or .jsonl / .parquet question-answer files, one GRPO run each")
     model: str = setting("", "a Hugging Face causal LM directory; empty: the tiny base model (trained once, then cached)")
     preset: str = setting("grpo", "update rule of rlvrlab.updates")
     steps: int = setting(120, "GRPO steps per task")
@@ -53,7 +55,7 @@ class LmGrpoConfig:
     seed: int = setting(0, "seed of the problems, sampling and batches")
 
     def __post_init__(self) -> None:
-        from rlvrlab.lm.tasks import make_task
+        from rlvrlab.lm.tasks import check_task_spec
 
         for name in ("steps", "batch_size", "group", "prompts", "max_new_tokens", "eval_every", "eval_samples"):
             check_positive_int(name, getattr(self, name))
@@ -62,7 +64,10 @@ class LmGrpoConfig:
         if not self.tasks:
             _checks.fail("tasks", self.tasks, "at least one task")
         for t in self.tasks:
-            make_task(t)
+            check_task_spec(t)
+        labels = [_label(t) for t in self.tasks]
+        if len(set(labels)) < len(labels):
+            _checks.fail("tasks", self.tasks, "tasks with distinct names (a file is named by its stem)")
         self.train_config("", "add", self.lrs[0])  # the trainer's own checks (preset, schedule, batch_size % group, ...)
 
     @classmethod
@@ -78,17 +83,11 @@ class LmGrpoConfig:
                            checkpoint_every=max(1, self.steps // 4), seed=self.seed)
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation with average ranks for ties (nan with fewer than 3 points or no spread)."""
-    def ranks(a: np.ndarray) -> np.ndarray:
-        _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
-        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        return (start + (counts - 1) / 2)[inverse]
+def _label(task: str) -> str:
+    """A task's name in run names: its own, or a file's stem (a path would leave the run directory)."""
+    from rlvrlab.lm.tasks import TASKS
 
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+    return task if task in TASKS else Path(task).stem
 
 
 def _table(rows: list[dict], task: str, lr: float, run_name: str) -> pa.Table:
@@ -113,7 +112,7 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
     tables, summary, checks, warned = [], {"model": model}, [], []
     for task in config.tasks:
         for lr in config.lrs:
-            run_name = f"{task}-lr{lr:g}"
+            run_name = f"{_label(task)}-lr{lr:g}"
             tc = config.train_config(model, task, lr)
             trainer = GRPOTrainer(tc, workdir / "runs" / run_name, on_step=progress.task(f"GRPO on {task}, lr {lr:g}", tc.steps),
                                   on_warning=lambda message: None)  # the summary lists them, from the rows
