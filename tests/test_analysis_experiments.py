@@ -105,8 +105,9 @@ def test_model_pair_trains_one_descendant_per_seed(tmp_path, monkeypatch):
 
 def test_evaluation_problems_are_not_a_descendant_s_draw(tmp_path):
     add = make_task("add")
-    problems = evaluation_problems(add, 20)
-    assert len(problems) == 20 and problems != add.sample(20, seed=0)
+    problems = evaluation_problems(add, 48)
+    trained = {p for seed in range(3) for p in add.sample(400, seed)}  # descendants' prompts, seeds 0-2
+    assert len(set(problems)) == 48 and not set(problems) & trained
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(5)))
     assert [p.answer for p in evaluation_problems(load_qa(path), 3)] == ["0", "1", "2"]  # the file's first records

@@ -1,15 +1,22 @@
-"""Each experiment end to end on small settings, and the run-directory contract."""
+"""Each experiment end to end on small settings, the run-directory contract, and what every
+experiment module must be: registered, a config + run + plot, importing no other experiment."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import importlib
+import inspect
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import rlvrlab.experiments
 from rlvrlab.experiments import apply_settings, experiments, get, names, resolve_config, run_experiment
-from rlvrlab.experiments.base import describe_fields
+from rlvrlab.experiments.base import Experiment, describe_fields
 from rlvrlab.io import columns, read_table
 
 # Small enough for the test suite, large enough that every check has something to check.
@@ -31,10 +38,70 @@ LM_SMALL = ["steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=
             "tasks=add,countdown"]
 
 
-def test_every_experiment_is_registered_and_small_settings_cover_them():
-    assert set(names()) == set(SMALL) | {"lm-grpo", "leash", "direction"} == {
-        "mab", "contextual", "two-response", "collapse", "bounds", "phase", "stagnation", "controller", "lm-grpo", "leash",
-        "direction"}  # leash and direction: tests/test_analysis_experiments.py
+PACKAGE = Path(rlvrlab.experiments.__file__).parent
+MACHINERY = {"__init__", "base", "runner", "registry"}  # what experiments are made of, not experiments
+EXPERIMENT_MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in MACHINERY)
+ANALYSIS = {"leash", "direction"}  # end to end in tests/test_analysis_experiments.py
+
+
+def test_every_experiment_module_is_registered_as_config_run_plot():
+    registered = {}
+    for stem in EXPERIMENT_MODULES:
+        exp = importlib.import_module(f"rlvrlab.experiments.{stem}").EXPERIMENT
+        assert isinstance(exp, Experiment) and get(exp.name) is exp, stem
+        registered[exp.name] = stem
+        assert dataclasses.is_dataclass(exp.config) and exp.config.__dataclass_params__.frozen
+        assert isinstance(exp.config.quick(), exp.config) and isinstance(exp.config(), exp.config)
+        assert list(inspect.signature(exp.run).parameters) == ["config", "progress", "workdir"], stem
+        assert list(inspect.signature(exp.plot).parameters) == ["out"], stem
+        assert exp.title and exp.description, stem
+    assert sorted(registered) == sorted(names())  # no registered name without its module, and the reverse
+
+
+def test_small_settings_cover_every_experiment():
+    assert set(SMALL) | {"lm-grpo"} | ANALYSIS == set(names())
+    assert not set(SMALL) & ANALYSIS
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module an experiment file imports, at the top or inside functions, resolved to full names."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x / from .x import y
+                base = ".".join(["rlvrlab.experiments"] + ([base] if base else []))
+            found |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return found
+
+
+@pytest.mark.parametrize("stem", EXPERIMENT_MODULES)
+def test_no_experiment_imports_another(stem):
+    others = {f"rlvrlab.experiments.{m}" for m in EXPERIMENT_MODULES if m != stem}
+    imported = _imported_modules(PACKAGE / f"{stem}.py")
+    assert not imported & others, f"{stem} imports {sorted(imported & others)}: move what they share into the library"
+    assert "rlvrlab.experiments" not in imported  # `from rlvrlab.experiments import phase` would hide it
+
+
+def test_the_import_check_sees_imports_inside_functions(tmp_path):
+    path = tmp_path / "x.py"
+    path.write_text("def f():\n    from rlvrlab.experiments.phase import phase_cell\n    from . import leash\n")
+    assert {"rlvrlab.experiments.phase", "rlvrlab.experiments.leash"} <= _imported_modules(path)
+
+
+def test_every_experiment_has_a_section_in_the_report(tmp_path):
+    from rlvrlab.report import write_report
+
+    for name in names():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"experiment": name, "quick": True, "seconds": 1.0, "headline": {}, "checks": [], "checks_passed": True,
+             "figures": [], "tables": ["metrics.parquet"]}))
+    page = write_report(tmp_path, names()).read_text()
+    for name in names():
+        assert f'id="{name}"' in page and get(name).title.split(":")[0] in page, name
 
 
 @pytest.mark.parametrize("name", sorted(SMALL) + ["lm-grpo"])
@@ -126,8 +193,19 @@ def test_bad_settings_name_the_field_and_the_allowed_values(assignment, message)
 
 
 def test_unknown_experiment_lists_the_valid_names():
-    with pytest.raises(ValueError, match="experiment: got 'nope'; allowed: bounds, collapse, contextual, controller, direction, leash, lm-grpo, mab, phase, stagnation, two-response"):
+    with pytest.raises(ValueError, match=f"^experiment: got 'nope'; allowed: {re.escape(', '.join(sorted(names())))}$"):
         get("nope")
+    assert len(names()) == len(EXPERIMENT_MODULES)
+
+
+def test_lm_grpo_takes_task_names_and_files(tmp_path):
+    path = tmp_path / "add.jsonl"
+    path.write_text("".join(json.dumps({"question": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    assert resolve_config("lm-grpo", settings=[f"tasks=arith,{path}"]).tasks == ("arith", str(path))
+    with pytest.raises(ValueError, match=r"^tasks: got .*; allowed: tasks with distinct names \(a file is named by its stem\)"):
+        resolve_config("lm-grpo", settings=[f"tasks=add,{path}"])
+    with pytest.raises(ValueError, match=r"^task: got 'x.csv'; allowed: a task name \(add, arith, countdown\) or a .jsonl"):
+        resolve_config("lm-grpo", settings=["tasks=add,x.csv"])
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
