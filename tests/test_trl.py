@@ -499,3 +499,13 @@ def test_lora_dropout_is_refused_and_a_vanishing_lora_step_measures_nothing(tiny
     trainer.train()
     rows = [r for r in trainer.gap_history if r["gap/mixed_prompts"] > 0]
     assert rows and all(abs(r["gap/delta_mu_eta"]) < 1e-6 and abs(r["gap/log_odds_change"]) < 1e-6 for r in rows)
+
+
+@pytest.mark.parametrize("setting", [dict(bf16=True), dict(activation_checkpointing=True)])
+def test_a_vanishing_step_measures_nothing_under_autocast_and_checkpointing(tiny_base_model, tmp_path, setting):
+    """Both passes of ΔL see one function: the post-step pass under the training forward's bf16
+    autocast (a float32 pass beside a bf16 one would differ by ~1e-2), checkpointing off (no value changes)."""
+    trainer = _trainer(tiny_base_model, tmp_path, max_steps=2, learning_rate=1e-12, **setting)
+    trainer.train()
+    rows = [r for r in trainer.gap_history if r["gap/mixed_prompts"] > 0]
+    assert rows and all(abs(r["gap/delta_mu_eta"]) < 1e-6 and abs(r["gap/log_odds_change"]) < 1e-6 for r in rows)
