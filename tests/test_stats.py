@@ -1,7 +1,7 @@
 """rlvrlab.analysis.stats against plain-loop references and worked examples: AUC by counting
 pairs, Spearman as Pearson's r of hand-ranked data, the slope's t-interval from sums of squares,
-bootstrap intervals that cover a known mean, and the critical-rate search on windows whose edge
-is known."""
+bootstrap intervals that cover a known mean, the critical-rate search on windows whose edge
+is known, and the plateau fit against exact data and a dense grid."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from rlvrlab.analysis.stats import auc, bootstrap_ci, critical_rate, loglog_slope, spearman, spearman_ci
+from rlvrlab.analysis.stats import auc, bootstrap_ci, critical_rate, fit_plateau, loglog_slope, spearman, spearman_ci
 
 
 def _auc_by_pairs(pos, neg) -> float:
@@ -173,3 +173,32 @@ def test_critical_rate_censored_cases():
         critical_rate([2.0, 1.0], [True, False])
     with pytest.raises(ValueError, match=r"^refine: got None"):
         critical_rate(rates, [True, False, False], bisection=2)
+
+
+def _plateau_sse(c: float, lr, plateau) -> float:
+    return sum((j - 1 / (1 + (a / c) ** 2)) ** 2 for a, j in zip(lr, plateau))
+
+
+def test_fit_plateau_recovers_c_from_exact_plateaus():
+    lr = np.array([1.0, 3, 10, 30, 100, 300])
+    c, r2 = fit_plateau(lr, 1 / (1 + (lr / 30.0) ** 2))
+    assert c == pytest.approx(30.0, rel=1e-6) and r2 == pytest.approx(1.0, abs=1e-12)
+
+
+def test_fit_plateau_against_a_dense_grid():
+    rng = np.random.default_rng(4)
+    lr = np.repeat([1.0, 10, 100, 1000], 3)
+    plateau = np.clip(1 / (1 + (lr / 200.0) ** 2) + 0.05 * rng.standard_normal(len(lr)), 0, 1)
+    c, r2 = fit_plateau(lr, plateau)
+    dense = [math.exp(x) for x in np.linspace(math.log(1e-3), math.log(1e6), 50_001)]
+    best = min(dense, key=lambda v: _plateau_sse(v, lr, plateau))
+    assert c == pytest.approx(best, rel=1e-3)
+    assert _plateau_sse(c, lr, plateau) <= _plateau_sse(best, lr, plateau) + 1e-12
+    total = sum((j - plateau.mean()) ** 2 for j in plateau)
+    assert r2 == pytest.approx(1 - _plateau_sse(c, lr, plateau) / total, rel=1e-9)
+
+
+def test_fit_plateau_edge_cases():
+    assert math.isnan(fit_plateau([1.0, 2.0], [0.5, 0.5]).r2)  # no spread to explain
+    with pytest.raises(ValueError, match=r"^lr: got \[1.0, 0.0\]; allowed: at least one rate, every one > 0"):
+        fit_plateau([1.0, 0.0], [0.5, 0.4])

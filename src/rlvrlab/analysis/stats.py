@@ -10,7 +10,9 @@ and the critical-rate search.
   (scipy.stats.linregress, scipy.stats.t): how a critical rate scales with the length T (eq. 17 vs 18);
 - ``critical_rate(rates, converged, refine, bisection=...)`` — the upper edge of the window of step
   sizes at which training converges (the rate past which a step overshoots, Thm 2/4), from a grid,
-  refined by bisection in log(rate).
+  refined by bisection in log(rate);
+- ``fit_plateau(lr, plateau)`` — least-squares c of the stagnation form J* = 1/(1 + (α/c)²) that
+  eq. (17)-(18) suggest for GRPO at a fixed rate α (scipy.optimize.minimize_scalar), with its R².
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from rlvrlab import _checks
 
-__all__ = ["CriticalRate", "SlopeFit", "auc", "bootstrap_ci", "critical_rate", "loglog_slope", "spearman", "spearman_ci"]
+__all__ = ["CriticalRate", "PlateauFit", "SlopeFit", "auc", "bootstrap_ci", "critical_rate", "fit_plateau", "loglog_slope",
+           "spearman", "spearman_ci"]
 
 
 def _vector(field: str, value: Any) -> np.ndarray:
@@ -174,3 +177,31 @@ def critical_rate(rates: Sequence[float], converged: Sequence[bool], refine: Cal
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if refine(mid) else (lo, mid)
     return CriticalRate(math.sqrt(lo * hi), lo, hi)
+
+
+class PlateauFit(NamedTuple):
+    """J* ≈ 1/(1 + (lr/c)²) with the fit's coefficient of determination r2 (nan without spread)."""
+
+    c: float
+    r2: float
+
+
+def fit_plateau(lr: Any, plateau: Any) -> PlateauFit:
+    """Least-squares c in J* = 1/(1 + (lr/c)²) over runs at rates lr > 0 that plateaued at J*.
+
+    The squared error is not convex in log c, so a grid over log c (5 e-folds beyond the rates on
+    each side) finds the basin and a bounded Brent search refines it within ±0.1 of the best grid
+    point. R² = 1 − SSE / Σ(J* − mean J*)², which is negative when the form fits worse than a constant."""
+    lr, plateau = _pair(lr, plateau)
+    if len(lr) == 0 or np.any(~(lr > 0)):
+        _checks.fail("lr", lr.tolist(), "at least one rate, every one > 0")
+
+    def sse(log_c: float) -> float:
+        return float(((plateau - 1 / (1 + (lr / math.exp(log_c)) ** 2)) ** 2).sum())
+
+    grid = np.linspace(math.log(lr.min()) - 5, math.log(lr.max()) + 5, 401)
+    best = grid[int(np.argmin([sse(g) for g in grid]))]
+    res = optimize.minimize_scalar(sse, bounds=(best - 0.1, best + 0.1), method="bounded", options={"xatol": 1e-12})
+    log_c = float(res.x) if sse(float(res.x)) <= sse(best) else float(best)
+    total = float(((plateau - plateau.mean()) ** 2).sum())
+    return PlateauFit(math.exp(log_c), 1 - sse(log_c) / total if total > 0 else math.nan)

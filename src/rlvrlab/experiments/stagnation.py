@@ -8,12 +8,13 @@ the paper expects GRPO to stop improving near J* where the two meet,
 
 We train GRPO (exact expected updates, eq. 5) on the contextual token bandit at a grid of fixed
 learning rates for many steps, measure the plateau J* (the mean J over the last tenth of the
-run), fit c by least squares and report how well the form fits. On the same instances we run
-Dr. GRPO (at the same rates) and the gap-adaptive step size (one setting for all), and report
-which of them stall: a run stalls when it ends below `target_J` without gaining more than
-`progress_tol` over its last fifth. Each plateau is also split into the prompts that converged
-(J_c > 0.99), those whose policy collapsed onto a wrong token during training (J_c ends below
-0.01 from above it) and those that never started (J_c below 0.01 throughout).
+run), fit c by least squares (rlvrlab.analysis.fit_plateau) and report how well the form fits.
+On the same instances we run Dr. GRPO (at the same rates) and the gap-adaptive step size (one
+setting for all), and report which of them stall: a run stalls when it ends below `target_J`
+without gaining more than `progress_tol` over its last fifth. Each plateau is also split into the
+prompts that converged (J_c > 0.99), those whose policy collapsed onto a wrong token during
+training (J_c ends below 0.01 from above it) and those that never started (J_c below 0.01
+throughout).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pyarrow as pa
 import torch
 
 from rlvrlab import _checks, plotting
+from rlvrlab.analysis.stats import fit_plateau
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.integrations.sweep import BACKENDS, run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
@@ -34,7 +36,7 @@ from rlvrlab.simulate import simulate
 from rlvrlab.simulate.instances import initial_theta, prompt_outcomes, token_bandit
 from rlvrlab.updates import make_direction, make_step_size
 
-__all__ = ["EXPERIMENT", "StagnationConfig", "fit_plateau", "plot", "run", "stagnation_cell"]
+__all__ = ["EXPERIMENT", "StagnationConfig", "plot", "run", "stagnation_cell"]
 
 
 @dataclass(frozen=True)
@@ -99,22 +101,6 @@ def stagnation_cell(params: dict) -> dict[str, pa.Table]:
         "mean_eta": traj.metrics["eta"][:-1].nanmean(0).tolist(),
     })
     return {"trajectories": trajectory_table(traj, {"lr": lrs}), "outcomes": outcomes}
-
-
-def fit_plateau(lr: np.ndarray, plateau: np.ndarray) -> tuple[float, float]:
-    """Least-squares c in J* = 1/(1 + (lr/c)²) (grid search in log c, then refinement); returns (c, R²)."""
-    def sse(log_c: float) -> float:
-        return float(((plateau - 1 / (1 + (lr / math.exp(log_c)) ** 2)) ** 2).sum())
-
-    grid = np.linspace(math.log(lr.min()) - 5, math.log(lr.max()) + 5, 401)
-    best = grid[int(np.argmin([sse(g) for g in grid]))]
-    lo, hi = best - 0.1, best + 0.1
-    for _ in range(60):  # golden-section refinement
-        a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
-        lo, hi = (lo, b) if sse(a) < sse(b) else (a, hi)
-    c = math.exp((lo + hi) / 2)
-    total = float(((plateau - plateau.mean()) ** 2).sum())
-    return c, (1 - sse(math.log(c)) / total) if total > 0 else math.nan
 
 
 def run(config: StagnationConfig, progress: Progress, workdir: Path) -> Result:
