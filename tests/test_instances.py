@@ -1,6 +1,7 @@
-"""rlvrlab.simulate.instances, the token bandit: its construction, θ0 at the asked mean success rate
-(against the binomial closed form of J), the prompt outcomes on a worked trajectory, and the
-second-order critical rates against a plain loop over the tokens of a T = 1 instance."""
+"""rlvrlab.simulate.instances: §6.1's contextual bandit and its curriculum on worked examples; the
+token bandit's construction, θ0 at the asked mean success rate (against the binomial closed form
+of J), the prompt outcomes on a worked trajectory, and the second-order critical rates against a
+plain loop over the tokens of a T = 1 instance."""
 
 from __future__ import annotations
 
@@ -11,10 +12,42 @@ import numpy as np
 import pytest
 import torch
 
-from rlvrlab.simulate.instances import PROMPT_FLOOR, initial_theta, predicted_critical_rates, prompt_outcomes, token_bandit
+from rlvrlab.simulate.instances import (PROMPT_FLOOR, Curriculum, contextual_bandit, initial_theta, predicted_critical_rates,
+                                        prompt_outcomes, token_bandit)
 from rlvrlab.updates import get_preset
 
 SIZES = dict(prompts=6, dim=3, vocab=4)
+
+
+def test_contextual_bandit_rewards_the_best_arm_of_each_context():
+    policy, reward, theta0 = contextual_bandit(2, 7, dim=3, arms=5, init_scale=0.0, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    X = torch.rand(2, 7, 3, generator=gen, dtype=torch.float64)
+    beta = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    assert reward.shape == (2, 7, 5) and torch.equal(reward.sum(-1), torch.ones(2, 7))
+    for r in range(2):
+        for c in range(7):
+            scores = [float(X[r, c] @ beta[r, :, n]) for n in range(5)]
+            assert reward[r, c, scores.index(max(scores))] == 1
+    assert torch.equal(theta0, torch.zeros_like(theta0))  # scale 0: the uniform policy, J = 1/N
+    assert torch.allclose(policy.logp(theta0).exp(), torch.full((2, 7, 5), 0.2, dtype=torch.float64))
+
+
+def test_curriculum_draws_among_eligible_pool_contexts_and_counts_fallbacks():
+    pick = Curriculum(pool=4, low=0.2, high=0.8)
+    J = torch.tensor([[0.1, 0.5, 0.9, 0.3, 0.5],    # eligible: contexts 1 and 3 (4 is outside the pool)
+                      [0.0, 0.9, 0.95, 0.1, 0.5]],  # none eligible: the whole pool
+                     dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(2, 5)
+    for k in range(4000):
+        w = pick(k, J, gen)
+        assert torch.equal(w.sum(1), torch.ones(2, dtype=torch.float64))  # one context per run
+        counts += w
+    assert pick.fallbacks == 4000  # run 1, every step
+    assert counts[0, [0, 2, 4]].sum() == 0 and counts[1, 4] == 0
+    assert torch.allclose(counts[0, [1, 3]] / 4000, torch.full((2,), 0.5), atol=0.03)  # uniform: ±4 SE
+    assert torch.allclose(counts[1, :4] / 4000, torch.full((4,), 0.25), atol=0.03)
 
 
 def _contexts(seed: int, prompts: int, dim: int, vocab: int):

@@ -29,8 +29,8 @@ from rlvrlab import plotting, theory
 from rlvrlab.analysis.stats import spearman, spearman_ci
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.io import columns, prompt_table, read_table, trajectory_table
-from rlvrlab.policies import LinearContextualSoftmax
 from rlvrlab.simulate import simulate
+from rlvrlab.simulate.instances import Curriculum, contextual_bandit
 
 __all__ = ["ContextualConfig", "EXPERIMENT", "plot", "run"]
 
@@ -63,39 +63,10 @@ class ContextualConfig:
         return cls(steps=1_200, seeds=1, eval_contexts=200, record_every=20)
 
 
-def instance(config: ContextualConfig, generator: torch.Generator):
-    """Contexts (R, pool + eval, d), rewards (R, C, N), the policy and θ0 for ``seeds`` runs."""
-    R, C = config.seeds, config.pool + config.eval_contexts
-    X = torch.rand(R, C, config.d, generator=generator, dtype=torch.float64)
-    beta = torch.randn(R, config.d, config.arms, generator=generator, dtype=torch.float64)
-    best = (X @ beta).argmax(-1, keepdim=True)
-    reward = torch.zeros(R, C, config.arms, dtype=torch.float64).scatter_(-1, best, 1.0)
-    policy = LinearContextualSoftmax(X, config.arms)
-    theta0 = policy.init(R, scale=config.init_scale, generator=generator)
-    return policy, reward, theta0
-
-
-class Curriculum:
-    """Draw one training context per run among the pool's contexts with J in [low, high]; uniformly
-    from the whole pool when there is none (counted in ``fallbacks``)."""
-
-    def __init__(self, pool: int, low: float, high: float):
-        self.pool, self.low, self.high = pool, low, high
-        self.fallbacks = 0
-
-    def __call__(self, k: int, J: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        R, C = J.shape
-        eligible = (J[:, : self.pool] >= self.low) & (J[:, : self.pool] <= self.high)
-        none = ~eligible.any(1)
-        self.fallbacks += int(none.sum())
-        eligible[none] = True
-        choice = torch.multinomial(eligible.to(J.dtype), 1, generator=generator)  # (R, 1) uniform over eligible
-        return torch.zeros(R, C, dtype=J.dtype).scatter_(1, choice, 1.0)
-
-
 def run(config: ContextualConfig, progress: Progress, workdir: Path) -> Result:
     gen = torch.Generator().manual_seed(0)
-    policy, reward, theta0 = instance(config, gen)
+    policy, reward, theta0 = contextual_bandit(config.seeds, config.pool + config.eval_contexts, dim=config.d, arms=config.arms,
+                                               init_scale=config.init_scale, generator=gen)
     R, C = reward.shape[0], reward.shape[1]
     pool = config.pool
     weights = torch.zeros(C, dtype=torch.float64)

@@ -1,8 +1,14 @@
-"""The token bandit: the instance family of the step-size experiments (phase, stagnation,
-controller), §6.1's contextual bandit with one token per step, and the second-order prediction of
-where a step overshoots on it.
+"""Instances the experiments simulate: §6.1's linear contextual bandit with its curriculum, and the
+token bandit (the step-size experiments' family) with the second-order prediction of where a step
+overshoots on it.
 
-C prompts with contexts x_c ~ U[-1, 1]^d; V tokens; prompt c's right token is τ_c = argmax_v (βᵀx_c)_v
+§6.1 (Figure 1, App. I.2): contexts x ∈ [0, 1]^d, N arms scored s(x) = βᵀx (β standard normal),
+reward 1 on the best arm, logits θᵀx with θ0 ~ N(0, scale²) (``contextual_bandit``). Each step
+trains on one context per run drawn from a pool among those whose J lies in [low, high]
+(``Curriculum``); the paper does not say what to do when there is none (at the start every J is
+about 1/N), so the draw is then uniform over the pool, and counted.
+
+The token bandit (``token_bandit``): C prompts with contexts x_c ~ U[-1, 1]^d; V tokens; prompt c's right token is τ_c = argmax_v (βᵀx_c)_v
 with β standard normal (d × V). A response is T tokens drawn independently from softmax(θᵀx_c),
 θ of shape (d, V) shared by all prompts, and passes when at least m = ⌈ρT⌉ of its tokens are τ_c.
 T = 1, m = 1 is the contextual bandit of §6.1 (without its curriculum), except that §6.1 draws
@@ -31,10 +37,42 @@ import torch
 
 from rlvrlab import theory
 from rlvrlab.gap import combine_prompts
+from rlvrlab.policies import LinearContextualSoftmax
 from rlvrlab.policies.independent import CountReward, IndependentSoftmax
 from rlvrlab.updates import get_preset
 
-__all__ = ["PROMPT_FLOOR", "initial_theta", "predicted_critical_rates", "prompt_outcomes", "token_bandit"]
+__all__ = ["PROMPT_FLOOR", "Curriculum", "contextual_bandit", "initial_theta", "predicted_critical_rates", "prompt_outcomes",
+           "token_bandit"]
+
+
+def contextual_bandit(runs: int, contexts: int, *, dim: int, arms: int, init_scale: float, generator: torch.Generator):
+    """(policy, reward (R, C, N), θ0) of §6.1 for R = ``runs`` independent instances of C contexts
+    in d = ``dim`` dimensions and N = ``arms`` arms."""
+    X = torch.rand(runs, contexts, dim, generator=generator, dtype=torch.float64)  # (R, C, d)
+    beta = torch.randn(runs, dim, arms, generator=generator, dtype=torch.float64)  # (R, d, N)
+    best = (X @ beta).argmax(-1, keepdim=True)
+    reward = torch.zeros(runs, contexts, arms, dtype=torch.float64).scatter_(-1, best, 1.0)
+    policy = LinearContextualSoftmax(X, arms)
+    theta0 = policy.init(runs, scale=init_scale, generator=generator)
+    return policy, reward, theta0
+
+
+class Curriculum:
+    """simulate's train_prompts: one training context per run, uniform among the first ``pool``
+    contexts with J in [low, high], or over the whole pool when none is (counted in ``fallbacks``)."""
+
+    def __init__(self, pool: int, low: float, high: float):
+        self.pool, self.low, self.high = pool, low, high
+        self.fallbacks = 0
+
+    def __call__(self, k: int, J: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        R, C = J.shape
+        eligible = (J[:, : self.pool] >= self.low) & (J[:, : self.pool] <= self.high)
+        none = ~eligible.any(1)
+        self.fallbacks += int(none.sum())
+        eligible[none] = True
+        choice = torch.multinomial(eligible.to(J.dtype), 1, generator=generator)  # (R, 1) uniform over eligible
+        return torch.zeros(R, C, dtype=J.dtype).scatter_(1, choice, 1.0)  # (R, C) weights on one context
 
 PROMPT_FLOOR = 0.01  # a prompt whose success rate ends below this is lost
 
