@@ -250,7 +250,6 @@ def main() -> None:
         "ours_off_vs_on_max_weight_difference": m["off_vs_on"],
         "trl_config": m["trl_config"],
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-        "targets": {"speedup_ge_1.5": speedup >= 1.5, "diagnostics_overhead_le_15pct": overhead <= 0.15},
     }
     print(f"GRPO step, TRL {trl.__version__} against rlvrlab: {args.prompts} prompts x {args.group} completions of <= "
           f"{args.max_new_tokens} tokens ({TASK}), {m['parameters']:,} parameters, {args.threads} threads, "

@@ -130,9 +130,10 @@ def main() -> None:
         "trl": trl.__version__, "torch": torch.__version__,
         "seconds_per_step": {"idle_median": statistics.median(idle), "monitored_median": statistics.median(on),
                              "monitor_pass_median": statistics.median(mon)},
+        # every measured round, so that the summaries above can be recomputed
+        "seconds_all": {"idle": idle, "monitored": on, "monitor_pass": mon},
         "overhead_paired_median": paired, "overhead_direct": direct,
         "completion_length_mean": statistics.mean(m["lengths"]),
-        "target_le_10pct": {"paired": paired <= 0.10, "direct": direct <= 0.10},
     }
     print(f"Gradient-Gap monitor in TRL {trl.__version__}: {args.prompts} prompts x {args.group} completions of <= "
           f"{args.max_new_tokens} tokens ({TASK}; mean length {result['completion_length_mean']:.1f}), "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,12 @@ def test_bandit_benchmark_smoke(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    # The script asserts agreement itself; the reported numbers are consistent with one another.
-    assert result["agreement_max_abs_J_f32"] < 1e-4
+    # The script asserts the batched and naive runs agree (exit code 0); here: the reported numbers
+    # are those of the measured runs, and the speed-up is the ratio of the times it comes from.
+    assert (result["runs"], result["steps"], len(result["batched_float32_seconds_all"])) == (16, 200, 1)
+    assert result["batched_seconds_per_run"] > 0 and result["naive_numpy_seconds_per_run"] > 0
+    assert result["batched_float32_seconds"] == pytest.approx(statistics.median(result["batched_float32_seconds_all"]), abs=1e-3)
+    assert result["batched_seconds_per_run"] == pytest.approx(result["batched_float32_seconds"] / 16, abs=1e-3 / 16)
     assert abs(result["speedup_per_run"] - result["naive_numpy_seconds_per_run"] / result["batched_seconds_per_run"]) < 0.1 * result["speedup_per_run"] + 0.1
 
 
@@ -32,6 +37,9 @@ def test_phase_benchmark_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["cells"] == 2
+    runs = result["all_seconds"]
+    assert len(runs["1"]) == len(runs["2"]) == 1 and min(runs["1"] + runs["2"]) > 0
+    assert (result["seconds_1_worker"], result["seconds_2_workers"]) == (statistics.median(runs["1"]), statistics.median(runs["2"]))
     assert result["speedup"] == pytest.approx(result["seconds_1_worker"] / result["seconds_2_workers"], rel=0.05)
 
 
@@ -52,7 +60,12 @@ def test_grpo_vs_trl_benchmark_smoke(tmp_path, tiny_base_model):
     assert result["speedup_trl_over_ours_off"] == pytest.approx(sec["trl"]["median"] / sec["ours_off"]["median"], rel=0.02)
     assert result["speedup_trl_over_ours_off_means"] == pytest.approx(sec["trl"]["mean"] / sec["ours_off"]["mean"], rel=0.02)
     assert 1 + result["diagnostics_overhead"] == pytest.approx(sec["ours_on"]["median"] / sec["ours_off"]["median"], rel=0.02)
-    assert result["targets"]["speedup_ge_1.5"] == (result["speedup_trl_over_ours_off"] >= 1.5)
+    for s in sec.values():  # the summaries are those of the measured rounds (times rounded to 0.1 ms)
+        assert min(s["all"]) > 0
+        assert s["median"] == pytest.approx(statistics.median(s["all"]), abs=2e-4)
+        assert s["mean"] == pytest.approx(statistics.mean(s["all"]), abs=2e-4)
+    paired = statistics.median(t / o for t, o in zip(sec["trl"]["all"], sec["ours_off"]["all"]))
+    assert result["speedup_paired_median"] == pytest.approx(paired, rel=0.02)
     # TRL generated once per optimizer step, on a batch of prompts × group completions.
     trl = result["trl_config"]
     assert trl["generation_batch_size"] == trl["per_device_train_batch_size"] == 8 and trl["steps_per_generation"] == 1
@@ -70,9 +83,14 @@ def test_trl_monitor_benchmark_smoke(tmp_path, tiny_base_model):
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    sec = result["seconds_per_step"]
+    sec, rounds = result["seconds_per_step"], result["seconds_all"]
     assert (result["warmup"], result["rounds"]) == (1, 2)
+    assert [len(v) for v in rounds.values()] == [2, 2, 2] and min(min(v) for v in rounds.values()) > 0
     assert 0 < sec["monitor_pass_median"] < sec["monitored_median"]
+    assert (sec["idle_median"], sec["monitored_median"], sec["monitor_pass_median"]) == tuple(
+        statistics.median(rounds[k]) for k in ("idle", "monitored", "monitor_pass"))
+    # the two overheads are the ratios of the times they are computed from
+    assert result["overhead_paired_median"] == pytest.approx(
+        statistics.median(b / a - 1 for a, b in zip(rounds["idle"], rounds["monitored"])))
     assert result["overhead_direct"] == pytest.approx(sec["monitor_pass_median"] / sec["idle_median"])
-    assert result["target_le_10pct"]["paired"] == (result["overhead_paired_median"] <= 0.10)
     assert 1 <= result["completion_length_mean"] <= 8
