@@ -7,7 +7,10 @@ allowed; the CLI turns it into a one-line message and a non-zero exit (DESIGN.md
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +69,44 @@ def shape(field: str, t: torch.Tensor, expected: Sequence[int | None], letters: 
         e is not None and s != e for s, e in zip(t.shape[t.dim() - len(expected):], expected)
     ):
         fail(field, f"shape {tuple(t.shape)}", f"shape {letters} with {_dims(expected)}")
+
+
+# File systems that hold no files of ours, whatever their permission bits say (root may "write" /proc).
+_PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "debugfs", "tracefs", "securityfs", "pstore",
+                        "bpf", "configfs", "efivarfs", "fusectl", "mqueue", "autofs", "binfmt_misc", "nsfs"})
+
+
+def writable_dir(name: str, path: str | os.PathLike) -> None:
+    """Refuse an output directory that cannot be made or written, before any work, creating nothing:
+    an existing non-directory, a path under a file, or one whose nearest existing ancestor is not
+    writable (permissions, a read-only or immutable directory, a pseudo file system such as /proc)."""
+    p = Path(os.path.abspath(os.fspath(path)))
+    if p.exists() and not p.is_dir():
+        fail(name, str(path), "a directory or a path where one can be made (this is an existing file)")
+    ancestor = p
+    while not ancestor.exists():  # the nearest existing ancestor: where the run directory would be made
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        fail(name, str(path), f"a path under a directory ({ancestor} is a file)")
+    if not os.access(ancestor, os.W_OK | os.X_OK) or _fs_type(ancestor) in _PSEUDO_FS:
+        fail(name, str(path), f"a path where a directory can be written ({ancestor} cannot be written)")
+
+
+def _fs_type(path: Path) -> str:
+    """The type of the file system holding ``path`` (Linux: from /proc/self/mounts; '' elsewhere)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    real, best, kind = os.path.realpath(path), "", ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # a space is written \040
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 def _dims(expected: Sequence[int | None]) -> str:
