@@ -21,6 +21,7 @@ Each decoded position also records whether it was selected (replaced / extrapola
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,7 +30,7 @@ from rlvrlab import _checks
 from rlvrlab.analysis.tokens import position_stats
 from rlvrlab.lm.sampling import Rollout, decode
 
-__all__ = ["CRITERIA", "MODES", "calibrate", "extrapolated_logits", "generate", "selected"]
+__all__ = ["CRITERIA", "MODES", "calibrate", "check_settings", "extrapolated_logits", "generate", "selected"]
 
 CRITERIA = {  # name: (the position_stats key, selects where the value is <= τ (True) or >= τ (False))
     "delta-logp": ("delta_logp", True),
@@ -83,19 +84,30 @@ def _nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Te
     return torch.zeros_like(probs).scatter(-1, order, sorted_p)
 
 
-def generate(base, rl, prompts: Sequence[Sequence[int]], *, mode: str, G: int, max_new_tokens: int, eos_id: int,
-             pad_id: int, generator: torch.Generator, criterion: str = "delta-logp", tau: float = -0.3, gamma: float = 0.1,
-             temperature: float = 1.0, top_p: float = 1.0, candidates: int = 50) -> tuple[Rollout, torch.Tensor]:
-    """G completions per prompt (token id lists) in one of MODES; returns the Rollout and a (N, T)
-    flag of the positions replaced / extrapolated (False in modes base and rl)."""
+def check_settings(*, mode: str, criterion: str = "delta-logp", tau: float = -0.3, gamma: float = 0.1,
+                   temperature: float = 1.0, top_p: float = 1.0, candidates: int = 50) -> None:
+    """The settings of `generate`, checked before any model is loaded (the CLI calls this first)."""
     _checks.choose("mode", mode, MODES)
     _checks.choose("criterion", criterion, CRITERIA)
     _checks.positive("temperature", temperature)
     if not 0 < top_p <= 1:
         _checks.fail("top_p", top_p, "a number in (0, 1]")
     _checks.integer("candidates", candidates)
-    if not gamma >= 0:
-        _checks.fail("gamma", gamma, "a number >= 0 (0: the RLVR model itself)")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        _checks.fail("gamma", gamma, "a finite number >= 0 (0: the RLVR model itself)")
+    if not math.isfinite(tau):  # NaN selects no position and would silently decode without extrapolation
+        _checks.fail("tau", tau, "a finite number (the threshold of the criterion)")
+    if mode == "replace" and criterion == "random" and not 0 <= tau <= 1:
+        _checks.fail("tau", tau, "a rate in [0, 1] with criterion 'random' (the share of positions replaced)")
+
+
+def generate(base, rl, prompts: Sequence[Sequence[int]], *, mode: str, G: int, max_new_tokens: int, eos_id: int,
+             pad_id: int, generator: torch.Generator, criterion: str = "delta-logp", tau: float = -0.3, gamma: float = 0.1,
+             temperature: float = 1.0, top_p: float = 1.0, candidates: int = 50) -> tuple[Rollout, torch.Tensor]:
+    """G completions per prompt (token id lists) in one of MODES; returns the Rollout and a (N, T)
+    flag of the positions replaced / extrapolated (False in modes base and rl)."""
+    check_settings(mode=mode, criterion=criterion, tau=tau, gamma=gamma, temperature=temperature, top_p=top_p,
+                   candidates=candidates)
     uniforms = torch.Generator(generator.device).manual_seed(generator.initial_seed() + 7_777_777)
 
     def draw(logits: torch.Tensor) -> torch.Tensor:
