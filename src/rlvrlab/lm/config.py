@@ -2,50 +2,65 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from rlvrlab import _checks
 from rlvrlab.lm.diagnostics import GapAdaptiveRate
+from rlvrlab.lm.tasks import TASKS
 from rlvrlab.updates import PRESETS, get_preset
 from rlvrlab.updates.advantages import ADVANTAGES
 
 __all__ = ["TrainConfig"]
 
 
+def _doc(default: Any, help: str) -> Any:
+    """A field with its one-line doc in ``metadata["help"]`` (printed by ``rlvrlab lm train --help-settings``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of a GRPO run (defaults: a few minutes on a laptop CPU with the tiny base model)."""
+    """Settings of a GRPO run (defaults: a few minutes on a laptop CPU with the tiny base model).
 
-    model: str = ""  # a directory with a Hugging Face causal LM and its tokenizer
-    task: str = "add"  # a task of rlvrlab.lm.tasks, or a .jsonl / .parquet question-answer file
-    preset: str = "grpo"
-    advantage: str = ""  # override the preset's advantage (e.g. reinforce with "none"); empty: the preset's
-    alpha: float | None = None  # override the preset's token-reweighting strength (dapo-lowprob, ...); None: the preset's
-    prompts: int = 400  # problems drawn from the task (held-out share: holdout)
-    batch_size: int = 64  # completions per step: batch_size / group prompts, group completions each
-    group: int = 8
-    max_new_tokens: int = 48
-    steps: int = 100
-    lr: float = 1e-3
-    schedule: Literal["constant", "cosine", "gap-adaptive"] = "constant"
-    adaptive_fraction: float = 0.5
-    adaptive_smoothing: float = 0.8
-    adaptive_growth: float = 1.1
-    lr_min: float = 1e-6
-    lr_max: float = 1e-1
-    epochs: int = 1
-    max_grad_norm: float = 1.0
-    temperature: float = 1.0
-    holdout: float = 0.2
-    eval_every: int = 10
-    eval_samples: int = 5
-    diagnostics: bool = True
-    fresh_samples: int = 0  # completions per prompt for unbiased (never trained on) diagnostics; 0: off
-    checkpoint_every: int = 25
-    tensorboard: bool = False
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
-    seed: int = 0
+    Each field's doc is in its ``metadata["help"]``; ``rlvrlab lm train --help-settings`` prints them
+    all, with types and defaults (the keys of ``--set key=value``).
+    """
+
+    model: str = _doc("", "Directory of a Hugging Face causal LM and its tokenizer (rlvrlab lm pretrain makes one).")
+    task: str = _doc("add", f"A task of rlvrlab.lm.tasks ({', '.join(TASKS)}), or a .jsonl / .parquet question-answer file.")
+    preset: str = _doc("grpo", f"Update rule, a paper's advantage x surrogate x aggregation: {', '.join(PRESETS)}.")
+    advantage: str = _doc("", "Override the preset's advantage (" + ", ".join(a for a in ADVANTAGES if a != "exact")
+                          + "; e.g. reinforce with none); empty: the preset's own.")
+    alpha: float | None = _doc(None, "Override the preset's token-reweighting strength (dapo-lowprob, -dominate, -ppl); "
+                                     "none: the preset's own.")
+    prompts: int = _doc(400, "Problems drawn from the task; a share `holdout` of them is held out for evaluation.")
+    batch_size: int = _doc(64, "Completions per step: batch_size / group prompts, group completions each.")
+    group: int = _doc(8, "Completions per prompt (G); GRPO's advantage compares them, so >= 2.")
+    max_new_tokens: int = _doc(48, "Longest completion, in tokens (sampling stops there or at EOS).")
+    steps: int = _doc(100, "Optimizer steps (each on one batch).")
+    lr: float = _doc(1e-3, "Adam's learning rate (the initial one under cosine and gap-adaptive).")
+    schedule: Literal["constant", "cosine", "gap-adaptive"] = _doc(
+        "constant", "Learning-rate schedule; gap-adaptive follows adaptive_fraction of the measured critical rate.")
+    adaptive_fraction: float = _doc(0.5, "gap-adaptive: the next rate is this fraction of the smoothed critical rate, in (0, 1].")
+    adaptive_smoothing: float = _doc(0.8, "gap-adaptive: weight on the past in the running mean of the critical rate, in [0, 1).")
+    adaptive_growth: float = _doc(1.1, "gap-adaptive: factor the rate grows by while no critical rate is in sight, in [1, 2].")
+    lr_min: float = _doc(1e-6, "gap-adaptive: the lowest rate the rule may set.")
+    lr_max: float = _doc(1e-1, "gap-adaptive: the highest rate the rule may set.")
+    epochs: int = _doc(1, "Optimizer passes over each batch (PPO's inner steps; > 1 makes the clipped surrogate bite).")
+    max_grad_norm: float = _doc(1.0, "Gradient clipping: the largest global gradient norm of a step.")
+    temperature: float = _doc(1.0, "Sampling temperature of the training completions.")
+    holdout: float = _doc(0.2, "Share of the problems held out for evaluation, in (0, 1).")
+    eval_every: int = _doc(10, "Held-out accuracy every this many steps (and at the last).")
+    eval_samples: int = _doc(5, "Completions per held-out prompt in an evaluation.")
+    diagnostics: bool = _doc(True, "Gradient-Gap diagnostics (gap/*) from one extra forward pass per step; "
+                                   "schedule gap-adaptive and fresh_samples need them.")
+    fresh_samples: int = _doc(0, "Completions per prompt drawn and never trained on, for unbiased gap_fresh/* diagnostics; "
+                                 "0: off, else >= 2.")
+    checkpoint_every: int = _doc(25, "Checkpoint (model, optimizer, random states, metrics) every this many steps, to resume from.")
+    tensorboard: bool = _doc(False, "Also log every metric to OUT/tensorboard.")
+    device: str = _doc("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps.")
+    seed: int = _doc(0, "Seed of the problems drawn, the split and every sampling generator.")
 
     def __post_init__(self) -> None:
         for name in ("prompts", "batch_size", "group", "max_new_tokens", "steps", "epochs", "eval_every", "eval_samples",

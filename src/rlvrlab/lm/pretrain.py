@@ -24,8 +24,9 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -38,26 +39,34 @@ from rlvrlab.lm.tokenizer import char_tokenizer
 __all__ = ["PretrainConfig", "cache_root", "evaluate_success", "model_dir", "pretrain"]
 
 
+def _doc(default: Any, help: str) -> Any:
+    """A field with its one-line doc in ``metadata["help"]`` (printed by ``rlvrlab lm pretrain --help-settings``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Settings of a tiny base model (defaults train in about a minute on 2 CPU cores)."""
+    """Settings of a tiny base model (defaults train in about a minute on 2 CPU cores); each field's
+    doc is in its ``metadata["help"]`` (``rlvrlab lm pretrain --help-settings`` prints them)."""
 
-    tasks: tuple[str, ...] = ("add", "arith", "countdown")
-    mix: tuple[float, ...] = (1.0, 2.0, 2.0)  # relative share of each task's examples (add is learned fastest)
-    hidden: int = 96
-    layers: int = 3
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate: int = 256
-    max_steps: int = 3000
-    batch: int = 64
-    lr: float = 3e-3
-    target_success: float = 0.35
-    eval_every: int = 100
-    eval_prompts: int = 48
-    eval_samples: int = 4
-    max_new_tokens: int = 48
-    seed: int = 0
+    tasks: tuple[str, ...] = _doc(("add", "arith", "countdown"), "Tasks of rlvrlab.lm.tasks the model is trained on "
+                                  "(their alphabets make the tokenizer).")
+    mix: tuple[float, ...] = _doc((1.0, 2.0, 2.0), "Relative share of each task's examples, one per task (add is learned fastest).")
+    hidden: int = _doc(96, "Hidden size of the Qwen2 model; divisible by heads.")
+    layers: int = _doc(3, "Transformer layers.")
+    heads: int = _doc(4, "Attention heads; divisible by kv_heads.")
+    kv_heads: int = _doc(2, "Key-value heads (grouped-query attention).")
+    intermediate: int = _doc(256, "Size of the MLP's hidden layer.")
+    max_steps: int = _doc(3000, "Most Adam steps; training stops earlier once target_success is reached.")
+    batch: int = _doc(64, "Examples (prompt + reference solution) per step.")
+    lr: float = _doc(3e-3, "Adam's peak learning rate (cosine decay over max_steps).")
+    target_success: float = _doc(0.35, "Stop once the mean held-out success rate reaches this, in (0, 1): "
+                                       "a base model neither hopeless nor solved, as RLVR needs.")
+    eval_every: int = _doc(100, "Held-out success is measured every this many steps.")
+    eval_prompts: int = _doc(48, "Held-out prompts per task.")
+    eval_samples: int = _doc(4, "Completions per held-out prompt, sampled at temperature 1.")
+    max_new_tokens: int = _doc(48, "Longest completion in the evaluation, in tokens.")
+    seed: int = _doc(0, "Seed of the weights, the data and the evaluation draws.")
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "heads", "kv_heads", "intermediate", "max_steps", "batch", "eval_every",
