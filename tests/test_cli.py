@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from rlvrlab.cli import app
+from rlvrlab.cli import SCHEDULES, app
+from rlvrlab.experiments import names
 
 runner = CliRunner()
 
@@ -20,8 +23,81 @@ def invoke(*args: str):
 def test_list_names_every_experiment():
     result = invoke("list")
     assert result.exit_code == 0
-    for name in ("mab", "contextual", "two-response", "collapse", "bounds", "phase", "stagnation", "controller"):
-        assert name in result.output
+    listed = [line.split()[0] for line in result.output.splitlines() if line.strip()]
+    assert listed == names() and len(names()) >= 11  # every registered experiment, in order, and nothing else
+
+
+def _commands(group=None, path=()):
+    """(path, click command) for every command of the rlvrlab CLI, nested groups included."""
+    group = group or typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_option_of_every_command_has_help_text():
+    commands = dict(_commands())
+    assert {("lm", "train"), ("lm", "pretrain"), ("generate",), ("run",), ("analyze", "leash")} <= set(commands)
+    for path, cmd in commands.items():
+        for param in cmd.params:
+            if param.param_type_name == "option":
+                assert param.help and param.help.strip(), f"{' '.join(path)} {param.opts} has no help"
+
+
+def test_help_lists_every_value_of_every_choice():
+    from rlvrlab.analysis.decoding import CRITERIA, MODES
+    from rlvrlab.lm.tasks import TASKS
+    from rlvrlab.updates import PRESETS
+
+    choices = {("lm", "train"): {"--preset": PRESETS, "--schedule": SCHEDULES, "--task": TASKS},
+               ("generate",): {"--mode": MODES, "--criterion": CRITERIA},
+               ("analyze", "leash"): {"--task": TASKS}, ("analyze", "direction"): {"--task": TASKS},
+               ("run",): {"name": names()}}
+    commands = dict(_commands())
+    assert len(PRESETS) == 9 and len(SCHEDULES) == 3
+    for path, options in choices.items():
+        params = {p.opts[0] if p.param_type_name == "option" else p.name: p for p in commands[path].params}
+        for option, values in options.items():
+            for value in values:
+                assert value in params[option].help, (path, option, value)
+    shown = invoke("lm", "train", "--help").output
+    assert all(name in shown for name in PRESETS)  # the rendered help too: it listed 6 of the 9 presets
+
+
+@pytest.mark.parametrize(("command", "config"), [("train", "TrainConfig"), ("pretrain", "PretrainConfig")])
+def test_help_settings_prints_every_field_with_type_default_and_doc(command, config):
+    from rlvrlab.lm.config import TrainConfig
+    from rlvrlab.lm.pretrain import PretrainConfig
+
+    cls = {"TrainConfig": TrainConfig, "PretrainConfig": PretrainConfig}[config]
+    result = invoke("lm", command, "--help-settings")  # no --model needed: it prints and exits first
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"rlvrlab lm {command} --set key=value takes these settings of {config}:"
+    rows = {line.split()[0]: line for line in lines[2:]}
+    fields = dataclasses.fields(cls)
+    assert list(rows) == [f.name for f in fields]
+    for f in fields:
+        doc = f.metadata.get("help", "")
+        assert doc.strip() and "\n" not in doc, f"{config}.{f.name} has no one-line doc"
+        assert rows[f.name].endswith(doc) and repr(f.default) in rows[f.name]
+    typed = {"train": ("alpha", "a number or none"), "pretrain": ("tasks", "a comma-separated list of strings")}[command]
+    assert typed[1] in rows[typed[0]]  # the type, as --set parses it
+
+
+def test_train_config_docs_leave_its_record_unchanged():
+    """Checkpoints and cached descendants compare dataclasses.asdict(TrainConfig): docs live in metadata only."""
+    from rlvrlab.lm.config import TrainConfig
+
+    record = dataclasses.asdict(TrainConfig())
+    assert list(record) == ["model", "task", "preset", "advantage", "alpha", "prompts", "batch_size", "group",
+                            "max_new_tokens", "steps", "lr", "schedule", "adaptive_fraction", "adaptive_smoothing",
+                            "adaptive_growth", "lr_min", "lr_max", "epochs", "max_grad_norm", "temperature", "holdout",
+                            "eval_every", "eval_samples", "diagnostics", "fresh_samples", "checkpoint_every",
+                            "tensorboard", "device", "seed"]
+    assert record["lr"] == 1e-3 and record["schedule"] == "constant" and record["alpha"] is None and record["prompts"] == 400
 
 
 def test_list_verbose_shows_settings_and_defaults():
@@ -33,7 +109,7 @@ def test_list_verbose_shows_settings_and_defaults():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("run", "nope"), "allowed: bounds, collapse, contextual, controller, direction, leash, lm-grpo, mab, phase, stagnation, two-response"),
+        (("run", "nope"), "allowed: " + ", ".join(sorted(names()))),
         (("run", "mab", "--set", "bogus=1"), "allowed: the settings of this experiment"),
         (("run", "mab", "--set", "steps=abc"), "allowed: an integer"),
         (("run", "mab", "--set", "etas=-0.1"), "finite numbers > 0"),

@@ -1,31 +1,63 @@
 """The ``rlvrlab`` command: list, run and reproduce the experiments.
 
-A user mistake (an unknown name, a bad --set) prints one line naming the problem and the allowed
-values and exits with status 2, never a traceback. ``run`` and ``reproduce`` exit with status 1
-when a theorem check fails.
+A user mistake (an unknown name, a bad --set, an --out that cannot be written, a usage error such
+as ``--lr abc``) prints one line naming the problem and the allowed values and exits with status 2,
+never a traceback. ``run`` and ``reproduce`` exit with status 1 when a theorem check fails.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer._click import exceptions as click_exceptions
+from typer.core import TyperGroup
 
+from rlvrlab import _checks
+from rlvrlab.analysis.decoding import CRITERIA, MODES
 from rlvrlab.experiments import experiments, names, resolve_config, run_experiment
 from rlvrlab.experiments.base import describe_fields
+from rlvrlab.lm.config import TrainConfig
+from rlvrlab.lm.tasks import TASKS
 from rlvrlab.report import write_report
+from rlvrlab.updates import PRESETS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="rlvrlab: the optimization dynamics of RL with verifiable rewards (Gradient Gap, step-size thresholds).")
+SCHEDULES = typing.get_args(typing.get_type_hints(TrainConfig)["schedule"])
 out_console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+class _OneLineErrors(TyperGroup):
+    """Typer's usage errors (``--lr abc``, an unknown option, a missing argument) on one line, as
+    the library's own errors are, instead of a usage box; the exit status stays 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # an Exit comes back as its code
+        except click_exceptions.ClickException as err:
+            where = f" (see '{err.ctx.command_path} --help')" if getattr(err, "ctx", None) is not None else ""
+            message = " ".join(err.format_message().split()).rstrip(".")
+            err_console.print(f"[bold red]rlvrlab:[/] {escape(message + where)}", highlight=False, markup=True)
+            sys.exit(err.exit_code)
+        except click_exceptions.Abort:
+            err_console.print("Aborted.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="rlvrlab: the optimization dynamics of RL with verifiable rewards (Gradient Gap, step-size thresholds).")
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -36,7 +68,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ValueError as err:
-            err_console.print(f"[bold red]rlvrlab:[/] {err}", highlight=False, markup=True)
+            err_console.print(f"[bold red]rlvrlab:[/] {escape(str(err))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -54,8 +86,9 @@ class RichProgress:
 
 
 def _progress() -> Progress:
+    """A progress bar on a terminal; none in a pipe or a log (where it would only leave a blank line)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=err_console, transient=True)
+                    TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal)
 
 
 def _print_checks(name: str, summary: dict[str, Any], out: Path) -> bool:
@@ -90,13 +123,49 @@ def list_experiments(verbose: bool = typer.Option(False, "--verbose", "-v", help
             out_console.print(table)
 
 
+def _print_settings(config: Any, command: str) -> None:
+    """Every field of a config dataclass, one per line: name, type, default, doc (the keys of --set)."""
+    rows = [("setting", "type", "default", "meaning"), *describe_fields(config)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    out_console.print(f"{command} --set key=value takes these settings of {type(config).__name__}:", highlight=False, markup=False)
+    for row in rows:
+        out_console.print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3],
+                          highlight=False, markup=False)
+
+
+def _help_settings(make: Callable[[], Any], config_name: str, command: str) -> Any:
+    """An eager --help-settings flag: print every setting of the config ``make()`` returns, and exit."""
+
+    def show(value: bool) -> None:
+        if value:
+            _print_settings(make(), command)
+            raise typer.Exit()
+
+    return typer.Option(False, "--help-settings", is_eager=True, expose_value=False, callback=show,
+                        help=f"Print every setting of {config_name} (name, type, default, meaning: the keys of --set) and exit.")
+
+
+def _check_task(option: str, task: str) -> None:
+    """A task name, or a question-answer file that loads (checked before any model is loaded)."""
+    if task not in TASKS and not task.endswith((".jsonl", ".parquet")):
+        _checks.fail(option, task, f"{', '.join(TASKS)}, or a .jsonl / .parquet question-answer file")
+    if task not in TASKS:
+        from rlvrlab.lm.tasks import load_task
+
+        load_task(task)
+
+
+_TASK_HELP = f"A task ({', '.join(TASKS)}) or a .jsonl / .parquet question-answer file."
+
+
 @app.command()
 @_user_errors
 def run(
-    name: str = typer.Argument(..., help="Experiment name (see `rlvrlab list`)."),
+    name: str = typer.Argument(..., help=f"Experiment: {', '.join(names())} (see `rlvrlab list`)."),
     quick: bool = typer.Option(False, "--quick", help="Small settings that finish in seconds."),
     out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/NAME)."),
-    settings: list[str] | None = typer.Option(None, "--set", help="Override a setting: --set key=value (repeatable)."),
+    settings: list[str] | None = typer.Option(None, "--set", help="Override a setting: --set key=value (repeatable; "
+                                              "`rlvrlab list -v` shows them)."),
     resume: bool = typer.Option(True, "--resume/--force",
                                 help="--resume (default): a finished run with the same settings is read back, an interrupted one "
                                      "rerun; --force: start over, also where OUT holds a run of other settings."),
@@ -105,6 +174,7 @@ def run(
     force = not resume
     resolve_config(name, quick, settings or [])  # validate before any output
     out = out or Path("runs") / name
+    _checks.writable_dir("--out", out)
     with _progress() as progress:
         summary = run_experiment(name, out, quick=quick, settings=settings or [], force=force, progress=RichProgress(progress))
     if not _print_checks(name, summary, out):
@@ -116,7 +186,7 @@ def run(
 def reproduce(
     quick: bool = typer.Option(False, "--quick", help="Small settings: the whole reproduction in about a minute."),
     out: Path = typer.Option(Path("runs/reproduce"), "--out", help="Directory for the runs and report.html."),
-    only: list[str] | None = typer.Option(None, "--only", help="Reproduce only these experiments (repeatable)."),
+    only: list[str] | None = typer.Option(None, "--only", help=f"Reproduce only these experiments (repeatable): {', '.join(names())}."),
     resume: bool = typer.Option(True, "--resume/--force",
                                 help="--resume (default): finished experiments with the same settings are read back; "
                                      "--force: run everything again."),
@@ -126,6 +196,7 @@ def reproduce(
     chosen = only or names()
     for name in chosen:
         resolve_config(name, quick)
+    _checks.writable_dir("--out", out)
     ok = True
     with _progress() as progress:
         for name in chosen:
@@ -143,11 +214,19 @@ lm_app = typer.Typer(no_args_is_help=True, help="Language models: train a tiny b
 app.add_typer(lm_app, name="lm")
 
 
+def _pretrain_config() -> Any:
+    from rlvrlab.lm.pretrain import PretrainConfig
+
+    return PretrainConfig()
+
+
 @lm_app.command("pretrain")
 @_user_errors
 def lm_pretrain(
-    settings: list[str] | None = typer.Option(None, "--set", help="Override a PretrainConfig setting: --set key=value (repeatable)."),
+    settings: list[str] | None = typer.Option(None, "--set", help="Override a PretrainConfig setting: --set key=value "
+                                              "(repeatable; --help-settings lists them)."),
     cache: Path | None = typer.Option(None, "--cache", help="Model cache (default: $RLVRLAB_CACHE or ~/.cache/rlvrlab)."),
+    _: bool = _help_settings(_pretrain_config, "PretrainConfig", "rlvrlab lm pretrain"),
 ) -> None:
     """Train the tiny base model (a small Qwen2 on the synthetic tasks), or find it in the cache; print its directory."""
     from rlvrlab.experiments.base import apply_settings
@@ -155,6 +234,8 @@ def lm_pretrain(
     from rlvrlab.lm.pretrain import PretrainConfig, pretrain
 
     config = apply_settings(PretrainConfig(), settings or [])
+    if cache is not None:
+        _checks.writable_dir("--cache", cache)
     root = cache / "models" if cache else None
     with _progress() as progress:
         path = pretrain(config, root, on_step=RichProgress(progress).task("pretraining", config.max_steps))
@@ -169,32 +250,42 @@ def lm_pretrain(
 @_user_errors
 def lm_train(
     model: str = typer.Option(..., "--model", help="Directory of a Hugging Face causal LM and its tokenizer."),
-    task: str = typer.Option("add", "--task", help="add, arith, countdown, or a .jsonl/.parquet question-answer file."),
+    task: str = typer.Option("add", "--task", help=_TASK_HELP),
     out: Path = typer.Option(Path("runs/lm-train"), "--out", help="Run directory."),
-    preset: str = typer.Option("grpo", "--preset", help="Update rule: reinforce, rloo, grpo, dr-grpo, dapo, gspo."),
-    steps: int = typer.Option(100, "--steps"),
+    preset: str = typer.Option("grpo", "--preset", help=f"Update rule: {', '.join(PRESETS)}."),
+    steps: int = typer.Option(100, "--steps", help="Optimizer steps."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam's (initial) learning rate."),
-    schedule: str = typer.Option("constant", "--schedule", help="constant, cosine or gap-adaptive."),
+    schedule: str = typer.Option("constant", "--schedule", help=f"Learning-rate schedule: {', '.join(SCHEDULES)}."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to OUT/tensorboard."),
-    settings: list[str] | None = typer.Option(None, "--set", help="Any other TrainConfig setting: --set key=value (repeatable)."),
+    settings: list[str] | None = typer.Option(None, "--set", help="Any other TrainConfig setting: --set key=value "
+                                              "(repeatable; --help-settings lists them)."),
     resume: bool = typer.Option(True, "--resume/--force",
                                 help="--resume (default): continue from OUT's checkpoint; --force: start over."),
+    _: bool = _help_settings(TrainConfig, "TrainConfig", "rlvrlab lm train"),
 ) -> None:
     """GRPO (or any preset) on a causal LM with live Gradient-Gap diagnostics; metrics in OUT/metrics.parquet."""
     import shutil
 
     from rlvrlab.experiments.base import apply_settings
-    from rlvrlab.lm.trainer import GRPOTrainer, TrainConfig, summary_of
+    from rlvrlab.lm.trainer import GRPOTrainer, summary_of
 
+    # Everything checkable is checked before the model is loaded and before OUT is touched.
+    _checks.writable_dir("--out", out)
+    _checks.choose("--preset", preset, PRESETS)
+    _checks.choose("--schedule", schedule, SCHEDULES)
+    _check_task("--task", task)
     config = apply_settings(TrainConfig(model=model, task=task, preset=preset, steps=steps, lr=lr, schedule=schedule,
                                         tensorboard=tensorboard), settings or [])
-    if not resume and out.exists():
-        for stale in ("checkpoints", "metrics.parquet", "model", "tensorboard"):
-            target = out / stale
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    with _progress() as progress:
-        trainer = GRPOTrainer(config, out, on_step=RichProgress(progress).task(f"{config.preset} on {task}", config.steps),
-                              on_warning=lambda message: progress.console.print(f"[bold yellow]warning:[/] {message}", highlight=False))
+    # --force: the previous run's files, listed now and removed once the trainer has accepted the
+    # model and task, so that a refused command leaves the previous run as it was.
+    stale = [out / n for n in ("checkpoints", "metrics.parquet", "model") if (out / n).exists()] if not resume else []
+    stale += list((out / "tensorboard").glob("*")) if not resume and (out / "tensorboard").is_dir() else []
+    progress = _progress()  # shown from the first step on: a refused model prints its one line and nothing else
+    trainer = GRPOTrainer(config, out, on_step=RichProgress(progress).task(f"{config.preset} on {task}", config.steps),
+                          on_warning=lambda message: progress.console.print(f"[bold yellow]warning:[/] {message}", highlight=False))
+    for target in stale:
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    with progress:
         rows = trainer.train(resume=resume)
     s = summary_of(rows)
     out_console.print(f"held-out accuracy {s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}; cumulative gap alignment "
@@ -209,6 +300,7 @@ app.add_typer(analyze_app, name="analyze")
 
 def _analyze(name: str, base: str, rl: str, task: str, quick: bool, out: Path | None, settings: list[str] | None,
              resume: bool) -> None:
+    _check_task("--task", task)
     pair = [f"base={base}", f"rl={rl}", f"task={task}"]
     run(name=name, quick=quick, out=out or Path("runs") / f"analyze-{name}", settings=pair + list(settings or []), resume=resume)
 
@@ -216,13 +308,14 @@ def _analyze(name: str, base: str, rl: str, task: str, quick: bool, out: Path | 
 _BASE = typer.Option(..., "--base", help="Directory of the base model (a Hugging Face causal LM and its tokenizer).")
 _RL = typer.Option(..., "--rl", help="Directory of its RLVR-trained descendant (the same tokenizer).")
 _QUICK = typer.Option(False, "--quick", help="Small settings.")
-_SET = typer.Option(None, "--set", help="Any other setting of the experiment: --set key=value (repeatable).")
+_SET = typer.Option(None, "--set", help="Any other setting of the experiment: --set key=value (repeatable; `rlvrlab list -v` "
+                    "shows them).")
 _RESUME = typer.Option(True, "--resume/--force", help="--resume (default): read a finished run back; --force: start over.")
 
 
 @analyze_app.command("leash")
 @_user_errors
-def analyze_leash(base: str = _BASE, rl: str = _RL, task: str = typer.Option("add", "--task", help="A task or question-answer file."),
+def analyze_leash(base: str = _BASE, rl: str = _RL, task: str = typer.Option("add", "--task", help=_TASK_HELP),
                   quick: bool = _QUICK, out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/analyze-leash)."),
                   settings: list[str] | None = _SET, resume: bool = _RESUME) -> None:
     """pass@k, support (P/E/S/O, SRR, NDR, SDS, NSCR) and token / answer entropy of a base and an RLVR model."""
@@ -231,10 +324,12 @@ def analyze_leash(base: str = _BASE, rl: str = _RL, task: str = typer.Option("ad
 
 @analyze_app.command("direction")
 @_user_errors
-def analyze_direction(base: str = _BASE, rl: str = _RL, task: str = typer.Option("add", "--task", help="A task of rlvrlab.lm.tasks."),
+def analyze_direction(base: str = _BASE, rl: str = _RL,
+                      task: str = typer.Option("add", "--task", help=f"A task: {', '.join(TASKS)}."),
                       quick: bool = _QUICK, out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/analyze-direction)."),
                       settings: list[str] | None = _SET, resume: bool = _RESUME) -> None:
     """Δlog p against entropy and KL, selective replacement, selective extrapolation and training with reweighting."""
+    _checks.choose("--task", task, TASKS)
     _analyze("direction", base, rl, task, quick, out, settings, resume)
 
 
@@ -242,31 +337,34 @@ def analyze_direction(base: str = _BASE, rl: str = _RL, task: str = typer.Option
 @_user_errors
 def generate(
     base: str = _BASE, rl: str = _RL,
-    prompt: list[str] = typer.Option(..., "--prompt", help="A prompt (repeatable)."),
-    gamma: float = typer.Option(0.1, "--gamma", help="Extrapolation strength γ (0: the RLVR model itself)."),
-    tau: float = typer.Option(-0.3, "--tau", help="Extrapolate only the tokens with Δlog p <= τ."),
-    mode: str = typer.Option("extrapolate", "--mode", help="extrapolate, replace (with --criterion), base or rl."),
-    criterion: str = typer.Option("delta-logp", "--criterion", help="Replacement criterion: delta-logp, entropy, kl, reverse-kl, js, random."),
+    prompt: list[str] = typer.Option(..., "--prompt", help="A prompt (repeatable); every character must be one the tokenizer knows."),
+    gamma: float = typer.Option(0.1, "--gamma", help="Extrapolation strength γ >= 0 (0: the RLVR model itself)."),
+    tau: float = typer.Option(-0.3, "--tau", help="Extrapolate only the tokens with Δlog p <= τ (with --mode replace: the "
+                              "criterion's threshold; a rate in [0, 1] for random)."),
+    mode: str = typer.Option("extrapolate", "--mode", help=f"Decoding: {', '.join(MODES)} (replace: with --criterion)."),
+    criterion: str = typer.Option("delta-logp", "--criterion", help=f"Replacement criterion: {', '.join(CRITERIA)}."),
     samples: int = typer.Option(1, "--samples", help="Completions per prompt."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    top_p: float = typer.Option(0.7, "--top-p", help="Nucleus (the direction paper: 0.7)."),
-    seed: int = typer.Option(0, "--seed"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest completion, in tokens."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (> 0)."),
+    top_p: float = typer.Option(0.7, "--top-p", help="Nucleus, in (0, 1] (the direction paper: 0.7)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampling generator."),
 ) -> None:
     """Decode with a base and an RLVR model together: selective test-time extrapolation (default) or replacement."""
     import torch
 
     from rlvrlab.analysis import check_pair
     from rlvrlab.analysis import generate as decode
-    from rlvrlab.experiments.base import check_positive_int
+    from rlvrlab.analysis.decoding import check_settings
+    from rlvrlab.lm.models import check_prompts, load_model
     from rlvrlab.lm.sampling import completion_texts
-    from rlvrlab.lm.trainer import load_model
 
-    check_positive_int("samples", samples)
-    check_positive_int("max_new_tokens", max_new_tokens)
+    _checks.integer("--samples", samples)
+    _checks.integer("--max-new-tokens", max_new_tokens)
+    check_settings(mode=mode, criterion=criterion, tau=tau, gamma=gamma, temperature=temperature, top_p=top_p)
     b, tok = load_model(base)
     r, rl_tok = load_model(rl)
     check_pair(b, tok, r, rl_tok)
+    check_prompts(tok, prompt, name="--prompt")
     roll, flags = decode(b, r, [tok(p)["input_ids"] for p in prompt], mode=mode, G=samples, max_new_tokens=max_new_tokens,
                          eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(seed),
                          criterion=criterion, tau=tau, gamma=gamma, temperature=temperature, top_p=top_p)
