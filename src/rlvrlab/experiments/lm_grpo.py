@@ -124,7 +124,7 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
             s["spearman_M_accuracy"] = spearman([r["gap/M"] for r in evals], acc)
             if config.fresh_samples:  # the same with M from completions the steps never saw (unbiased)
                 s["spearman_fresh_M_accuracy"] = spearman([r["gap_fresh/M"] for r in evals], acc)
-            early = [r["gap/crit_ratio"] for r in rows[1 : 1 + config.warning_steps] if math.isfinite(r.get("gap/crit_ratio", math.nan))]
+            early = [r["gap/crit_ratio"] for r in rows[1 : 1 + config.warning_steps] if not math.isnan(r.get("gap/crit_ratio", math.nan))]
             s["early_median_crit_ratio"] = float(np.median(early)) if early else math.nan
             s["lost_accuracy"] = s["accuracy_end"] < s["accuracy_start"] - LOSS_MARGIN
             fresh = [(r["gap/delta_mu_eta"], r["gap_fresh/delta_mu_eta"]) for r in rows

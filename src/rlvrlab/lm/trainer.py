@@ -161,9 +161,16 @@ class GRPOTrainer:
     def _rollout(self, problems: list, G: int, generator: torch.Generator) -> tuple[Rollout, torch.Tensor]:
         """G completions of each problem and their (len(problems), G) rewards."""
         prompts = [self.tokenizer(p.prompt)["input_ids"] for p in problems]
-        rollout = sample(self.model, prompts, G=G, max_new_tokens=self.config.max_new_tokens,
-                         eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id, generator=generator,
-                         temperature=self.config.temperature)
+        try:
+            rollout = sample(self.model, prompts, G=G, max_new_tokens=self.config.max_new_tokens,
+                             eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id, generator=generator,
+                             temperature=self.config.temperature)
+        except RuntimeError:  # finite weights can still overflow in the forward (attention, logits)
+            with torch.no_grad():
+                logits = self.model(input_ids=torch.tensor([prompts[0]], device=self.device)).logits
+            if bool(torch.isfinite(logits).all()):
+                raise
+            raise self._diverged(f"after step {self.step}", self.opt.param_groups[0]["lr"]) from None
         return rollout, self._rewards(completion_texts(self.tokenizer, rollout), problems, G)
 
     # --- one step ------------------------------------------------------------------------------
@@ -209,18 +216,24 @@ class GRPOTrainer:
                 for prefix, roll, r, old in measured:
                     new, _ = token_logprobs(self.model, roll)
                     delta = (new - old).sum(-1).view(r.shape)  # log-ratio of each completion (masked tokens are 0)
+                    if not bool(torch.isfinite(delta).all()):  # finite weights whose forward overflows
+                        raise self._diverged(f"at step {self.step + 1}", lr)
                     row.update(self.monitor.measure(delta, r, eta=eta, lr=lr, grad_norm=grad_norm, prefix=prefix,
                                                     mean_length=float(roll.lengths.float().mean())))
         self._check_finite(row, lr)
         return row
 
     def _check_finite(self, row: dict[str, float], lr: float) -> None:
-        """Stop a run whose loss or weights became non-finite, before it samples from them."""
+        """Stop a run whose loss, weights or post-step log-probabilities became non-finite, before it
+        samples from them."""
         finite = math.isfinite(row["loss/policy"]) and bool(torch.isfinite(torch.stack(torch._foreach_norm(self.params))).all())
         if not finite:
-            raise DivergedError(f"the loss or the weights became non-finite at step {self.step + 1} with learning rate {lr:.3g}: "
-                                "the rate is far past the critical one; lower it (gap/lr_crit in the metrics so far estimates "
-                                "the critical rate, and --schedule gap-adaptive sets the rate from it)")
+            raise self._diverged(f"at step {self.step + 1}", lr)
+
+    def _diverged(self, when: str, lr: float) -> DivergedError:
+        return DivergedError(f"the loss or the model became non-finite {when} with learning rate {lr:.3g}: the "
+                             "rate is far past the critical one; lower it (gap/lr_crit in the metrics so far estimates the "
+                             "critical rate, and --schedule gap-adaptive sets the rate from it)")
 
     @property
     def rows(self) -> list[dict[str, float]]:
@@ -325,7 +338,7 @@ def descendant(config: TrainConfig, root: Path | None = None, *, on_step: Callab
 def summary_of(rows: list[dict[str, float]]) -> dict[str, Any]:
     """Headline numbers of a run."""
     acc = [(r["step"], r["eval/accuracy"]) for r in rows if math.isfinite(r.get("eval/accuracy", math.nan))]
-    ratios = [r["gap/crit_ratio"] for r in rows if math.isfinite(r.get("gap/crit_ratio", math.nan))]
+    ratios = [r["gap/crit_ratio"] for r in rows if not math.isnan(r.get("gap/crit_ratio", math.nan))]  # inf: against the gap
     return {"accuracy_start": acc[0][1] if acc else math.nan, "accuracy_end": acc[-1][1] if acc else math.nan,
             "M_end": rows[-1].get("gap/M", math.nan), "steps": rows[-1]["step"],
             "median_crit_ratio": float(torch.tensor(ratios).median()) if ratios else math.nan,
