@@ -141,6 +141,12 @@ def test_out_is_checked_before_any_work(unwritable, command, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] + (["immutable"] if len(unwritable) == 4 else [])
 
 
+def test_pretrain_cache_is_checked_before_training(tmp_path):
+    cache = tmp_path / "a-file"
+    cache.write_text("x")
+    refused(["lm", "pretrain", "--cache", str(cache)], f"--cache: got '{cache}'; allowed: a directory or a path where one can be made")
+
+
 # --- prompts the tokenizer cannot encode -------------------------------------------------------
 
 
