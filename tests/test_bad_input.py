@@ -213,8 +213,8 @@ def test_generate_refuses_prompts_the_tokenizer_cannot_encode(models, prompt, me
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--tau", "nan", "tau: got nan; allowed: a finite number"),
-    ("--gamma", "nan", "gamma: got nan; allowed: a finite number >= 0"),
-    ("--gamma", "inf", "gamma: got inf; allowed: a finite number >= 0"),
+    ("--gamma", "nan", "gamma: got nan; allowed: a number >= 0 and finite"),
+    ("--gamma", "inf", "gamma: got inf; allowed: a number >= 0 and finite"),
     ("--mode", "greedy", "mode: got 'greedy'; allowed: base, extrapolate, replace, rl"),
     ("--criterion", "nope", "criterion: got 'nope'; allowed: delta-logp, entropy, js, kl, random, reverse-kl"),
 ])

@@ -94,7 +94,7 @@ def check_settings(*, mode: str, criterion: str = "delta-logp", tau: float = -0.
         _checks.fail("top_p", top_p, "a number in (0, 1]")
     _checks.integer("candidates", candidates)
     if not (math.isfinite(gamma) and gamma >= 0):
-        _checks.fail("gamma", gamma, "a finite number >= 0 (0: the RLVR model itself)")
+        _checks.fail("gamma", gamma, "a number >= 0 and finite (0: the RLVR model itself)")
     if not math.isfinite(tau):  # NaN selects no position and would silently decode without extrapolation
         _checks.fail("tau", tau, "a finite number (the threshold of the criterion)")
     if mode == "replace" and criterion == "random" and not 0 <= tau <= 1:
