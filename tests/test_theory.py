@@ -1,5 +1,6 @@
 """rlvrlab.theory: each closed form against a value worked out by hand, and against the property
-that defines it (a simulated trajectory, an exact one-step change, a bisection)."""
+that defines it (a simulated trajectory, an exact one-step change, a bisection, a plain loop over
+the responses of the paper's worked examples)."""
 
 from __future__ import annotations
 
@@ -162,6 +163,16 @@ def test_corollary_3_1_on_two_arms():
     assert bool((1 - traj.metrics["J"] <= bound).all())
 
 
+def test_linear_rate_steps_hand_value_and_inverse():
+    # J0 = 0.5, target 0.99, Delta_mu·eta = 1: 2·log(0.5 / (0.5·0.01)) = 2·log 100 = 9.2103404
+    assert theory.linear_rate_steps(0.5, 2.0, 0.5, 0.99) == pytest.approx(2 * math.log(100), rel=1e-14)
+    # the bound of Corollary 3.1 after that many steps is exactly 1 - target
+    J0, dm, eta, target = torch.tensor([0.01, 0.2, 0.7]), SQRT2, torch.tensor([0.01, 0.1, 1.0]), 0.999
+    K = theory.linear_rate_steps(J0, dm, eta, target)
+    assert torch.allclose(theory.linear_rate_error_bound(J0, dm, eta, K), torch.full((3,), 1 - target), rtol=1e-12)
+    assert theory.linear_rate_steps(0.995, 1.0, 1.0, 0.99) < 0  # already there
+
+
 def test_step_condition_token_hand_values():
     # Delta_mu = 1, L_p = 0.5, G_p² = 2, T_inf = 4, T_psi1 = 2.
     # J = 0.5: min{2 / 0.5, 8·16} = 4; first = 0.5 / (0.5·4 + 2·4) = 0.05;
@@ -270,6 +281,76 @@ def test_valid_collapse_windows_are_nonempty(dm, L, G, T):
             assert win.low <= win.high * (1 + 1e-12)
 
 
+# --- the App. F instances (Theorems 2 and 4) -------------------------------------------------------
+
+_PHI = ((0.0, 0.5), (0.5, 0.0), (-0.5, 0.0))  # App. F's features for G = 1: o1, o-1, o-2
+
+
+def _collapse_path(eta: float, delta: float, G: float, K: int) -> list[list[float]]:
+    """π_k(o1), π_k(o-1), π_k(o-2) for k = 0..K, by stepping θ from (eta/3)(-1, 0) (51) along
+    w_k = (1/3)((-1)^k·2, -delta) (53), logits φ·θ, a plain loop."""
+    theta, out = [-eta / 3, 0.0], []
+    for k in range(K + 1):
+        logits = [G * (a * theta[0] + b * theta[1]) for a, b in _PHI]
+        z = sum(math.exp(v) for v in logits)
+        out.append([math.exp(v) / z for v in logits])
+        theta = [theta[0] + eta * 2 * (-1) ** k / 3, theta[1] - eta * delta / 3]
+    return out
+
+
+@pytest.mark.parametrize("T", [None, 1, 3])
+@pytest.mark.parametrize("eta, G", [(0.1, 1.0), (0.4, 1.0), (0.2, 2.5)])
+def test_collapse_J_against_stepping_the_instance(T, eta, G):
+    delta = theory.collapse_delta(eta, G, T)
+    path = _collapse_path(eta, delta, G, 60)
+    k = torch.arange(61, dtype=torch.float64)
+    expected = torch.tensor([p[0] ** (1 if T is None else T) for p in path])  # independent tokens at F.2
+    assert torch.allclose(theory.collapse_J(eta, delta, G, k, T), expected, rtol=1e-12, atol=0)
+    assert theory.collapse_J(eta, delta, G, 0.0, T) == pytest.approx((1 / (1 + 2 * math.cosh(eta * G / 6))) ** (T or 1), rel=1e-14)
+
+
+def test_collapse_delta_and_alignment_bound_hand_values():
+    assert theory.collapse_delta(0.3, 2.0) == pytest.approx(0.04, rel=1e-14)  # eta G / 15 (53)
+    assert theory.collapse_delta(0.3, 2.0, 4) == pytest.approx(0.06, rel=1e-14)  # eta G / 10 (58)
+    assert theory.collapse_alignment_bound(0.3, 2.0) == pytest.approx(0.04, rel=1e-14)  # 0.3·4/30
+    assert theory.collapse_alignment_bound(0.3, 2.0, 4) == pytest.approx(0.08, rel=1e-14)  # 4·0.3·4/60
+
+
+def _collapse_alignment(eta: float, G: float, T: int | None, K: int) -> list[float]:
+    """Delta_mu(k) = w_k·(g+ - g-) on the instance, by enumerating responses: the score of a response
+    is Σ_t φ(o_t) minus a term common to all, which cancels in g+ - g- (App. F.1, F.2)."""
+    import itertools
+
+    delta = theory.collapse_delta(eta, G, T)
+    out = []
+    for k, probs in enumerate(_collapse_path(eta, delta, G, K)):
+        w = (2 * (-1) ** k / 3, -delta / 3)
+        length = 1 if T is None else T
+        plus, minus, mass = [0.0, 0.0], [0.0, 0.0], 0.0
+        for seq in itertools.product(range(3), repeat=length):
+            p = math.prod(probs[t] for t in seq)
+            phi = [G * sum(_PHI[t][i] for t in seq) for i in range(2)]
+            if all(t == 0 for t in seq):
+                plus = phi
+            else:
+                minus = [m + p * f for m, f in zip(minus, phi)]
+                mass += p
+        gap = [a - b / mass for a, b in zip(plus, minus)]
+        out.append(w[0] * gap[0] + w[1] * gap[1])
+    return out
+
+
+@pytest.mark.parametrize("T", [None, 1, 2, 3])
+@pytest.mark.parametrize("fraction", [0.25, 1.0])
+def test_collapse_alignment_bound_holds_along_the_instance(T, fraction):
+    # eta inside the window (52)/(16) with the instance's own L = G²/4 (rlvrlab.policies.softmax)
+    G = 1.0
+    s = G**2 / 4 + G**2 if T is None else G**2 / 4 * math.sqrt(T) + G**2 * T
+    eta = fraction / (2 * math.sqrt(s))
+    dm = _collapse_alignment(eta, G, T, 40)
+    assert min(dm) >= theory.collapse_alignment_bound(eta, G, T) * (1 - 1e-12)
+
+
 # --- GRPO and Dr. GRPO -----------------------------------------------------------------------------
 
 
@@ -278,6 +359,19 @@ def test_effective_steps_and_cap_hand_values():
     assert theory.effective_step_grpo(0.1, 2.0, 0.2, 4.0) == pytest.approx(0.02, rel=1e-14)  # 0.1·2·0.4/4
     assert theory.effective_step_drgrpo(0.1, 2.0, 0.2) == pytest.approx(0.032, rel=1e-14)  # 0.1·2·0.16
     assert theory.theory_step_cap(2.0, 0.2, 4.0) == pytest.approx(0.4, rel=1e-14)  # 2·0.8/4
+
+
+@given(alpha=st.floats(1e-3, 1e3), c=st.floats(1e-3, 1e3), dm=st.floats(1e-3, 10.0), T=st.floats(1.0, 100.0))
+def test_grpo_plateau_is_where_grpo_s_step_reaches_c_times_the_cap(alpha, c, dm, T):
+    J = theory.grpo_plateau(alpha, c)
+    if 0 < J < 1:
+        assert theory.effective_step_grpo(alpha, dm, J, T) == pytest.approx(c * theory.theory_step_cap(dm, J, T), rel=1e-9)
+
+
+def test_grpo_plateau_hand_values():
+    assert theory.grpo_plateau(1.0, 1.0) == 0.5
+    assert theory.grpo_plateau(3.0, 1.0) == pytest.approx(0.1, rel=1e-14)  # 1/(1 + 9)
+    assert theory.grpo_plateau(0.0, 1.0) == 1.0
 
 
 # --- psi_1 norm ------------------------------------------------------------------------------------
@@ -447,6 +541,42 @@ def test_eta_crit_matches_root_of_exact_change(seed):
     assert crit == pytest.approx(lo, rel=0.1)
 
 
+# --- App. I.1: exact REINFORCE on a bandit ----------------------------------------------------------
+
+
+def _bandit_alignment_loop(pi: list[float], best: int) -> float:
+    """w·(g+ - g-) with w = ∇J, g+ = ∇log π(a*) and g- the π-weighted mean of ∇log π(a) over a ≠ a*,
+    ∇_θ log π(a) = e_a - π (eq. 7, 9), a loop over coordinates."""
+    K = len(pi)
+    score = [[float(a == i) - pi[i] for i in range(K)] for a in range(K)]
+    w = [pi[best] * score[best][i] for i in range(K)]  # ∇J = π* ∇log π(a*)
+    g_minus = [sum(pi[a] * score[a][i] for a in range(K) if a != best) / (1 - pi[best]) for i in range(K)]
+    return sum(w[i] * (score[best][i] - g_minus[i]) for i in range(K))
+
+
+@pytest.mark.parametrize("K", [2, 5, 40])
+@pytest.mark.parametrize("seed", range(3))
+def test_bandit_delta_mu_against_a_loop(K, seed):
+    pi = torch.softmax(2 * torch.randn(4, K, generator=_gen(seed), dtype=torch.float64), -1)  # (R, K)
+    for best in sorted({0, K // 2, K - 1}):
+        got = theory.bandit_delta_mu(pi, best)
+        assert got.shape == (4,)
+        for r in range(4):
+            assert float(got[r]) == pytest.approx(_bandit_alignment_loop(pi[r].tolist(), best), rel=1e-12)
+            # App. I.1's first line: <∇J, ∇J> / (J(1 - J))
+            grad = pi[r, best] * (torch.eye(K, dtype=torch.float64)[best] - pi[r])
+            assert float(got[r]) == pytest.approx(float(grad @ grad / (pi[r, best] * (1 - pi[r, best]))), rel=1e-12)
+
+
+def test_bandit_delta_mu_symmetric_is_the_general_form_with_equal_arms():
+    K = 100
+    J = torch.linspace(0.01, 0.99, 25, dtype=torch.float64)
+    pi = torch.cat([((1 - J) / (K - 1)).unsqueeze(1).expand(25, K - 1), J.unsqueeze(1)], 1)  # the rewarded arm last
+    assert torch.allclose(theory.bandit_delta_mu_symmetric(J, K), theory.bandit_delta_mu(pi, K - 1), rtol=1e-12)
+    assert theory.bandit_delta_mu_symmetric(0.5, K) == pytest.approx(K / (4 * (K - 1)), rel=1e-15)  # its maximum
+    assert theory.bandit_delta_mu_symmetric(0.5, 2) == 0.5  # two arms: J(1 - J)·2
+
+
 # --- types and input checks --------------------------------------------------------------------------
 
 
@@ -456,6 +586,8 @@ def test_floats_in_floats_out_tensors_in_tensors_out():
     assert theory.log_odds(0.2) == pytest.approx(math.log(0.25), rel=1e-14)  # log(0.2/0.8)
     assert type(theory.step_condition_token(1.0, 0.5, 0.5, 1.0, 4, 2.0)) is float
     assert type(theory.eta_crit_second_order(1.0, 0.5, 2.5)) is float
+    assert type(theory.collapse_J(0.1, 0.01, 1.0, 5, 2)) is float and type(theory.grpo_plateau(1, 2)) is float
+    assert type(theory.linear_rate_steps(0.5, 1.0, 0.1, 0.9)) is float
     t = theory.logistic_lower_bound(torch.tensor([0.2, 0.5]), 2.0)
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.shape == (2,)
     t = theory.stagnation_ceiling(0.2, torch.tensor(1.0), 0.5)
@@ -481,6 +613,15 @@ def test_floats_in_floats_out_tensors_in_tensors_out():
         (lambda: theory.lemma2_penalty(0.1, -0.5, 1.0, 1.0, 4, 2.0), "J"),
         (lambda: theory.effective_step_drgrpo(0.1, 1.0, 1.1), "J"),
         (lambda: theory.theory_step_cap(1.0, -0.1, 2.0), "J"),
+        (lambda: theory.linear_rate_steps(1.5, 1.0, 1.0, 0.9), "J0"),
+        (lambda: theory.linear_rate_steps(0.5, 1.0, 1.0, 1.9), "target"),
+        (lambda: theory.collapse_J(-0.1, 0.1, 1.0, 3.0), "eta"),
+        (lambda: theory.collapse_delta(math.nan, 1.0), "eta"),
+        (lambda: theory.collapse_alignment_bound(-1.0, 1.0, 2), "eta"),
+        (lambda: theory.grpo_plateau(-1.0, 1.0), "alpha"),
+        (lambda: theory.bandit_delta_mu(torch.full((3,), 1 / 3), 3), "best"),
+        (lambda: theory.bandit_delta_mu_symmetric(0.5, 1), "K"),
+        (lambda: theory.bandit_delta_mu_symmetric(1.5, 4), "J"),
     ],
 )
 def test_bad_input_names_the_field(call, field):

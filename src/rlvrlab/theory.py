@@ -30,16 +30,23 @@ _ROUNDING = 1e-12
 
 __all__ = [
     "CollapseWindow",
+    "bandit_delta_mu",
+    "bandit_delta_mu_symmetric",
+    "collapse_J",
+    "collapse_alignment_bound",
+    "collapse_delta",
     "collapse_window_token",
     "collapse_window_trajectory",
     "effective_step_drgrpo",
     "effective_step_grpo",
     "eta_crit_second_order",
+    "grpo_plateau",
     "lemma1_band",
     "lemma2_penalty",
     "lemma2_step_cap",
     "linear_rate_error_bound",
     "linear_rate_step",
+    "linear_rate_steps",
     "log_odds",
     "log_odds_change_second_order",
     "logistic_lower_bound",
@@ -150,6 +157,21 @@ def step_condition_token(
     return _out(torch.minimum(first, second), delta_mu, J, L_p, G_p, T_inf, T_psi1)
 
 
+def linear_rate_steps(J0: Number, delta_mu: Number, eta: Number, target: Number) -> Number:
+    """Steps after which Corollary 3.1's bound guarantees J(K) >= target: the bound
+    (1 - J0)/J0·exp(-Delta_mu·eta·K/2) <= 1 - target solved for K,
+
+        K >= 2·log((1 - J0) / (J0·(1 - target))) / (Delta_mu·eta)
+
+    (not rounded up; <= 0 when J0 >= target already).
+    """
+    _checks.probability("J0", J0)
+    _checks.probability("target", target)
+    J0t, tt = _t(J0), _t(target)
+    K = 2 * torch.log((1 - J0t) / (J0t * (1 - tt))) / (_t(delta_mu) * _t(eta))
+    return _out(K, J0, delta_mu, eta, target)
+
+
 # --- One-step log-odds change (Lemmas 1 and 2) -----------------------------------------------
 
 
@@ -209,6 +231,39 @@ def collapse_window_token(delta_mu: float, L_p: float, G_p: float, T_inf: int) -
     return CollapseWindow(120 * delta_mu / s, 1 / (2 * math.sqrt(s)), valid)
 
 
+def collapse_delta(eta: Number, G: Number, T_inf: int | None = None) -> Number:
+    """The drift delta of App. F's prescribed direction w_k = (1/3)((-1)^k·2, -delta):
+    eta·G_o/15 on the trajectory-level instance (53, F.1: T_inf None), eta·G_p/10 on the
+    token-level one (58, F.2)."""
+    _checks.finite_nonneg("eta", eta)
+    return _out(_t(eta) * _t(G) / (15 if T_inf is None else 10), eta, G)
+
+
+def collapse_J(eta: Number, delta: Number, G: Number, k: Number, T_inf: int | None = None) -> Number:
+    """J(k) on App. F's instance with theta_0 = (eta/3)(-1, 0) (51, 56), the direction (53)/(58)
+    with drift delta and the fixed step eta (the proofs of Theorems 2 and 4):
+
+        J(k) = (1 / (1 + (e^{eta G/6} + e^{-eta G/6})·e^{delta·eta·G·k/6}))^T
+
+    with T = T_inf at the token level (F.2: the all-o1 response) and T = 1 at the trajectory level
+    (F.1: T_inf None). Decreasing in k towards 0 whenever delta·eta > 0. Arguments broadcast.
+    """
+    _checks.finite_nonneg("eta", eta)
+    a = _t(eta) * _t(G) / 6
+    per_token = 1 / (1 + (torch.exp(a) + torch.exp(-a)) * torch.exp(_t(delta) * a * _t(k)))
+    return _out(per_token ** (1 if T_inf is None else T_inf), eta, delta, G, k)
+
+
+def collapse_alignment_bound(eta: Number, G: Number, T_inf: int | None = None) -> Number:
+    """The proofs' lower bound on the Gap Alignment along App. F's direction at every step:
+    eta·G_o²/30 (F.1, T_inf None) and T_inf·eta·G_p²/60 (F.2). With eta inside the window (52)/(16)
+    it is >= the theorem's Delta_mu_q."""
+    _checks.finite_nonneg("eta", eta)
+    e, Gt = _t(eta), _t(G)
+    bound = e * Gt**2 / 30 if T_inf is None else T_inf * e * Gt**2 / 60
+    return _out(bound, eta, G)
+
+
 # --- GRPO and Dr. GRPO (Section 4, eq. 17-18) --------------------------------------------------
 
 
@@ -233,6 +288,19 @@ def theory_step_cap(delta_mu: Number, J: Number, T_psi1: Number) -> Number:
     """The theory's cap (18), condition (15a) with L_p << G_p²: eta ≲ Delta_mu·(1 - J)/T_psi1."""
     _checks.probability("J", J)
     return _out(_t(delta_mu) * (1 - _t(J)) / _t(T_psi1), delta_mu, J, T_psi1)
+
+
+def grpo_plateau(alpha: Number, c: Number) -> Number:
+    """Where GRPO at a fixed rate alpha stops improving, by eq. (17)-(18): its effective step
+    alpha·Delta_mu·sqrt(J(1-J))/T exceeds c times the cap Delta_mu·(1-J)/T once
+    alpha·sqrt(J/(1-J)) > c, i.e. above
+
+        J* = 1 / (1 + (alpha/c)²).
+
+    c absorbs the constants the ≍ of (17) and the ≲ of (18) hide (fitted: analysis.fit_plateau).
+    """
+    _checks.finite_nonneg("alpha", alpha)
+    return _out(1 / (1 + (_t(alpha) / _t(c)) ** 2), alpha, c)
 
 
 # --- Response length (Assumption 3) ------------------------------------------------------------
@@ -324,3 +392,38 @@ def eta_crit_second_order(
     crit = torch.where(den > 0, 2 * dm / den.where(den > 0, torch.ones_like(den)), torch.full_like(den, math.inf))
     crit = torch.where(dm > 0, crit, torch.zeros_like(crit))
     return _out(crit, delta_mu, var_plus, var_minus, curv_gap)
+
+
+# --- Worked examples (App. I.1) ----------------------------------------------------------------
+
+
+def bandit_delta_mu(pi: torch.Tensor, best: int) -> torch.Tensor:
+    """App. I.1: the Gap Alignment of w = ∇J (exact REINFORCE, not normalized) on a tabular softmax
+    bandit whose only rewarded arm is a* = ``best``, from eq. (9):
+
+        Delta_mu = π*(1 - π*) + π*·Σ_{a≠a*} π_a² / (1 - π*)
+
+    pi: (..., K) the arms' probabilities -> (...). Undefined (0/0) where π* = 1.
+    """
+    pi = _t(pi)
+    K = pi.shape[-1]
+    if isinstance(best, bool) or not isinstance(best, int) or not 0 <= best < K:
+        _checks.fail("best", best, f"an arm index in [0, {K - 1}]")
+    star = pi[..., best]
+    others = torch.cat([pi[..., :best], pi[..., best + 1:]], dim=-1)
+    return star * (1 - star) + star * (others**2).sum(-1) / (1 - star)
+
+
+def bandit_delta_mu_symmetric(J: Number, K: int) -> Number:
+    """``bandit_delta_mu`` when the K - 1 unrewarded arms are equally likely (constant initial
+    logits keep them so under exact REINFORCE): π_a = (1 - J)/(K - 1) gives
+
+        Delta_mu = J(1 - J)·K/(K - 1),
+
+    App. I.1's "concave quadratic", largest (K/(4(K - 1))) at J = ½.
+    """
+    _checks.probability("J", J)
+    _checks.integer("K", K, 2)
+    Jt = _t(J)
+    return _out(Jt * (1 - Jt) * K / (K - 1), J)
+
