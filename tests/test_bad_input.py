@@ -245,7 +245,7 @@ def test_decoding_library_refuses_nan_tau(models):
 @pytest.mark.parametrize(("option", "message"), [
     ("--preset", "--preset: got 'nope'; allowed: dapo, dapo-dominate, dapo-lowprob, dapo-ppl, dr-grpo, grpo, gspo, reinforce, rloo"),
     ("--schedule", "--schedule: got 'nope'; allowed: constant, cosine, gap-adaptive"),
-    ("--task", "--task: got 'nope'; allowed: add, arith, countdown, or a .jsonl / .parquet question-answer file"),
+    ("--task", "--task: got 'nope'; allowed: a task name (add, arith, countdown) or a .jsonl / .parquet question-answer file"),
 ])
 def test_lm_train_checks_choices_before_loading_the_model(option, message, tmp_path):
     refused(["lm", "train", "--model", "/nowhere/model", "--out", str(tmp_path / "run"), option, "nope"], message)
@@ -254,7 +254,7 @@ def test_lm_train_checks_choices_before_loading_the_model(option, message, tmp_p
 
 def test_analyze_checks_the_task_name(tmp_path):
     refused(["analyze", "direction", "--base", "b", "--rl", "r", "--task", "nope", "--out", str(tmp_path / "d")],
-            "--task: got 'nope'; allowed: add, arith, countdown")
+            "--task: got 'nope'; allowed: a task name (add, arith, countdown)")
 
 
 # --- usage errors -----------------------------------------------------------------------------

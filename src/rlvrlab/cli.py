@@ -50,7 +50,7 @@ class _OneLineErrors(TyperGroup):
             message = " ".join(err.format_message().split()).rstrip(".")
             err_console.print(f"[bold red]rlvrlab:[/] {escape(message + where)}", highlight=False, markup=True)
             sys.exit(err.exit_code)
-        except click_exceptions.Abort:
+        except typer.Abort:  # Ctrl-C at a prompt
             err_console.print("Aborted.")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
@@ -146,13 +146,11 @@ def _help_settings(make: Callable[[], Any], config_name: str, command: str) -> A
 
 
 def _check_task(option: str, task: str) -> None:
-    """A task name, or a question-answer file that loads (checked before any model is loaded)."""
-    if task not in TASKS and not task.endswith((".jsonl", ".parquet")):
-        _checks.fail(option, task, f"{', '.join(TASKS)}, or a .jsonl / .parquet question-answer file")
-    if task not in TASKS:
-        from rlvrlab.lm.tasks import load_task
+    """A task name, or a question-answer file that loads (checked before any model is loaded), by
+    the one resolver every caller uses."""
+    from rlvrlab.lm.tasks import load_task
 
-        load_task(task)
+    load_task(task, name=option)
 
 
 _TASK_HELP = f"A task ({', '.join(TASKS)}) or a .jsonl / .parquet question-answer file."
@@ -325,11 +323,10 @@ def analyze_leash(base: str = _BASE, rl: str = _RL, task: str = typer.Option("ad
 @analyze_app.command("direction")
 @_user_errors
 def analyze_direction(base: str = _BASE, rl: str = _RL,
-                      task: str = typer.Option("add", "--task", help=f"A task: {', '.join(TASKS)}."),
+                      task: str = typer.Option("add", "--task", help=_TASK_HELP),
                       quick: bool = _QUICK, out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/analyze-direction)."),
                       settings: list[str] | None = _SET, resume: bool = _RESUME) -> None:
     """Δlog p against entropy and KL, selective replacement, selective extrapolation and training with reweighting."""
-    _checks.choose("--task", task, TASKS)
     _analyze("direction", base, rl, task, quick, out, settings, resume)
 
 

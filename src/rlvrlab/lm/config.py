@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from rlvrlab import _checks
 from rlvrlab.lm.diagnostics import GapAdaptiveRate
-from rlvrlab.lm.tasks import TASKS
+from rlvrlab.lm.tasks import TASKS, check_task_spec
 from rlvrlab.updates import PRESETS, get_preset
 from rlvrlab.updates.advantages import ADVANTAGES
 
@@ -71,6 +71,7 @@ class TrainConfig:
         if self.batch_size % self.group:
             _checks.fail("batch_size", self.batch_size,
                          f"a multiple of group = {self.group} (batch_size / group prompts of group completions each)")
+        check_task_spec(self.task)
         _checks.choose("preset", self.preset, PRESETS)
         if self.alpha is not None:
             get_preset(self.preset, alpha=self.alpha)  # the preset's own checks of alpha

@@ -286,10 +286,10 @@ class GRPOTrainer:
 
     def train(self, *, resume: bool = True) -> list[dict[str, float]]:
         """Run to config.steps (resuming from the checkpoint in ``out`` when there is one)."""
+        if resume:
+            self._resume()  # before config.json: a refused resume leaves the old run's as it was
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / "config.json", {"settings": dataclasses.asdict(self.config)})
-        if resume:
-            self._resume()
         if self.step == 0 and not self.rows:
             prefixes = ("gap/", "gap_fresh/") if self.config.fresh_samples else ("gap/",)
             self.monitor.record({"step": 0, "eval/accuracy": self.evaluate()} | self.monitor.start(prefixes))

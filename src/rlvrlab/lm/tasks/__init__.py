@@ -53,17 +53,18 @@ def _allowed() -> str:
     return f"a task name ({', '.join(sorted(TASKS))}) or a {' / '.join(QA_SUFFIXES)} question-answer file"
 
 
-def check_task_spec(spec: str) -> str:
+def check_task_spec(spec: str, *, name: str = "task") -> str:
     """``spec`` when it names a task: a synthetic task's name, or an existing file ending in .jsonl
-    or .parquet (its records are read, and checked, by ``load_task``). For configs' checks."""
+    or .parquet (its records are read, and checked, by ``load_task``). For configs' checks;
+    ``name`` is the setting or option a refusal names."""
     if not isinstance(spec, str) or not (spec in TASKS or spec.endswith(QA_SUFFIXES)):
-        _checks.fail("task", spec, _allowed())
+        _checks.fail(name, spec, _allowed())
     if spec not in TASKS and not Path(spec).is_file():
-        _checks.fail("task", f"{spec} (no such file)", _allowed())
+        _checks.fail(name, f"{spec} (no such file)", _allowed())
     return spec
 
 
-def load_task(spec: str) -> Task:
+def load_task(spec: str, *, name: str = "task") -> Task:
     """The task ``spec`` names: a synthetic task (``make_task``) or a question-answer file (``load_qa``)."""
-    check_task_spec(spec)
+    check_task_spec(spec, name=name)
     return make_task(spec) if spec in TASKS else load_qa(spec)
