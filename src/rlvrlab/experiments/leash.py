@@ -81,10 +81,13 @@ def run(config: LeashConfig, progress: Progress, workdir: Path) -> Result:
                 "token_entropy": float(np.mean([token_entropy(model, r) for r in out["rollouts"]])),
                 "answer_entropy": float(np.mean([answer_entropy(a) for a in out["answers"]]))}
 
-    results = {"base": measure(base, "base")}
-    for label, path in rl_dirs.items():
+    rl_models = {}
+    for label, path in rl_dirs.items():  # every model loaded and paired before any is measured: a bad --rl fails at once
         model, rl_tok = load_model(path)
         check_pair(base, tok, model, rl_tok)
+        rl_models[label] = model
+    results = {"base": measure(base, "base")}
+    for label, model in rl_models.items():
         results[label] = measure(model, label)
     passk = pa.table({"model": [m for m in results for _ in ks], "k": [k for _ in results for k in ks],
                       "pass_at_k": [results[m]["pass"][k] for m in results for k in ks]})
