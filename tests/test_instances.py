@@ -1,7 +1,9 @@
 """rlvrlab.simulate.instances: §6.1's contextual bandit and its curriculum on worked examples; the
 token bandit's construction, θ0 at the asked mean success rate (against the binomial closed form
 of J), the prompt outcomes on a worked trajectory, and the second-order critical rates against a
-plain loop over the tokens of a T = 1 instance."""
+plain loop over the tokens of a T = 1 instance; App. E's and App. F's instances as the paper
+writes them (simulated under App. F's direction, J follows theory.collapse_J); the random instances
+of the bounds experiment."""
 
 from __future__ import annotations
 
@@ -12,8 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from rlvrlab.simulate.instances import (PROMPT_FLOOR, Curriculum, contextual_bandit, initial_theta, predicted_critical_rates,
-                                        prompt_outcomes, token_bandit)
+from rlvrlab import simulate as simulate_package
+from rlvrlab import theory
+from rlvrlab.policies import FeatureSoftmax, TabularSoftmax, TokenSoftmax
+from rlvrlab.simulate import simulate
+from rlvrlab.simulate.instances import (PROMPT_FLOOR, Curriculum, RandomInstance, collapse_direction, collapse_features,
+                                        collapse_instance, collapse_theta0, contextual_bandit, initial_theta,
+                                        predicted_critical_rates, prompt_outcomes, random_instances, token_bandit,
+                                        two_response)
+from rlvrlab.simulate.instances import __all__ as INSTANCES_API
 from rlvrlab.updates import get_preset
 
 SIZES = dict(prompts=6, dim=3, vocab=4)
@@ -146,4 +155,58 @@ def test_predicted_critical_rates_against_a_loop_over_tokens():
     assert obj == pytest.approx(crit_obj, rel=1e-9)
     assert prompt == pytest.approx(crit_prompt, rel=1e-9)
     assert 0 < prompt < math.inf
+
+
+def test_the_simulate_package_re_exports_the_instances():
+    assert set(INSTANCES_API) <= set(simulate_package.__all__)
+    assert all(getattr(simulate_package, name) is getattr(simulate_package.instances, name) for name in INSTANCES_API)
+
+
+def test_two_response_starts_at_J0():
+    J0 = torch.tensor([0.01, 0.2, 0.5, 0.9], dtype=torch.float64)
+    policy, reward, theta0 = two_response(J0)
+    assert isinstance(policy, TabularSoftmax) and policy.n_responses == 2
+    assert torch.equal(reward, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    assert theta0.shape == (4, 2) and torch.allclose(theta0.sum(1), torch.zeros(4, dtype=torch.float64))  # (l/2, -l/2)
+    assert torch.allclose(policy.logp(theta0).exp()[:, 0, 0], J0, rtol=1e-12)
+
+
+def test_collapse_instance_is_app_f_s():
+    phi = collapse_features(2.0)
+    assert torch.equal(phi, torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64))  # (G/2)·...
+    policy, reward = collapse_instance(2.0)
+    assert isinstance(policy, FeatureSoftmax) and torch.equal(reward, torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64))
+    policy, reward = collapse_instance(2.0, 3)
+    assert isinstance(policy, TokenSoftmax) and policy.n_responses == 27 and reward.shape == (1, 27)
+    assert reward.sum() == 1 and bool((policy.tokens[reward[0] == 1] == 0).all())  # only o1 o1 o1 is correct
+    assert torch.allclose(collapse_theta0(torch.tensor([0.3, 0.6], dtype=torch.float64)),
+                          torch.tensor([[-0.1, 0.0], [-0.2, 0.0]], dtype=torch.float64), rtol=1e-15)  # (eta/3)(-1, 0)
+
+
+@pytest.mark.parametrize("T", [None, 1, 3])
+def test_collapse_direction_drives_J_along_the_closed_form(T):
+    # the direction alternates (±2/3, -delta/3) (53, 58); the simulated J matches the proofs' J(k)
+    G, eta = 1.0, torch.tensor([0.1, 0.3], dtype=torch.float64)
+    delta = theory.collapse_delta(eta, G, T)
+    policy, reward = collapse_instance(G, T)
+    traj = simulate(policy, reward, collapse_theta0(eta), steps=30, direction=collapse_direction(delta), step_size=eta)
+    k = traj.step.to(torch.float64).unsqueeze(1)
+    assert torch.allclose(traj.metrics["J"], theory.collapse_J(eta, delta, G, k, T), rtol=1e-10, atol=0)
+    assert torch.allclose(traj.metrics["w_norm"][:-1], torch.sqrt(4 + delta**2).expand(30, 2) / 3, rtol=1e-12)
+    assert bool((traj.metrics["delta_mu"][:-1] >= theory.collapse_alignment_bound(eta, G, T)).all())
+
+
+def test_random_instances_have_both_outcomes_and_repeat_with_the_seed():
+    first = random_instances(torch.Generator().manual_seed(4))
+    again = random_instances(torch.Generator().manual_seed(4))
+    assert [i.name for i in first] == ["bandit K=3", "bandit K=10", "features N=6 d=3", "contextual C=4 N=5",
+                                       "token V=3 T=3 EOS position", "token V=2 T=4 prefix", "token V=3 T=3 linear"]
+    assert [i.token_level for i in first] == [False] * 4 + [True] * 3
+    for inst, same in zip(first, again):
+        assert isinstance(inst, RandomInstance) and torch.equal(inst.reward, same.reward)
+        C = 4 if inst.name.startswith("contextual") else 1
+        assert inst.reward.shape == (C, inst.policy.n_responses)
+        assert bool((inst.reward.max(1).values == 1).all() and (inst.reward.min(1).values == 0).all())  # both outcomes
+        theta = inst.policy.init(1, scale=1.0, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(inst.policy.logp(theta).exp().sum(-1), torch.ones(1, C, dtype=torch.float64))
 

@@ -1,6 +1,7 @@
-"""Instances the experiments simulate: §6.1's linear contextual bandit with its curriculum, and the
+"""Instances the experiments simulate: §6.1's linear contextual bandit with its curriculum, the
 token bandit (the step-size experiments' family) with the second-order prediction of where a step
-overshoots on it.
+overshoots on it, the paper's worked examples (App. E's two responses, App. F's collapse
+instances) and the random instances the inequalities are counted on.
 
 §6.1 (Figure 1, App. I.2): contexts x ∈ [0, 1]^d, N arms scored s(x) = βᵀx (β standard normal),
 reward 1 on the best arm, logits θᵀx with θ0 ~ N(0, scale²) (``contextual_bandit``). Each step
@@ -27,22 +28,35 @@ a response's score grow with T, the regime of the token-level theory (Section 4)
 The second-order prediction (App. F): along a preset's expected update w at θ, the log-odds change
 Δμ·η + ½(Var+ − Var−)η² turns negative at η_crit = 2Δμ / (Var− − Var+) (theory.eta_crit_second_order),
 for the objective (the prompts' statistics combined, gap.combine_prompts) and for each prompt.
+
+App. E (``two_response``): a softmax over one correct and one incorrect response, θ0 = (l/2, −l/2)
+with l = logit J0. App. F (``collapse_instance``, ``collapse_theta0``, ``collapse_direction``):
+three responses (F.1) or tokens (F.2, the all-o1 sequence of length T_inf correct) with features
+(G/2)·(0,1), (G/2)·(1,0), (G/2)·(−1,0), θ0 = (η/3)(−1, 0) and w_k = (1/3)((−1)^k·2, −δ), exactly as
+in the proofs of Theorems 2 and 4 (J(k) in closed form: theory.collapse_J).
+
+``random_instances``: tabular bandits, trajectory-level feature softmax, a multi-prompt contextual
+bandit and token-level policies (tabular per position with EOS, tabular per prefix, shared linear
+features), with random parameters and random pass/fail sets, every one with both outcomes present.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from rlvrlab import theory
 from rlvrlab.gap import combine_prompts
-from rlvrlab.policies import LinearContextualSoftmax
+from rlvrlab.policies import EnumerablePolicy, FeatureSoftmax, LinearContextualSoftmax, TabularSoftmax, TokenSoftmax
 from rlvrlab.policies.independent import CountReward, IndependentSoftmax
-from rlvrlab.updates import get_preset
+from rlvrlab.updates import get_preset, make_direction
 
-__all__ = ["PROMPT_FLOOR", "Curriculum", "contextual_bandit", "initial_theta", "predicted_critical_rates", "prompt_outcomes",
-           "token_bandit"]
+__all__ = ["PROMPT_FLOOR", "Curriculum", "RandomInstance", "collapse_direction", "collapse_features", "collapse_instance",
+           "collapse_theta0", "contextual_bandit", "initial_theta", "predicted_critical_rates", "prompt_outcomes",
+           "random_instances", "token_bandit", "two_response"]
 
 
 def contextual_bandit(runs: int, contexts: int, *, dim: int, arms: int, init_scale: float, generator: torch.Generator):
@@ -135,3 +149,79 @@ def predicted_critical_rates(model, theta: torch.Tensor, preset: str = "grpo") -
                                                           per.var_minus.nan_to_num(0.0)))
     crit_p = torch.where(per.delta_mu > 0, crit_p, torch.full_like(crit_p, math.inf))
     return crit_obj, float(crit_p.min())
+
+
+def two_response(J0: torch.Tensor) -> tuple[TabularSoftmax, torch.Tensor, torch.Tensor]:
+    """(policy, reward (1, 2), θ0 (R, 2)) of App. E for R = len(J0) runs: a softmax over the correct
+    response (reward 1) and the incorrect one, θ0 = (l/2, −l/2) with l = logit J0, so that J(0) = J0."""
+    logit = theory.log_odds(J0)
+    theta0 = torch.stack([logit / 2, -logit / 2], dim=1)
+    return TabularSoftmax(2), torch.tensor([[1.0, 0.0]], dtype=torch.float64), theta0
+
+
+def collapse_features(G: float) -> torch.Tensor:
+    """φ(o1), φ(o-1), φ(o-2) of App. F (3, 2): (G/2)·(0,1), (G/2)·(1,0), (G/2)·(-1,0)."""
+    return G / 2 * torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+
+
+def collapse_instance(G: float, T_inf: int | None = None) -> tuple[EnumerablePolicy, torch.Tensor]:
+    """(policy, reward (1, N)) of App. F: F.1 (three responses, o1 correct) when T_inf is None, else
+    F.2 (three tokens, no EOS, T_inf positions; only the all-o1 response correct)."""
+    phi = collapse_features(G)
+    if T_inf is None:
+        return FeatureSoftmax(phi), torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    policy = TokenSoftmax(3, T_inf, eos=None, parametrization="linear", features=phi)
+    reward = (policy.tokens == 0).all(1).to(torch.float64).unsqueeze(0)  # the all-o1 response
+    return policy, reward
+
+
+def collapse_theta0(eta: torch.Tensor) -> torch.Tensor:
+    """θ0 = (η/3)(−1, 0) (eq. 51, 56), one row per run: eta (R,) -> (R, 2)."""
+    return torch.stack([-eta / 3, torch.zeros_like(eta)], dim=1)
+
+
+def collapse_direction(delta: torch.Tensor) -> Callable:
+    """simulate's direction w_k = (1/3)((−1)^k·2, −δ) (eq. 53, 58), one δ per run (R,)."""
+
+    def fn(k: int, theta: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.full_like(delta, 2.0 * (-1) ** k), -delta], dim=1) / 3
+
+    return make_direction("prescribed", fn=fn)
+
+
+class RandomInstance(NamedTuple):
+    """One random instance: its name, the policy, the reward (C, N) and whether it is token-level."""
+
+    name: str
+    policy: EnumerablePolicy
+    reward: torch.Tensor
+    token_level: bool
+
+
+def random_instances(generator: torch.Generator) -> list[RandomInstance]:
+    """Seven instances with random features and pass/fail sets (each about 40% correct, at least one
+    correct and one incorrect response per prompt), drawn from ``generator``: bandits with K = 3
+    and 10 arms, a feature softmax (N = 6, d = 3), a contextual softmax (C = 4, N = 5), and token
+    policies: V = 3, T = 3 per position with EOS; V = 2, T = 4 per prefix; V = 3, T = 3 linear."""
+    gen = generator
+
+    def split(n: int, c: int = 1) -> torch.Tensor:
+        r = (torch.rand(c, n, generator=gen) < 0.4).to(torch.float64)
+        r[:, 0], r[:, 1] = 1.0, 0.0  # both sides present
+        return r[:, torch.randperm(n, generator=gen)]
+
+    out = [
+        RandomInstance("bandit K=3", TabularSoftmax(3), split(3), False),
+        RandomInstance("bandit K=10", TabularSoftmax(10), split(10), False),
+        RandomInstance("features N=6 d=3", FeatureSoftmax(torch.randn(6, 3, generator=gen, dtype=torch.float64)), split(6), False),
+        RandomInstance("contextual C=4 N=5", LinearContextualSoftmax(torch.rand(4, 3, generator=gen, dtype=torch.float64), 5),
+                       split(5, 4), False),
+    ]
+    for name, pol in (
+        ("token V=3 T=3 EOS position", TokenSoftmax(3, 3, eos=0, parametrization="position")),
+        ("token V=2 T=4 prefix", TokenSoftmax(2, 4, parametrization="prefix")),
+        ("token V=3 T=3 linear", TokenSoftmax(3, 3, parametrization="linear", features=torch.randn(3, 2, generator=gen, dtype=torch.float64))),
+    ):
+        out.append(RandomInstance(name, pol, split(pol.n_responses), True))
+    return out
+
