@@ -428,3 +428,23 @@ def test_a_diverging_run_stops_with_the_step_and_rate_and_keeps_its_rows(tiny_mo
 
     assert pq.read_table(tmp_path / "metrics.parquet").column("step").to_pylist() == [0, 1, 2]
     assert torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=False)["step"] == 2
+
+
+def test_finite_weights_whose_forward_overflows_stop_the_run_too(tiny_model, tmp_path):
+    # what lm train --lr 1e9 does: Adam's steps of size ~lr leave finite weights whose forward overflows
+    from rlvrlab.lm.trainer import DivergedError
+
+    tr = GRPOTrainer(_config(tiny_model, steps=6, checkpoint_every=1), tmp_path, reward_fn=_even_length)
+    original = tr.opt.step
+
+    def blow_up(*args, **kwargs):
+        original(*args, **kwargs)
+        if tr.step == 1:
+            with torch.no_grad():
+                for p in tr.params:
+                    p.mul_(1e30)
+
+    tr.opt.step = blow_up
+    with pytest.raises(DivergedError, match=r"non-finite (at|after) step 2 with learning rate 0\.01"):
+        tr.train()
+    assert all(bool(torch.isfinite(p).all()) for p in tr.params)  # finite weights: the forward is what overflowed
