@@ -33,8 +33,7 @@ import torch
 from rlvrlab import plotting, theory
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_int, setting
 from rlvrlab.io import columns, read_table, trajectory_table
-from rlvrlab.policies import EnumerablePolicy, FeatureSoftmax, LinearContextualSoftmax, TabularSoftmax, TokenSoftmax
-from rlvrlab.simulate import Trajectory, simulate
+from rlvrlab.simulate import Trajectory, random_instances, simulate
 from rlvrlab.updates import make_direction, make_step_size
 
 __all__ = ["BoundsConfig", "EXPERIMENT", "plot", "run"]
@@ -59,29 +58,6 @@ class BoundsConfig:
         return cls(steps=60, runs_per_direction=5)
 
 
-def instances(gen: torch.Generator) -> list[tuple[str, EnumerablePolicy, torch.Tensor, bool]]:
-    """(name, policy, reward (C, N), token_level) with random features and pass/fail sets."""
-
-    def split(n: int, c: int = 1) -> torch.Tensor:
-        r = (torch.rand(c, n, generator=gen) < 0.4).to(torch.float64)
-        r[:, 0], r[:, 1] = 1.0, 0.0  # both sides present
-        return r[:, torch.randperm(n, generator=gen)]
-
-    out: list[tuple[str, EnumerablePolicy, torch.Tensor, bool]] = [
-        ("bandit K=3", TabularSoftmax(3), split(3), False),
-        ("bandit K=10", TabularSoftmax(10), split(10), False),
-        ("features N=6 d=3", FeatureSoftmax(torch.randn(6, 3, generator=gen, dtype=torch.float64)), split(6), False),
-        ("contextual C=4 N=5", LinearContextualSoftmax(torch.rand(4, 3, generator=gen, dtype=torch.float64), 5), split(5, 4), False),
-    ]
-    for name, pol in (
-        ("token V=3 T=3 EOS position", TokenSoftmax(3, 3, eos=0, parametrization="position")),
-        ("token V=2 T=4 prefix", TokenSoftmax(2, 4, parametrization="prefix")),
-        ("token V=3 T=3 linear", TokenSoftmax(3, 3, parametrization="linear", features=torch.randn(3, 2, generator=gen, dtype=torch.float64))),
-    ):
-        out.append((name, pol, split(pol.n_responses), True))
-    return out
-
-
 def _random_direction(gen: torch.Generator) -> Callable:
     def fn(k: int, theta: torch.Tensor) -> torch.Tensor:
         w = torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
@@ -101,7 +77,7 @@ def run(config: BoundsConfig, progress: Progress, workdir: Path) -> Result:
     tightness = {"lemma1": 0.0, "lemma2": 0.0}  # largest |error| / allowance seen: how close to binding
     second = {"half_better": 0, "steps": 0}
     tables, per_instance = [], []
-    insts = instances(gen)
+    insts = random_instances(gen)
     advance = progress.task("bounds: random instances", len(insts) * 4 * config.steps)
     for name, policy, reward, token in insts:
         c = policy.constants()

@@ -32,9 +32,8 @@ import torch
 from rlvrlab import plotting, theory
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.io import columns, read_table, trajectory_table
-from rlvrlab.policies import FeatureSoftmax, TokenSoftmax
-from rlvrlab.simulate import simulate
-from rlvrlab.updates import make_direction, make_step_size
+from rlvrlab.simulate import collapse_direction, collapse_instance, collapse_theta0, simulate
+from rlvrlab.updates import make_step_size
 
 __all__ = ["CollapseConfig", "EXPERIMENT", "plot", "run"]
 
@@ -63,63 +62,33 @@ class CollapseConfig:
         return cls(steps=2_000, T_infs=(1, 2, 4), record_every=10)
 
 
-def features(G: float) -> torch.Tensor:
-    """φ(o1), φ(o-1), φ(o-2) of App. F: (G/2)·(0,1), (G/2)·(1,0), (G/2)·(-1,0)."""
-    return G / 2 * torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
-
-
-def prescribed(eta: torch.Tensor, delta: torch.Tensor):
-    """w_k = (1/3)((-1)^k·2, -delta), one row per run (eq. 53, 58)."""
-
-    def fn(k: int, theta: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.full_like(delta, 2.0 * (-1) ** k), -delta], dim=1) / 3
-
-    return make_direction("prescribed", fn=fn)
-
-
-def closed_form_J(eta: torch.Tensor, delta: torch.Tensor, G: float, T: int, k: torch.Tensor) -> torch.Tensor:
-    """J(k) from the proofs: (1 / (1 + (e^{eta G/6} + e^{-eta G/6}) e^{delta eta G k/6}))^T. k (S,), eta (R,) -> (S, R)."""
-    a = eta * G / 6
-    per_token = 1 / (1 + (torch.exp(a) + torch.exp(-a)) * torch.exp(delta * a * k.unsqueeze(1)))
-    return per_token**T
-
-
-def _instance(G: float, T: int | None):
-    """(policy, reward, L, name): F.1 when T is None, else F.2 with T_inf = T."""
-    phi = features(G)
-    if T is None:
-        return FeatureSoftmax(phi), torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64), "F.1"
-    policy = TokenSoftmax(3, T, eos=None, parametrization="linear", features=phi)
-    reward = (policy.tokens == 0).all(1).to(torch.float64).unsqueeze(0)  # the all-o1 response
-    return policy, reward, "F.2"
-
-
 def run(config: CollapseConfig, progress: Progress, workdir: Path) -> Result:
     G = config.G
     tables, checks, summary = [], [], {"instances": []}
     settings = [None, *config.T_infs]
     advance = progress.task("collapse: App. F instances", 2 * len(settings) * config.steps)
     for T in settings:
-        policy, reward, name = _instance(G, T)
+        policy, reward = collapse_instance(G, T)
+        name = "F.1" if T is None else "F.2"
         c = policy.constants()
         Tn = 1 if T is None else T
         # Window of Thm 2 (52) / Thm 4 (16), with the instance's own L.
         s = c.L_o + c.G_o**2 if T is None else c.L_p * math.sqrt(Tn) + c.G_p**2 * Tn
         eta_max = 1 / (2 * math.sqrt(s))
         eta = torch.tensor([f * eta_max for f in config.eta_fractions], dtype=torch.float64)
-        delta = eta * G / (15 if T is None else 10)
+        delta = theory.collapse_delta(eta, G, T)
         dm_q = eta * s / (60 if T is None else 120)  # the largest Delta_mu_q whose window contains eta
         window = [(theory.collapse_window_trajectory(float(q), c.L_o, c.G_o) if T is None
                    else theory.collapse_window_token(float(q), c.L_p, c.G_p, Tn)) for q in dm_q]
         in_window = all(w.valid and w.low <= float(e) * (1 + 1e-12) and float(e) <= w.high * (1 + 1e-12) for w, e in zip(window, eta))
-        theta0 = torch.stack([-eta / 3, torch.zeros_like(eta)], dim=1)
-        traj = simulate(policy, reward, theta0, steps=config.steps, direction=prescribed(eta, delta), step_size=eta,
+        theta0 = collapse_theta0(eta)
+        traj = simulate(policy, reward, theta0, steps=config.steps, direction=collapse_direction(delta), step_size=eta,
                         record_every=config.record_every, on_step=advance)
         m = traj.metrics
         J = m["J"]
-        closed = closed_form_J(eta, delta, G, Tn, traj.step.to(torch.float64))
+        closed = theory.collapse_J(eta, delta, G, traj.step.to(torch.float64).unsqueeze(1), T)  # (S, R)
         closed_err = ((J - closed).abs() / closed).max().item()
-        proof_bound = eta * G**2 / 30 if T is None else Tn * eta * G**2 / 60
+        proof_bound = theory.collapse_alignment_bound(eta, G, T)
         dm = m["delta_mu"][:-1]
         label = name if T is None else f"{name} (T_inf={T})"
         # J decreases at every recorded row, and the closed form (matched above) decreases at every

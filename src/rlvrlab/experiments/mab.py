@@ -56,13 +56,6 @@ class MabConfig:
         return cls(steps=2_000)
 
 
-def _closed_form_delta_mu(pi: torch.Tensor, best: int) -> torch.Tensor:
-    """App. I.1: Delta_mu = π*(1-π*) + π* Σ_{a≠a*} π_a² / (1-π*), for w = ∇J.  pi: (R, K)."""
-    star = pi[:, best]
-    others = torch.cat([pi[:, :best], pi[:, best + 1:]], dim=1)
-    return star * (1 - star) + star * (others**2).sum(1) / (1 - star)
-
-
 def run(config: MabConfig, progress: Progress, workdir: Path) -> Result:
     dtype = getattr(torch, config.dtype)
     K = config.arms
@@ -80,13 +73,13 @@ def run(config: MabConfig, progress: Progress, workdir: Path) -> Result:
     step = slice(0, -1)  # rows with a step taken (the last row is the final state)
 
     # App. I.1 on the symmetric subspace, and the general form at the final parameters.
-    quad = J[step] * (1 - J[step]) * K / (K - 1)
+    quad = theory.bandit_delta_mu_symmetric(J[step], K)
     ok = torch.isfinite(dm[step]) & (J[step] < 1 - 1e-9)
     rel_quad = ((dm[step] - quad).abs() / quad)[ok].max().item()
     pi = torch.softmax(traj.theta, 1)
     logp, proj = policy.logp_and_jvp(traj.theta, policy.grad_J(traj.theta, reward, torch.ones(R, 1, dtype=dtype)))
     engine = gap.gap_along(logp, proj, reward.expand(R, 1, K))
-    general = _closed_form_delta_mu(pi, config.best_arm)
+    general = theory.bandit_delta_mu(pi, config.best_arm)
     defined = pi[:, config.best_arm] < 1 - 1e-9
     rel_general = ((engine.delta_mu[:, 0] - general).abs() / general)[defined].max().item() if bool(defined.any()) else 0.0
 
@@ -132,7 +125,7 @@ def run(config: MabConfig, progress: Progress, workdir: Path) -> Result:
         "M_final": M[-1].tolist(),
         "first_step_with_J_at_least_half": first_half,
         "max_delta_mu": dm[step].max(0).values.tolist(),
-        "max_delta_mu_closed_form": K / (4 * (K - 1)),
+        "max_delta_mu_closed_form": theory.bandit_delta_mu_symmetric(0.5, K),  # K/(4(K-1)), at J = ½
         "kernel": traj.info.get("kernel"),
     }
     table = trajectory_table(traj, {"eta": etas})

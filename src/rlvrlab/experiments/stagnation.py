@@ -4,7 +4,7 @@ GRPO's effective step along the Gradient Gap is α·Δμ·sqrt(J(1-J))/T (17) wh
 about c·Δμ·(1-J)/T (18): the ratio α·sqrt(J/(1-J))/c grows without bound as J -> 1, so at a fixed α
 the paper expects GRPO to stop improving near J* where the two meet,
 
-    J* ≈ 1 / (1 + (α/c)²).
+    J* ≈ 1 / (1 + (α/c)²)   (rlvrlab.theory.grpo_plateau).
 
 We train GRPO (exact expected updates, eq. 5) on the contextual token bandit at a grid of fixed
 learning rates for many steps, measure the plateau J* (the mean J over the last tenth of the
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rlvrlab import _checks, plotting
+from rlvrlab import _checks, plotting, theory
 from rlvrlab.analysis.stats import fit_plateau
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.integrations.sweep import BACKENDS, run_sweep
@@ -148,7 +148,7 @@ def plot(out: Path) -> list[str]:
     g = rule == "grpo"
     c, r2 = fit_plateau(cols["lr"][g], cols["plateau_J"][g])
     xs = np.geomspace(cols["lr"][g].min(), cols["lr"][g].max(), 200)
-    a1.semilogx(xs, 1 / (1 + (xs / c) ** 2), "k--", lw=1, label=f"1/(1+(α/c)²), c={c:.3g}, R²={r2:.2f}")
+    a1.semilogx(xs, theory.grpo_plateau(xs, c).numpy(), "k--", lw=1, label=f"1/(1+(α/c)²), c={c:.3g}, R²={r2:.2f}")
     ad = rule == "gap-adaptive"
     for v in cols["plateau_J"][ad]:
         a1.axhline(v, color="tab:green", lw=0.8, alpha=0.6)

@@ -25,8 +25,7 @@ import torch
 from rlvrlab import plotting, theory
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.io import columns, read_table, trajectory_table
-from rlvrlab.policies import TabularSoftmax
-from rlvrlab.simulate import simulate
+from rlvrlab.simulate import simulate, two_response
 
 __all__ = ["EXPERIMENT", "TwoResponseConfig", "plot", "run"]
 
@@ -50,15 +49,13 @@ class TwoResponseConfig:
 
 
 def run(config: TwoResponseConfig, progress: Progress, workdir: Path) -> Result:
-    policy = TabularSoftmax(2)
-    c = policy.constants()
-    eta_star = theory.linear_rate_step(math.sqrt(2), c.L_o, c.G_o)
     grid = [(J0, mult) for mult in config.step_multiples for J0 in config.J0s]
     J0 = torch.tensor([g[0] for g in grid], dtype=torch.float64)
+    policy, reward, theta0 = two_response(J0)
+    c = policy.constants()
+    eta_star = theory.linear_rate_step(math.sqrt(2), c.L_o, c.G_o)
     eta = torch.tensor([g[1] * eta_star for g in grid], dtype=torch.float64)
     logit = theory.log_odds(J0)
-    theta0 = torch.stack([logit / 2, -logit / 2], dim=1)
-    reward = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     traj = simulate(policy, reward, theta0, steps=config.steps, direction="gap", step_size=eta,
                     on_step=progress.task("two-response", config.steps), fast=False)
     m = traj.metrics
@@ -72,7 +69,7 @@ def run(config: TwoResponseConfig, progress: Progress, workdir: Path) -> Result:
     rate_ok = (err <= bound * (1 + 1e-9) + 1e-300)[:, inside]
     realized_rate = (m["log_odds"][-1] - m["log_odds"][0]) / (eta * config.steps)
     target = 0.99
-    predicted = [math.ceil(2 * math.log((1 - j) / (j * (1 - target))) / (math.sqrt(2) * e)) for j, e in zip(J0.tolist(), eta.tolist())]
+    predicted = [math.ceil(theory.linear_rate_steps(j, math.sqrt(2), e, target)) for j, e in zip(J0.tolist(), eta.tolist())]
     reached = [int(traj.step[(m["J"][:, i] >= target).nonzero()[0]]) if bool((m["J"][:, i] >= target).any()) else -1
                for i in range(len(grid))]
     checks = [
