@@ -1,7 +1,8 @@
 """rlvrlab.analysis.stats against plain-loop references and worked examples: AUC by counting
 pairs, Spearman as Pearson's r of hand-ranked data, the slope's t-interval from sums of squares,
 bootstrap intervals that cover a known mean, the critical-rate search on windows whose edge
-is known, and the plateau fit against exact data and a dense grid."""
+is known, the plateau fit against exact data and a dense grid, and the standard error of a
+difference of accuracies against Monte Carlo."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from rlvrlab.analysis.stats import auc, bootstrap_ci, critical_rate, fit_plateau, loglog_slope, spearman, spearman_ci
+from rlvrlab.analysis.stats import (auc, bootstrap_ci, critical_rate, fit_plateau, loglog_slope, proportion_diff_se,
+                                    spearman, spearman_ci)
 
 
 def _auc_by_pairs(pos, neg) -> float:
@@ -202,3 +204,26 @@ def test_fit_plateau_edge_cases():
     assert math.isnan(fit_plateau([1.0, 2.0], [0.5, 0.5]).r2)  # no spread to explain
     with pytest.raises(ValueError, match=r"^lr: got \[1.0, 0.0\]; allowed: at least one rate, every one > 0"):
         fit_plateau([1.0, 0.0], [0.5, 0.4])
+
+
+def test_proportion_diff_se_worked_examples():
+    assert proportion_diff_se(0.5, n=100) == pytest.approx(0.05, rel=1e-15)  # sqrt(0.25/100)
+    assert proportion_diff_se(0.5, 0.5, n=100) == pytest.approx(math.sqrt(0.005), rel=1e-15)
+    assert proportion_diff_se(0.2, 0.9, n=64) == pytest.approx(math.sqrt((0.16 + 0.09) / 64), rel=1e-15)  # 0.0625
+    assert proportion_diff_se(0.0, 1.0, n=10) == 0.0  # no spread in either
+    assert math.isnan(proportion_diff_se(0.3, math.nan, n=10))  # a missing measurement
+    with pytest.raises(ValueError, match=r"^n: got 0; allowed: an integer >= 1"):
+        proportion_diff_se(0.5, n=0)
+    with pytest.raises(ValueError, match=r"^proportions: got \[0.5, 1.5\]; allowed: numbers in \[0, 1\]"):
+        proportion_diff_se(0.5, 1.5, n=10)
+
+
+@pytest.mark.parametrize("p, q, n", [(0.3, 0.6, 50), (0.05, 0.1, 400), (0.5, 0.5, 16)])
+def test_proportion_diff_se_is_the_spread_of_simulated_differences(p, q, n):
+    rng = np.random.default_rng(11)
+    draws = 200_000
+    diff = rng.binomial(n, p, draws) / n - rng.binomial(n, q, draws) / n
+    se = proportion_diff_se(p, q, n=n)
+    # a sample standard deviation of 200,000 draws has a relative SE of about 1/sqrt(2·draws) = 0.16%
+    assert diff.std(ddof=1) == pytest.approx(se, rel=0.008)  # 5 SE
+

@@ -9,14 +9,14 @@
   descendants) and the problems to compare them on;
 - ``stats`` — the statistics experiments share (from scipy): Spearman's ρ, AUC, bootstrap
   intervals, log-log slope fits with t-intervals, the critical-rate search, the stagnation
-  plateau fit.
+  plateau fit, the standard error of a difference of binomial accuracies.
 """
 
 from rlvrlab.analysis.decoding import CRITERIA, MODES, calibrate, extrapolated_logits, generate, selected
 from rlvrlab.analysis.pair import evaluation_problems, model_pair
 from rlvrlab.analysis.passk import pass_at_k, pass_at_k_curve
 from rlvrlab.analysis.stats import (CriticalRate, PlateauFit, SlopeFit, auc, bootstrap_ci, critical_rate, fit_plateau,
-                                    loglog_slope, spearman, spearman_ci)
+                                    loglog_slope, proportion_diff_se, spearman, spearman_ci)
 from rlvrlab.analysis.support import answer_support, support_metrics, support_threshold
 from rlvrlab.analysis.tokens import (answer_entropy, check_pair, position_stats, sample_answers, token_entropy,
                                      token_stats)
@@ -24,5 +24,5 @@ from rlvrlab.analysis.tokens import (answer_entropy, check_pair, position_stats,
 __all__ = ["CRITERIA", "MODES", "CriticalRate", "PlateauFit", "SlopeFit", "answer_entropy", "answer_support", "auc",
            "bootstrap_ci", "calibrate", "check_pair", "critical_rate", "evaluation_problems", "extrapolated_logits",
            "fit_plateau", "generate", "loglog_slope", "model_pair", "pass_at_k", "pass_at_k_curve", "position_stats",
-           "sample_answers", "selected", "spearman", "spearman_ci", "support_metrics", "support_threshold", "token_entropy",
-           "token_stats"]
+           "proportion_diff_se", "sample_answers", "selected", "spearman", "spearman_ci", "support_metrics",
+           "support_threshold", "token_entropy", "token_stats"]

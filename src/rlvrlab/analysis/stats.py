@@ -12,7 +12,9 @@ and the critical-rate search.
   sizes at which training converges (the rate past which a step overshoots, Thm 2/4), from a grid,
   refined by bisection in log(rate);
 - ``fit_plateau(lr, plateau)`` — least-squares c of the stagnation form J* = 1/(1 + (α/c)²) that
-  eq. (17)-(18) suggest for GRPO at a fixed rate α (scipy.optimize.minimize_scalar), with its R².
+  eq. (17)-(18) suggest for GRPO at a fixed rate α (scipy.optimize.minimize_scalar), with its R²;
+- ``proportion_diff_se(*p, n=n)`` — the standard error of a difference of accuracies, each measured
+  on n independent completions (binomial).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from scipy import optimize, stats
 from rlvrlab import _checks
 
 __all__ = ["CriticalRate", "PlateauFit", "SlopeFit", "auc", "bootstrap_ci", "critical_rate", "fit_plateau", "loglog_slope",
-           "spearman", "spearman_ci"]
+           "proportion_diff_se", "spearman", "spearman_ci"]
 
 
 def _vector(field: str, value: Any) -> np.ndarray:
@@ -205,3 +207,18 @@ def fit_plateau(lr: Any, plateau: Any) -> PlateauFit:
     log_c = float(res.x) if sse(float(res.x)) <= sse(best) else float(best)
     total = float(((plateau - plateau.mean()) ** 2).sum())
     return PlateauFit(math.exp(log_c), 1 - sse(log_c) / total if total > 0 else math.nan)
+
+
+def proportion_diff_se(*proportions: float, n: int) -> float:
+    """Standard error of a difference (or sum) of independent proportions p_i, each the success rate
+    of n independent Bernoulli trials, with the plug-in binomial variance:
+
+        SE = sqrt(Σ_i p_i(1 - p_i) / n)
+
+    One proportion gives its own standard error. nan where a proportion is nan (a measurement missing)."""
+    _checks.integer("n", n)
+    for p in proportions:
+        if not (math.isnan(p) or 0 <= p <= 1):
+            _checks.fail("proportions", list(proportions), "numbers in [0, 1] (or nan)")
+    return math.sqrt(sum(p * (1 - p) / n for p in proportions))
+

@@ -31,7 +31,7 @@ from scipy.stats import sem
 
 from rlvrlab import _checks, plotting
 from rlvrlab.analysis.pair import evaluation_problems, model_pair
-from rlvrlab.analysis.stats import auc
+from rlvrlab.analysis.stats import auc, proportion_diff_se
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_int, setting
 from rlvrlab.io import read_table
 
@@ -195,7 +195,7 @@ def run(config: DirectionConfig, progress: Progress, workdir: Path) -> Result:
 
     def noise(*accuracies: float) -> float:
         """Two standard errors of a difference of decoding accuracies (binomial, n completions each)."""
-        return 2 * math.sqrt(sum(a * (1 - a) / n for a in accuracies))
+        return 2 * proportion_diff_se(*accuracies, n=n)
 
     at = {(r["criterion"], r["target_rate"]): r["accuracy"] for r in rows}
     rate10 = min(config.rates, key=lambda r: abs(r - 0.1))
