@@ -9,14 +9,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlvrlab.analysis import evaluation_problems, model_pair, pass_at_k, support_metrics
+from rlvrlab.analysis import descendant_training_prompts, evaluation_problems, model_pair, pass_at_k, support_metrics
+from rlvrlab.analysis.pair import DESCENDANT_HOLDOUT, DESCENDANT_PROMPTS, DESCENDANT_SEEDS, EVALUATION_SEED
 from rlvrlab.cli import app
 from rlvrlab.experiments import resolve_config, run_experiment
 from rlvrlab.experiments.base import describe_fields
 from rlvrlab.experiments.registry import get
 from rlvrlab.lm.tasks import load_qa, make_task
 from rlvrlab.io import read_table
-from rlvrlab.lm.trainer import load_model
+from rlvrlab.lm.trainer import TrainConfig, load_model
 
 LEASH_SMALL = ["problems=4", "samples=8", "max_new_tokens=8"]
 DIRECTION_SMALL = ["problems=4", "samples=2", "max_new_tokens=8", "rates=0.2", "taus=-0.3", "gammas=0,0.1", "alphas=0.2",
@@ -96,21 +97,57 @@ def test_model_pair_trains_one_descendant_per_seed(tmp_path, monkeypatch):
                           on_task=lambda description, total: ticks.append((description, total)))
     assert base == "base-dir"
     assert rl == {"rl-seed3": str(tmp_path / "grpo-3" / "model"), "rl-seed5": str(tmp_path / "grpo-5" / "model")}
-    assert [(c.model, c.task, c.seed, c.steps, c.lr, c.prompts) for c in trained] == [
-        ("base-dir", "arith", 3, 7, 1e-3, 400), ("base-dir", "arith", 5, 7, 1e-3, 400)]
+    assert [(c.model, c.task, c.seed, c.steps, c.lr, c.prompts, c.holdout) for c in trained] == [
+        ("base-dir", "arith", 3, 7, 1e-3, 400, 0.2), ("base-dir", "arith", 5, 7, 1e-3, 400, 0.2)]
+    # the trainer's default holdout: descendants cached before it was passed keep their cache key
+    assert TrainConfig.__dataclass_fields__["holdout"].default == DESCENDANT_HOLDOUT
     assert [t for _, t in ticks] == [7, 7]
     assert model_pair("b", "r", task="add", seeds=(0,), steps=1, lr=1.0, preset="grpo", max_new_tokens=1) == ("b", {"rl": "r"})
     assert len(trained) == 2  # a given RLVR model trains nothing
 
 
+def _qa_file(path, n):
+    """n distinct questions the tiny base model's tokenizer can encode."""
+    path.write_text("".join(json.dumps({"question": f"{i}+{i}=", "answer": str(2 * i)}) + "\n" for i in range(n)))
+    return path
+
+
 def test_evaluation_problems_are_not_a_descendant_s_draw(tmp_path):
     add = make_task("add")
     problems = evaluation_problems(add, 48)
+    assert problems == add.sample(48, seed=EVALUATION_SEED)  # none of them collides: the draw as before
     trained = {p for seed in range(3) for p in add.sample(400, seed)}  # descendants' prompts, seeds 0-2
     assert len(set(problems)) == 48 and not set(problems) & trained
-    path = tmp_path / "qa.jsonl"
-    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(5)))
-    assert [p.answer for p in evaluation_problems(load_qa(path), 3)] == ["0", "1", "2"]  # the file's first records
+
+
+@pytest.mark.parametrize("records", [30, 500])
+def test_evaluation_problems_of_a_file_are_never_trained_on(tmp_path, records):
+    # A file of 30 records: every descendant draws all of it and trains on 24; of 500, it draws 400 and trains on 320.
+    task = load_qa(_qa_file(tmp_path / "qa.jsonl", records))
+    for seeds in [(0,), (0, 1), (3, 5, 8)]:
+        trained = set().union(*(descendant_training_prompts(task, s) for s in seeds))
+        held_by_all = [p for p in task.problems if p.prompt not in trained]  # may be none: 30 records, 3 seeds
+        if held_by_all:
+            problems = evaluation_problems(task, min(4, len(held_by_all)), seeds=seeds)
+            assert len({p.prompt for p in problems}) == len(problems) and not {p.prompt for p in problems} & trained
+        with pytest.raises(ValueError, match=rf"^problems: got {len(held_by_all) + 1}; allowed: at most {len(held_by_all)} \("):
+            evaluation_problems(task, len(held_by_all) + 1, seeds=seeds)
+    assert len(descendant_training_prompts(task, 0)) == min(records, DESCENDANT_PROMPTS) * 4 // 5
+    assert evaluation_problems(task, 1) == evaluation_problems(task, 1, seeds=DESCENDANT_SEEDS)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_descendant_training_prompts_are_the_trainer_s(tiny_base_model, tmp_path, seed):
+    from rlvrlab.lm.trainer import GRPOTrainer, TrainConfig
+
+    path = _qa_file(tmp_path / "qa.jsonl", 60)
+    config = TrainConfig(model=str(tiny_base_model), task=str(path), prompts=DESCENDANT_PROMPTS, holdout=DESCENDANT_HOLDOUT,
+                         seed=seed, steps=1, device="cpu")
+    trainer = GRPOTrainer(config, tmp_path / "run")
+    task = load_qa(path)
+    assert descendant_training_prompts(task, seed) == {p.prompt for p in trainer.train_set}
+    problems = evaluation_problems(task, 5, seeds=(seed,))
+    assert {p.prompt for p in problems} <= {p.prompt for p in trainer.heldout}  # a file this small: its held-out part
 
 
 @pytest.mark.parametrize("name", ["leash", "direction"])

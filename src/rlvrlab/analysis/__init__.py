@@ -6,14 +6,14 @@
   entropy; sampling answers; the check that two models share a tokenizer;
 - ``decoding`` — selective token replacement by criterion, and selective test-time extrapolation;
 - ``pair`` — the base/RLVR pair to compare (given, or the tiny base and its cached GRPO
-  descendants) and the problems to compare them on;
+  descendants) and the problems to compare them on, none of which the descendants trained on;
 - ``stats`` — the statistics experiments share (from scipy): Spearman's ρ, AUC, bootstrap
   intervals, log-log slope fits with t-intervals, the critical-rate search, the stagnation
   plateau fit, the standard error of a difference of binomial accuracies.
 """
 
 from rlvrlab.analysis.decoding import CRITERIA, MODES, calibrate, extrapolated_logits, generate, selected
-from rlvrlab.analysis.pair import evaluation_problems, model_pair
+from rlvrlab.analysis.pair import descendant_training_prompts, evaluation_problems, model_pair
 from rlvrlab.analysis.passk import pass_at_k, pass_at_k_curve
 from rlvrlab.analysis.stats import (CriticalRate, PlateauFit, SlopeFit, auc, bootstrap_ci, critical_rate, fit_plateau,
                                     loglog_slope, proportion_diff_se, spearman, spearman_ci)
@@ -22,7 +22,7 @@ from rlvrlab.analysis.tokens import (answer_entropy, check_pair, position_stats,
                                      token_stats)
 
 __all__ = ["CRITERIA", "MODES", "CriticalRate", "PlateauFit", "SlopeFit", "answer_entropy", "answer_support", "auc",
-           "bootstrap_ci", "calibrate", "check_pair", "critical_rate", "evaluation_problems", "extrapolated_logits",
-           "fit_plateau", "generate", "loglog_slope", "model_pair", "pass_at_k", "pass_at_k_curve", "position_stats",
-           "proportion_diff_se", "sample_answers", "selected", "spearman", "spearman_ci", "support_metrics",
-           "support_threshold", "token_entropy", "token_stats"]
+           "bootstrap_ci", "calibrate", "check_pair", "critical_rate", "descendant_training_prompts",
+           "evaluation_problems", "extrapolated_logits", "fit_plateau", "generate", "loglog_slope", "model_pair",
+           "pass_at_k", "pass_at_k_curve", "position_stats", "proportion_diff_se", "sample_answers", "selected",
+           "spearman", "spearman_ci", "support_metrics", "support_threshold", "token_entropy", "token_stats"]

@@ -104,7 +104,7 @@ def run(config: DirectionConfig, progress: Progress, workdir: Path) -> Result:
     rl, rl_tok = load_model(rl_dir)
     check_pair(base, tok, rl, rl_tok)
     task = load_task(config.task)
-    problems = evaluation_problems(task, config.problems)
+    problems = evaluation_problems(task, config.problems, seeds=() if config.rl else config.seeds[:1])  # none it trained on
     prompts = [tok(p.prompt)["input_ids"] for p in problems]
 
     def decode(mode, seed=0, **kw):
