@@ -66,7 +66,7 @@ def run(config: LeashConfig, progress: Progress, workdir: Path) -> Result:
                                    lr=config.rl_lr, preset=config.rl_preset, max_new_tokens=config.max_new_tokens,
                                    on_task=progress.task)
     task = load_task(config.task)
-    problems = evaluation_problems(task, config.problems)
+    problems = evaluation_problems(task, config.problems, seeds=() if config.rl else config.seeds)  # never a descendant's training prompt
     base, tok = load_model(base_dir)
     ks = [k for k in (2 ** i for i in range(20)) if k <= config.samples]
     ks += [config.samples] if ks[-1] != config.samples else []
