@@ -7,9 +7,8 @@ are left-padded; positions are counted from each prompt's first real token. A co
 with the EOS token (which belongs to it: the decision to stop is part of the response) or at
 `max_new_tokens` (truncated).
 
-`token_logprobs` recomputes, with gradients when asked, log π(o_t | q, o_<t) for every completion
-token in one forward pass over prompt + completion, and the entropy of each next-token
-distribution.
+`token_logprobs` and `next_token_logprobs` (the log-probabilities of completions under a model)
+live in `rlvrlab.lm.logprobs` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from rlvrlab.lm.logprobs import next_token_logprobs, token_logprobs
 
 __all__ = ["Rollout", "completion_texts", "decode", "next_token_logprobs", "sample", "token_logprobs"]
 
@@ -130,31 +131,3 @@ def completion_texts(tokenizer, rollout: Rollout) -> list[str]:
     eos = tokenizer.eos_token
     ids, mask = rollout.completion_ids.cpu(), rollout.completion_mask.cpu()
     return [tokenizer.decode(row[m]).removesuffix(eos) for row, m in zip(ids, mask)]
-
-
-def next_token_logprobs(model, rollout: Rollout) -> torch.Tensor:
-    """log π(· | q, o_<t) over the whole vocabulary at every completion position (N, T, V), float32,
-    differentiable when grad is enabled.
-
-    The G completions of a prompt share it: the prompt runs once, its key/value cache is repeated
-    G times, and the completions run on top of it (fewer tokens through the model than running
-    prompt + completion for every row, by (G - 1)/G of the prompt tokens)."""
-    G, P = rollout.group, rollout.prompt_ids.shape[1]
-    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
-    first, cache = _prefill(model, rollout.prompt_ids[::G], rollout.prompt_mask[::G], G)
-    pos = _positions(mask)[:, P:]
-    rest = model(input_ids=rollout.completion_ids, attention_mask=mask.long(), position_ids=pos, past_key_values=cache,
-                 use_cache=True).logits[:, :-1]
-    return torch.log_softmax(torch.cat([first.unsqueeze(1), rest], 1).float(), -1)
-
-
-def token_logprobs(model, rollout: Rollout, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(o_t | q, o_<t) of every completion token (N, T) (0 where masked), and optionally the
-    entropy of each next-token distribution (N, T). Differentiable when grad is enabled."""
-    logp_all = next_token_logprobs(model, rollout)
-    logp = logp_all.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1) * rollout.completion_mask
-    ent = None
-    if entropy:
-        with torch.no_grad():
-            ent = -(logp_all.exp() * logp_all).sum(-1) * rollout.completion_mask
-    return logp, ent
