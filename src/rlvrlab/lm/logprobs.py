@@ -1,60 +1,163 @@
-"""The per-token log-probabilities of sampled completions under a model.
+"""The log-probabilities of sampled completions under a model, computed C positions at a time.
 
-`token_logprobs` recomputes, with gradients when asked, log π(o_t | q, o_<t) for every completion
-token in one forward pass over prompt + completion, and the entropy of each next-token
-distribution. `next_token_logprobs` gives the whole next-token distribution at every completion
-position.
+At a real vocabulary the next-token distributions are the largest tensors of a GRPO step: the
+(N, T, V) float32 logits of N = 64 completions of T = 512 tokens at Qwen2.5's V = 151,936 take
+20 GB, and their log-softmax as much again. Nothing here holds them. The model's backbone runs
+once over prompt + completion, giving the inputs of its output layer (the hidden states, (N, T, H),
+H ≪ V); the output layer (``model.get_output_embeddings()``, the lm_head) then runs on C of the
+completion positions at a time, and each chunk's logits z (C, V) are reduced at once to what the
+caller needs (TRL's ``selective_log_softmax`` and ``entropy_from_logits`` chunk the same way):
+
+    log π(o_t | q, o_<t) = log_softmax(z)[o_t]        H(π(·| q, o_<t)) = −Σ_v π(v) log π(v)
+
+in float32, as a full log-softmax of ``logits.float()`` computes them. Why the backbone and head
+apart rather than the model's own forward with ``logits_to_keep``: every completion position
+needs its logits, so ``logits_to_keep`` would keep them all; splitting the model is what keeps
+the logits out of memory. Padding after EOS is skipped (the lm_head is the costliest layer of a
+small model at a large vocabulary). Models whose logits are not ``lm_head(hidden)`` (a logit
+scale or soft-capping in their config, a PEFT wrapper, a model without a separate backbone) fall
+back to their own logits, (N, T, V) in the model's dtype, and only the float32 log-softmax is
+chunked.
+
+With gradients, each chunk runs under activation checkpointing when there is more than one:
+its logits are recomputed in the backward pass instead of being kept, so the gradients are those
+of the full log-softmax (the same operations, recomputed) with O(C·V) memory instead of O(N·T·V).
+The entropy is for logging and never carries a gradient.
+
+The G completions of a prompt share it: the prompt runs once, its key/value cache is repeated G
+times, and the completions run on top of it (fewer tokens through the model than running prompt +
+completion for every row, by (G - 1)/G of the prompt tokens).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
     from rlvrlab.lm.sampling import Rollout
 
-__all__ = ["next_token_logprobs", "token_logprobs"]
+__all__ = ["CHUNK_ELEMENTS", "chunk_positions", "head_inputs", "log_softmax_chunks", "next_token_logprobs", "token_logprobs"]
+
+# Logits per chunk (C·V): 64 MB of float32; C = 110 positions at V = 151,936. A chunk's working
+# set is a few such tensors (logits, log-softmax, their gradients).
+CHUNK_ELEMENTS = 2**24
+
+# Config fields that make a model's logits something other than lm_head(hidden) (TRL's fused LM
+# head reads the same ones): such models use their own logits.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, G: int):
-    """Run the B distinct prompts once and repeat their key/value cache G times: (logits at the
-    last prompt position (B·G, V), the cache of B·G rows)."""
-    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=_positions(mask), use_cache=True)
+def _backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(backbone, lm_head) when the model's logits are lm_head(backbone(...).last_hidden_state)."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):  # e.g. a PEFT wrapper, whose base_model is not a backbone
+        return None
+    head, backbone = model.get_output_embeddings(), model.base_model
+    config = model.config.get_text_config()
+    if head is None or backbone is model or any(getattr(config, k, None) is not None for k in _LOGIT_TRANSFORMS):
+        return None
+    return backbone, head
+
+
+def head_inputs(model, rollout: Rollout) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """The inputs of the model's output layer at every completion position and that layer: x (N, T, H)
+    and head, with head(x[i, t]) the logits of o_t given q, o_<t (V,). For a model that cannot be split
+    (see the module docstring) x are the logits themselves (N, T, V) and head the identity.
+    Differentiable when grad is enabled."""
+    G, P = rollout.group, rollout.prompt_ids.shape[1]
+    split = _backbone_and_head(model)
+    net, head = split if split is not None else (model, lambda z: z)
+
+    def last(out) -> torch.Tensor:
+        return out.last_hidden_state if split is not None else out.logits
+
+    ids, pmask = rollout.prompt_ids[::G], rollout.prompt_mask[::G]
+    out = net(input_ids=ids, attention_mask=pmask.long(), position_ids=_positions(pmask), use_cache=True)
     cache = out.past_key_values
     if G > 1:
         cache.batch_repeat_interleave(G)
-    return out.logits[:, -1].repeat_interleave(G, 0), cache
+    first = last(out)[:, -1].repeat_interleave(G, 0)  # predicts o_1: (N, H)
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
+    rest = net(input_ids=rollout.completion_ids, attention_mask=mask.long(), position_ids=_positions(mask)[:, P:],
+               past_key_values=cache, use_cache=True)
+    return torch.cat([first.unsqueeze(1), last(rest)[:, :-1]], 1), head  # (N, T, H)
+
+
+def chunk_positions(n: int, vocab: int, chunk_size: int | None = None) -> list[slice]:
+    """Slices of ``chunk_size`` positions (default: CHUNK_ELEMENTS // vocab, at least 1) covering n."""
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_ELEMENTS // vocab)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size}")
+    return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+
+
+def _vocab(model, x: torch.Tensor) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head.weight.shape[0] if head is not None and hasattr(head, "weight") else x.shape[-1]
+
+
+def _selected(model, rollout: Rollout):
+    """The completion positions (M,) as flat indices into (N·T), their head inputs (M, H), tokens (M,)
+    and the head."""
+    x, head = head_inputs(model, rollout)
+    where = rollout.completion_mask.flatten().nonzero().squeeze(1)  # (M,)
+    return where, x.flatten(0, 1).index_select(0, where), rollout.completion_ids.flatten()[where], head
+
+
+def log_softmax_chunks(model, rollout: Rollout, *, chunk_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """log π(· | q, o_<t) over the whole vocabulary at the completion positions (the mask's True
+    entries, in row-major order), C at a time: (flat indices into (N·T) (C,), log-probs (C, V)
+    float32). Two models of one vocabulary given the same rollout and chunk_size yield the same
+    positions chunk by chunk (zip them to compare the two distributions)."""
+    where, x, _, head = _selected(model, rollout)
+    for c in chunk_positions(len(where), _vocab(model, x), chunk_size):
+        yield where[c], torch.log_softmax(head(x[c]).float(), -1)
+
+
+def _chunk_logprobs(x: torch.Tensor, tokens: torch.Tensor, head, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(o) (C,) of the tokens (C,) from head inputs (C, H), and the entropy (C,) without grad."""
+    logp_all = torch.log_softmax(head(x).float(), -1)  # (C, V)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if not entropy:
+        return logp, None
+    with torch.no_grad():
+        return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def token_logprobs(model, rollout: Rollout, *, entropy: bool = False,
+                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(o_t | q, o_<t) of every completion token (N, T) (0 where masked), and optionally the
+    entropy of each next-token distribution (N, T) (0 where masked, never with a gradient), from the
+    log-softmax in float32, chunk_size positions at a time (default: CHUNK_ELEMENTS // V).
+    Differentiable when grad is enabled, with the gradients of the unchunked computation."""
+    where, x, tokens, head = _selected(model, rollout)
+    chunks = chunk_positions(len(where), _vocab(model, x), chunk_size)
+    recompute = torch.is_grad_enabled() and x.requires_grad and len(chunks) > 1
+    parts = [checkpoint(_chunk_logprobs, x[c], tokens[c], head, entropy, use_reentrant=False) if recompute
+             else _chunk_logprobs(x[c], tokens[c], head, entropy) for c in chunks]
+    N, T = rollout.completion_ids.shape
+
+    def scatter(values: list[torch.Tensor]) -> torch.Tensor:
+        flat = torch.zeros(N * T, dtype=torch.float32, device=where.device)
+        return (flat.index_copy(0, where, torch.cat(values)) if values else flat).view(N, T)
+
+    logp = scatter([p[0] for p in parts])
+    return logp, (scatter([p[1] for p in parts]) if entropy else None)
 
 
 def next_token_logprobs(model, rollout: Rollout) -> torch.Tensor:
     """log π(· | q, o_<t) over the whole vocabulary at every completion position (N, T, V), float32,
-    differentiable when grad is enabled.
-
-    The G completions of a prompt share it: the prompt runs once, its key/value cache is repeated
-    G times, and the completions run on top of it (fewer tokens through the model than running
-    prompt + completion for every row, by (G - 1)/G of the prompt tokens)."""
-    G, P = rollout.group, rollout.prompt_ids.shape[1]
-    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
-    first, cache = _prefill(model, rollout.prompt_ids[::G], rollout.prompt_mask[::G], G)
-    pos = _positions(mask)[:, P:]
-    rest = model(input_ids=rollout.completion_ids, attention_mask=mask.long(), position_ids=pos, past_key_values=cache,
-                 use_cache=True).logits[:, :-1]
-    return torch.log_softmax(torch.cat([first.unsqueeze(1), rest], 1).float(), -1)
-
-
-def token_logprobs(model, rollout: Rollout, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(o_t | q, o_<t) of every completion token (N, T) (0 where masked), and optionally the
-    entropy of each next-token distribution (N, T). Differentiable when grad is enabled."""
-    logp_all = next_token_logprobs(model, rollout)
-    logp = logp_all.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1) * rollout.completion_mask
-    ent = None
-    if entropy:
-        with torch.no_grad():
-            ent = -(logp_all.exp() * logp_all).sum(-1) * rollout.completion_mask
-    return logp, ent
+    differentiable when grad is enabled. This holds all N·T·V of them: at a large vocabulary use
+    `log_softmax_chunks` (the analyses) or `token_logprobs` (the trainer) instead."""
+    x, head = head_inputs(model, rollout)
+    return torch.log_softmax(head(x).float(), -1)
