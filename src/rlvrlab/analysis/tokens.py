@@ -12,6 +12,10 @@ Teacher-forced over the full vocabulary at every completion position t of a samp
 token entropy = (1/N) Σ_i (1/T_i) Σ_t H(π(· | x, y_<t)) over N sampled completions; answer entropy
 = −Σ_j p_j log p_j over the distinct extracted answers, unparseable outputs one answer "NA"
 ("Invisible Leash", §A). The two models must share a tokenizer (`check_pair`).
+
+The full-vocabulary quantities need both models' whole next-token distributions, never (N, T, V)
+at once: each model's backbone runs over `prompts_per_chunk` prompts' completions, and the two
+distributions are formed `chunk_size` completion positions at a time (`lm.logprobs`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from collections.abc import Sequence
 import torch
 
 from rlvrlab import _checks
-from rlvrlab.lm.sampling import Rollout, completion_texts, next_token_logprobs, sample
+from rlvrlab.lm.logprobs import CHUNK_ELEMENTS, log_softmax_chunks
+from rlvrlab.lm.sampling import Rollout, completion_texts, sample
 
 __all__ = ["answer_entropy", "check_pair", "position_stats", "sample_answers", "token_entropy", "token_stats"]
 
@@ -42,6 +47,9 @@ def check_pair(base, base_tokenizer, rl, rl_tokenizer) -> None:
     nb, nr = base.get_output_embeddings().weight.shape[0], rl.get_output_embeddings().weight.shape[0]
     if nb != nr:
         _checks.fail("rl model vocabulary", f"{nr} output logits", f"the base's {nb} (a model pair sharing one vocabulary)")
+
+
+_STATS = ("delta_logp", "entropy_base", "entropy_rl", "kl", "reverse_kl", "js")
 
 
 def position_stats(logp_base: torch.Tensor, logp_rl: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -70,25 +78,34 @@ def _chunks(rollout: Rollout, prompts: int):
 
 
 @torch.no_grad()
-def token_stats(base, rl, rollout: Rollout, *, prompts_per_chunk: int = 8) -> dict[str, torch.Tensor]:
-    """`position_stats` at every completion token of the rollout: each (N, T), 0 where masked."""
+def token_stats(base, rl, rollout: Rollout, *, prompts_per_chunk: int = 8,
+                chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """`position_stats` at every completion token of the rollout: each (N, T), 0 where masked.
+    chunk_size positions at a time (default: lm.logprobs.CHUNK_ELEMENTS // V)."""
     N, T = rollout.completion_ids.shape
-    out: dict[str, torch.Tensor] = {}
+    chunk_size = chunk_size or max(1, CHUNK_ELEMENTS // base.get_output_embeddings().weight.shape[0])
+    out = {k: torch.zeros(N, T) for k in _STATS}
     for s, part in _chunks(rollout, prompts_per_chunk):
-        stats = position_stats(next_token_logprobs(base, part), next_token_logprobs(rl, part), part.completion_ids)
-        for k, v in stats.items():
-            out.setdefault(k, torch.zeros(N, T))[s] = (v * part.completion_mask).cpu()
+        y = part.completion_ids.flatten()
+        found = {k: torch.zeros(y.numel(), device=y.device) for k in _STATS}
+        for (where, lb), (_, lr) in zip(log_softmax_chunks(base, part, chunk_size=chunk_size),
+                                        log_softmax_chunks(rl, part, chunk_size=chunk_size)):
+            for k, v in position_stats(lb, lr, y[where]).items():
+                found[k][where] = v
+        for k, v in found.items():
+            out[k][s] = v.view(part.completion_ids.shape).cpu()
     return out
 
 
 @torch.no_grad()
-def token_entropy(model, rollout: Rollout, *, prompts_per_chunk: int = 8) -> float:
+def token_entropy(model, rollout: Rollout, *, prompts_per_chunk: int = 8, chunk_size: int | None = None) -> float:
     """(1/N) Σ_i (1/T_i) Σ_t H(π(· | x, y_<t)): the mean over completions of their mean token entropy."""
     per = []
     for _, part in _chunks(rollout, prompts_per_chunk):
-        logp = next_token_logprobs(model, part)
-        H = -(logp.exp() * logp).sum(-1) * part.completion_mask
-        per.append(H.sum(-1) / part.completion_mask.sum(-1).clamp(min=1))
+        H = torch.zeros(part.completion_ids.numel(), device=part.completion_ids.device)
+        for where, logp in log_softmax_chunks(model, part, chunk_size=chunk_size):
+            H[where] = -(logp.exp() * logp).sum(-1)
+        per.append(H.view(part.completion_ids.shape).sum(-1) / part.completion_mask.sum(-1).clamp(min=1))
     return float(torch.cat(per).mean())
 
 
