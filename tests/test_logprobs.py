@@ -1,0 +1,182 @@
+"""rlvrlab.lm.logprobs: completion log-probabilities and entropies computed a chunk of positions at a
+time, against the plain full log-softmax of one forward pass over prompt + completion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+from rlvrlab.analysis.tokens import position_stats, token_entropy, token_stats
+from rlvrlab.lm.logprobs import chunk_positions, log_softmax_chunks, next_token_logprobs, token_logprobs
+from rlvrlab.lm.sampling import Rollout
+
+V = 97
+
+
+def _qwen(seed=0, vocab=V):
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # logits of a few nats, not the near-uniform ones of a fresh init
+        model.model.embed_tokens.weight.mul_(20)
+    return model
+
+
+def _gpt2(seed=0):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=1, eos_token_id=1)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+class Wrapped(torch.nn.Module):
+    """A model that is not a transformers PreTrainedModel (as a PEFT wrapper is not): logprobs falls
+    back to its logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, **kw):
+        return self.inner(**kw)
+
+
+def _rollout(B, G, P, T, seed, vocab=V) -> Rollout:
+    """Random left-padded prompts (1..P tokens) and completions (1..T tokens, the rest masked)."""
+    gen = torch.Generator().manual_seed(seed)
+    N = B * G
+    plen = torch.randint(1, P + 1, (B,), generator=gen).repeat_interleave(G)
+    prompt_mask = torch.arange(P) >= (P - plen)[:, None]
+    prompt_ids = torch.randint(3, vocab, (B, P), generator=gen).repeat_interleave(G, 0) * prompt_mask
+    clen = torch.randint(1, T + 1, (N,), generator=gen)
+    clen[0] = T  # the longest completion sets T
+    completion_mask = torch.arange(T) < clen[:, None]
+    completion_ids = torch.randint(3, vocab, (N, T), generator=gen) * completion_mask
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, group=G)
+
+
+def _full_log_softmax(model, roll: Rollout) -> torch.Tensor:
+    """log π(· | q, o_<t) (N, T, V): one forward over prompt + completion, the log-softmax of all of it."""
+    P = roll.prompt_ids.shape[1]
+    ids = torch.cat([roll.prompt_ids, roll.completion_ids], 1)
+    mask = torch.cat([roll.prompt_mask, roll.completion_mask], 1)
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos).logits[:, P - 1 : -1]
+    return torch.log_softmax(logits.float(), -1)
+
+
+def _reference(model, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unchunked formula: log π(o_t) and the entropy (N, T), 0 where masked."""
+    la = _full_log_softmax(model, roll)
+    logp = la.gather(-1, roll.completion_ids.unsqueeze(-1)).squeeze(-1) * roll.completion_mask
+    with torch.no_grad():
+        ent = -(la.exp() * la).sum(-1) * roll.completion_mask
+    return logp, ent
+
+
+SHAPES = [(1, 1, 3, 1), (2, 3, 4, 7), (3, 2, 5, 12), (4, 1, 2, 9)]  # (B, G, P, T)
+CHUNKS = [1, 2, 5, 7, 1000, None]  # mostly not dividing the number of completion positions
+
+
+def test_chunk_positions_cover_every_position_once():
+    for n in (0, 1, 7, 30):
+        for size in (1, 3, 7, 40):
+            chunks = chunk_positions(n, V, size)
+            assert [i for c in chunks for i in range(n)[c]] == list(range(n))
+            assert all(c.stop - c.start <= size for c in chunks)
+    # the default: CHUNK_ELEMENTS // V positions (110 at Qwen2.5's 151,936 tokens), at least one
+    assert [c.stop - c.start for c in chunk_positions(300, 151_936)] == [110, 110, 80]
+    assert len(chunk_positions(10, 2**25)) == 10
+    with pytest.raises(ValueError, match="positive"):
+        chunk_positions(5, V, 0)
+
+
+@pytest.mark.parametrize("make", [_qwen, _gpt2, lambda: Wrapped(_qwen())], ids=["qwen2", "gpt2", "not-split"])
+def test_chunked_log_probs_and_entropy_equal_the_full_log_softmax(make):
+    model = make()
+    for k, (B, G, P, T) in enumerate(SHAPES):
+        roll = _rollout(B, G, P, T, seed=k)
+        with torch.no_grad():
+            ref_logp, ref_ent = _reference(model, roll)
+            whole, whole_ent = token_logprobs(model, roll, entropy=True, chunk_size=10**6)
+        torch.testing.assert_close(whole, ref_logp, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(whole_ent, ref_ent, atol=1e-5, rtol=1e-5)
+        for size in CHUNKS:
+            with torch.no_grad():
+                logp, ent = token_logprobs(model, roll, entropy=True, chunk_size=size)
+            # chunking changes the numbers by rounding only; masked positions are exactly 0
+            torch.testing.assert_close(logp, whole, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(ent, whole_ent, atol=1e-6, rtol=1e-6)
+            assert (logp[~roll.completion_mask] == 0).all() and (ent[~roll.completion_mask] == 0).all()
+            assert token_logprobs(model, roll, chunk_size=size)[1] is None
+
+
+@pytest.mark.parametrize("make", [_qwen, _gpt2, lambda: Wrapped(_qwen())], ids=["qwen2", "gpt2", "not-split"])
+def test_gradients_through_chunked_log_probs_equal_the_unchunked_ones(make):
+    model = make()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for k, (B, G, P, T) in enumerate(SHAPES[1:]):
+        roll = _rollout(B, G, P, T, seed=10 + k)
+        weight = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(k))  # a loss's per-token weights
+        ref = torch.autograd.grad((_reference(model, roll)[0] * weight).sum(), params)
+        one = torch.autograd.grad((token_logprobs(model, roll, chunk_size=10**6)[0] * weight).sum(), params)
+        for size in (1, 3, 7):
+            logp, ent = token_logprobs(model, roll, entropy=True, chunk_size=size)
+            assert logp.requires_grad and not ent.requires_grad  # the entropy is logged, never differentiated
+            grads = torch.autograd.grad((logp * weight).sum(), params)
+            for g, g1, r in zip(grads, one, ref):
+                scale = float(r.abs().max()) + 1e-12
+                assert float((g - g1).abs().max()) <= 1e-6 * scale + 1e-9
+                assert float((g - r).abs().max()) <= 1e-5 * scale + 1e-9
+
+
+def test_with_gradients_no_tensor_of_positions_times_vocabulary_is_kept():
+    """What autograd saves for the backward outside the checkpointed chunks: the backbone's
+    activations and hidden states, never a (positions, V) tensor (the chunks recompute their logits)."""
+    vocab, size = 4000, 8
+    model = _qwen(vocab=vocab)
+    roll = _rollout(2, 4, 4, 16, seed=3, vocab=vocab)
+    saved: list[int] = []
+
+    def keep(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        logp, _ = token_logprobs(model, roll, entropy=True, chunk_size=size)
+    M = int(roll.completion_mask.sum())
+    assert saved and max(saved) < M * vocab // 4  # the embedding and lm_head weight (V·H) aside, all small
+    assert max(n for n in saved if n != vocab * 32) < size * vocab
+    logp.sum().backward()  # and the backward runs
+
+
+def test_log_softmax_chunks_are_the_full_distributions_at_completion_positions():
+    model = _qwen()
+    roll = _rollout(3, 2, 5, 12, seed=4)
+    with torch.no_grad():
+        full = _full_log_softmax(model, roll).flatten(0, 1)
+        for size in (1, 5, None):
+            parts = list(log_softmax_chunks(model, roll, chunk_size=size))
+            where = torch.cat([w for w, _ in parts])
+            assert torch.equal(where, roll.completion_mask.flatten().nonzero().squeeze(1))
+            torch.testing.assert_close(torch.cat([lp for _, lp in parts]), full[where], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(next_token_logprobs(model, roll).flatten(0, 1)[where], full[where], atol=1e-5, rtol=1e-5)
+
+
+def test_token_stats_and_entropy_equal_the_unchunked_formula():
+    base, rl = _qwen(seed=0), _qwen(seed=1)
+    roll = _rollout(3, 2, 5, 12, seed=5)
+    mask = roll.completion_mask
+    with torch.no_grad():
+        ref = {k: v * mask for k, v in position_stats(_full_log_softmax(base, roll), _full_log_softmax(rl, roll),
+                                                      roll.completion_ids).items()}
+        for size, prompts in ((1, 1), (5, 2), (7, 8), (None, 8)):
+            stats = token_stats(base, rl, roll, prompts_per_chunk=prompts, chunk_size=size)
+            assert list(stats) == list(ref)
+            for k, v in ref.items():
+                torch.testing.assert_close(stats[k], v, atol=1e-5, rtol=1e-5)
+            assert float(stats["kl"].max()) > 0.01  # two different models
+            per = (ref["entropy_rl"].sum(-1) / mask.sum(-1)).mean()
+            assert token_entropy(rl, roll, prompts_per_chunk=prompts, chunk_size=size) == pytest.approx(float(per), rel=1e-5)
