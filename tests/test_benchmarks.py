@@ -94,3 +94,28 @@ def test_trl_monitor_benchmark_smoke(tmp_path, tiny_base_model):
         statistics.median(b / a - 1 for a, b in zip(rounds["idle"], rounds["monitored"])))
     assert result["overhead_direct"] == pytest.approx(sec["monitor_pass_median"] / sec["idle_median"])
     assert 1 <= result["completion_length_mean"] <= 8
+
+
+def test_memory_benchmark_smoke(tmp_path):
+    pytest.importorskip("trl")
+    # A small vocabulary and short completions: the structure and the arithmetic of the report, not
+    # the comparison (peaks this small are a few allocator pages apart).
+    out = tmp_path / "memory.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--vocab", "2048", "--tokens", "16", "--prompts", "2",
+         "--group", "2", "--hidden", "32", "--layers", "1", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert (result["vocab"], result["completions"], result["tokens"]) == (2048, 4, 16)
+    assert result["logits_bytes"] == 4 * 16 * 2048 * 4  # N·T·V float32
+    assert set(result["peaks"]) == {"trl", "ours_off", "ours_on"}
+    for p in result["peaks"].values():
+        assert p["completions"] == 4 and p["completion_length_mean"] == p["completion_length_max"] == 16  # no EOS, ever
+        assert p["step_peak_bytes"] == p["maxrss_after_bytes"] - p["rss_before_bytes"] > 0
+        assert 0 < p["rss_before_bytes"] <= p["maxrss_after_bytes"] and p["seconds"] > 0
+        assert p["peak_over_logits"] == pytest.approx(p["step_peak_bytes"] / result["logits_bytes"], rel=1e-3)
+    for side, ratio in result["ours_over_trl"].items():
+        assert ratio == pytest.approx(result["peaks"][side]["step_peak_bytes"] / result["peaks"]["trl"]["step_peak_bytes"],
+                                      rel=1e-3)
+    assert "peak above start" in proc.stdout and "x logits" in proc.stdout
