@@ -1,6 +1,7 @@
 """Sweeps that scale out and resume: a grid of cells, each computed once.
 
     run_sweep(fn, cells, out, backend="local" | "ray", workers=N)
+    lm_sweep(grid, out, backend="local" | "ray", workers=N, threads=T)
 
 ``fn(params) -> pyarrow.Table`` (or a dict of named tables) computes one cell (a dict of JSON-able
 settings, seed included); it must be a module-level function so that worker processes can import
@@ -16,6 +17,12 @@ each, so that workers do not fight over cores; each dies with this process, even
 killed with SIGKILL); "ray" submits them as Ray tasks (Ray is an
 optional extra, ``pip install rlvrlab[ray]``; a local instance is started when none is
 connected). Results are always written by this process, as they arrive.
+
+``lm_sweep`` runs a grid of GRPO runs (rlvrlab.lm.sweep: a list is an axis, a value shared) on the
+same backends: each run is an ordinary ``rlvrlab lm train`` run directory ``out/<name>``, trained
+by one worker with ``threads`` torch threads. Finished and diverged runs are skipped, interrupted
+and failed ones resumed from their checkpoints, and ``out/runs.parquet`` (one row per run:
+settings, status, held-out accuracy, wall seconds, ...) is rewritten atomically as each run ends.
 """
 
 from __future__ import annotations
@@ -40,9 +47,10 @@ import pyarrow.parquet as pq
 from rlvrlab import _checks
 from rlvrlab.io import write_table
 
-__all__ = ["BACKENDS", "cell_key", "run_sweep"]
+__all__ = ["BACKENDS", "DEFAULT_THREADS", "cell_key", "lm_sweep", "run_sweep"]
 
 BACKENDS = ("local", "ray")
+DEFAULT_THREADS = 1  # torch threads per language-model run: see benchmarks/lm_sweep.py
 _META = b"rlvrlab.cell"
 
 
@@ -84,11 +92,11 @@ def _with_params(table: pa.Table, params: Mapping[str, Any]) -> pa.Table:
     return pa.table(columns)
 
 
-def _worker_init(parent: int | None = None) -> None:
-    """One torch thread; in a local pool, also die with the parent (``parent``: its pid)."""
+def _worker_init(threads: int = 1, parent: int | None = None) -> None:
+    """``threads`` torch threads; in a local pool, also die with the parent (``parent``: its pid)."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     if parent is not None:
         _die_with(parent)
 
@@ -160,18 +168,8 @@ def run_sweep(
         if on_cell is not None:
             on_cell(1)
 
-    if todo and backend == "local":
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init,
-                                 initargs=(os.getpid(),)) as pool:
-            pending = {pool.submit(_call, fn, params): (key, params) for key, params in todo}
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    key, params = pending.pop(fut)
-                    done(key, params, fut.result)
-    elif todo:
-        _run_ray(fn, todo, workers, done)
+    _execute(_call, [((key, params), (fn, params)) for key, params in todo], backend=backend, workers=workers, threads=1,
+             done=lambda tag, get: done(*tag, get))
     if failures:
         params, err = failures[0]
         raise RuntimeError(f"{len(failures)} of {len(todo)} sweep cells failed (the others are saved; run again to retry "
@@ -188,24 +186,123 @@ def run_sweep(
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
-def _run_ray(fn: Callable[[dict], pa.Table], todo: list[tuple[str, dict]], workers: int,
-             done: Callable[[str, dict, Callable[[], pa.Table]], None]) -> None:
+def _execute(fn: Callable[..., Any], jobs: list[tuple[Any, tuple]], *, backend: str, workers: int, threads: int,
+             done: Callable[[Any, Callable[[], Any]], None]) -> None:
+    """``fn(*args)`` for every (tag, args) of ``jobs`` on the backend, at most ``workers`` at a time
+    with ``threads`` torch threads each; ``done(tag, get)`` in this process as each ends (``get``
+    returns its result or raises its error)."""
+    if not jobs:
+        return
+    if backend == "local":
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init,
+                                 initargs=(threads, os.getpid())) as pool:
+            pending = {pool.submit(fn, *args): tag for tag, args in jobs}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    done(pending.pop(fut), fut.result)
+    else:
+        _run_ray(fn, jobs, workers, threads, done)
+
+
+def _run_ray(fn: Callable[..., Any], jobs: list[tuple[Any, tuple]], workers: int, threads: int,
+             done: Callable[[Any, Callable[[], Any]], None]) -> None:
     try:
         import ray
     except ImportError:
         _checks.fail("backend", "'ray'", "'local', or install the extra: pip install 'rlvrlab[ray]'")
     if not ray.is_initialized():  # a local instance; its workers import what this process can (like spawn)
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
-    remote = ray.remote(num_cpus=1)(_ray_call)
-    pending = {remote.remote(fn, params): (key, params) for key, params in todo}
+    remote = ray.remote(num_cpus=threads)(_ray_call)  # Ray schedules a job where `threads` CPUs are free
+    pending = {remote.remote(threads, fn, *args): tag for tag, args in jobs}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            key, params = pending.pop(ref)
-            done(key, params, lambda ref=ref: ray.get(ref))
+            done(pending.pop(ref), lambda ref=ref: ray.get(ref))
 
 
-def _ray_call(fn: Callable[[dict], pa.Table], params: dict) -> pa.Table:
-    _worker_init()
-    return _call(fn, params)
+def _ray_call(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
+    _worker_init(threads)
+    return fn(*args)
+
+
+def lm_sweep(
+    grid: Mapping[str, Any],
+    out: str | Path,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    threads: int = DEFAULT_THREADS,
+    on_run: Callable[[dict[str, Any], bool], None] | None = None,
+) -> pa.Table:
+    """Train every run of ``grid`` (see rlvrlab.lm.sweep) not yet finished or diverged into
+    ``out/<run name>``, ``workers`` at a time (default: cores // threads) with ``threads`` torch
+    threads each, and return the runs table, also written to ``out/runs.parquet``.
+
+    Everything is checked before any run starts and before anything is written: the grid (keys,
+    values, each TrainConfig), the backend, workers and threads, ``out``, run directories holding
+    runs of other settings, and, once per model, task and split, what the trainer checks when it
+    starts (the model loads, the task has enough training prompts for batch_size, the device).
+    ``on_run(row, trained)`` is called with each run's row of the table: first for the runs
+    skipped (``trained`` False), then for each run as it ends. A run that ends in an error is a
+    row with status diverged or failed and its message, never an exception here."""
+    from rlvrlab.lm.sweep import check_run_dir, expand_grid, run_state, runs_table, train_run
+
+    runs = expand_grid(grid)
+    _checks.choose("backend", backend, BACKENDS)
+    _checks.integer("threads", threads)
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 1) // threads)
+    _checks.integer("workers", workers)
+    _checks.writable_dir("out", out)
+    out = Path(out)
+    states = {}
+    for name, config in runs:
+        check_run_dir(out / name, config)
+        states[name] = run_state(out / name, config)["status"]
+    todo = [(name, config) for name, config in runs if states[name] not in ("finished", "diverged")]
+    _preflight([config for _, config in todo], out)
+
+    out.mkdir(parents=True, exist_ok=True)
+    overrides: dict[str, dict[str, Any]] = {}  # runs whose worker died before recording anything
+    table = runs_table(runs, out)
+    write_table(out / "runs.parquet", table)
+    if on_run is not None:
+        for row in table.to_pylist():
+            if row["status"] in ("finished", "diverged"):
+                on_run(row, False)
+
+    def done(name: str, get: Callable[[], dict[str, Any]]) -> None:
+        nonlocal table
+        try:
+            get()
+        except Exception as err:  # the worker itself died (killed, out of memory): the run resumes next time
+            overrides[name] = {"status": "failed", "message": f"the worker died: {type(err).__name__}: {err}"}
+        table = runs_table(runs, out, overrides)
+        write_table(out / "runs.parquet", table)
+        if on_run is not None:
+            on_run(table.slice([n for n, _ in runs].index(name), 1).to_pylist()[0], True)
+
+    _execute(train_run, [(name, (config, str(out / name))) for name, config in todo], backend=backend, workers=workers,
+             threads=threads, done=done)
+    return table
+
+
+def _preflight(configs: list[Any], out: Path) -> None:
+    """What GRPOTrainer checks when it starts (the model loads, the task yields enough training
+    prompts for batch_size, the device exists), once per distinct model, task and split, here and
+    before any run, so that a mistake is one message and not a grid of failed runs. Builds a
+    trainer and drops it: nothing is written (TensorBoard off)."""
+    import dataclasses
+
+    from rlvrlab.lm.trainer import GRPOTrainer
+
+    seen = set()
+    for config in configs:
+        key = (config.model, config.task, config.prompts, config.holdout, config.seed, config.batch_size, config.group,
+               config.device)
+        if key not in seen:
+            seen.add(key)
+            GRPOTrainer(dataclasses.replace(config, tensorboard=False), out / ".preflight")
