@@ -292,6 +292,44 @@ def lm_train(
     out_console.print(f"results: {out}", highlight=False)
 
 
+@lm_app.command("sweep")
+@_user_errors
+def lm_sweep(
+    grid: Path | None = typer.Argument(None, help="A TOML file of TrainConfig settings: key = value for every run, "
+                                       "key = [v1, v2, ...] for an axis of the grid (one run per combination)."),
+    out: Path = typer.Option(..., "--out", help="Sweep directory: one `lm train` run directory per run, and runs.parquet."),
+    axes: list[str] | None = typer.Option(None, "--grid", help="An axis: --grid key=v1,v2,... (repeatable; replaces the "
+                                          "file's key)."),
+    settings: list[str] | None = typer.Option(None, "--set", help="A setting of every run: --set key=value (repeatable; "
+                                              "replaces the file's key; --help-settings lists them)."),
+    backend: str = typer.Option("local", "--backend", help="local (a pool of processes here) or ray."),
+    workers: int | None = typer.Option(None, "--workers", help="Runs at a time (default: cores / threads)."),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads per run (default: 1, the faster on a "
+                                       "2-core CPU; see benchmarks/lm_sweep.py)."),
+    _: bool = _help_settings(TrainConfig, "TrainConfig", "rlvrlab lm sweep"),
+) -> None:
+    """A grid of GRPO runs (task × lr × preset × seed × ...), each an `lm train` run directory, resumable; OUT/runs.parquet."""
+    from rlvrlab.integrations.sweep import DEFAULT_THREADS, lm_sweep as sweep
+    from rlvrlab.lm.sweep import load_grid, parse_assignments
+
+    spec = load_grid(grid) if grid is not None else {}
+    spec.update(parse_assignments(settings or [], axes or []))
+
+    def report(row: dict[str, Any], trained: bool) -> None:
+        what = {"finished": f"held-out accuracy {row['accuracy_start']:.3f} -> {row['accuracy_end']:.3f}",
+                "diverged": row["message"].split(":")[0]}.get(row["status"], f"{row['status']}: {row['message']}")
+        when = f"{row['seconds']:.0f} s" if trained else "done before"
+        out_console.print(f"{row['run']}: {what} ({when})", highlight=False, markup=False)
+
+    threads = DEFAULT_THREADS if threads is None else threads
+    table = sweep(spec, out, backend=backend, workers=workers, threads=threads, on_run=report)
+    statuses = table.column("status").to_pylist()
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    out_console.print(f"{len(statuses)} runs: {counts}; results: {out / 'runs.parquet'}", highlight=False, markup=False)
+    if "failed" in statuses:
+        raise typer.Exit(1)
+
+
 analyze_app = typer.Typer(no_args_is_help=True, help="What RLVR did to a model: a base model against its RLVR descendant.")
 app.add_typer(analyze_app, name="analyze")
 
