@@ -157,3 +157,26 @@ def test_workers_die_with_a_killed_sweep(tmp_path):
     for k in left:  # do not leak them into the rest of the test session
         os.kill(k, signal.SIGKILL)
     assert left == set()
+
+
+def threads_and_pid(x: int) -> tuple[int, int]:
+    import torch
+
+    return torch.get_num_threads(), os.getpid()
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_each_worker_runs_on_the_threads_asked_for(backend):
+    """lm_sweep's --threads: every worker process sets torch's thread count before its first job."""
+    from rlvrlab.integrations.sweep import _execute
+
+    ray = pytest.importorskip("ray") if backend == "ray" else None
+    seen = {}
+    try:
+        _execute(threads_and_pid, [(i, (i,)) for i in range(4)], backend=backend, workers=2, threads=2,
+                 done=lambda tag, get: seen.__setitem__(tag, get()))
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert {t for t, _ in seen.values()} == {2} and os.getpid() not in {p for _, p in seen.values()}
