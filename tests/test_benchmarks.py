@@ -119,3 +119,22 @@ def test_memory_benchmark_smoke(tmp_path):
         assert ratio == pytest.approx(result["peaks"][side]["step_peak_bytes"] / result["peaks"]["trl"]["step_peak_bytes"],
                                       rel=1e-3)
     assert "peak above start" in proc.stdout and "x logits" in proc.stdout
+
+
+def test_lm_sweep_benchmark_smoke(tmp_path, tiny_base_model):
+    out = tmp_path / "lm_sweep.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lm_sweep.py"), "--smoke", "--model", str(tiny_base_model),
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    configs = result["configurations"]
+    assert (result["runs"], result["rounds"]) == (2, 1) and set(configs) == {"1x2", "2x1"}
+    assert [(c["workers"], c["threads"]) for c in configs.values()] == [(1, 2), (2, 1)]
+    for c in configs.values():  # runs per hour are those of the measured wall times
+        assert len(c["wall_seconds"]) == 1 and min(c["wall_seconds"]) > 0 and c["run_seconds_mean"] > 0
+        assert c["runs_per_hour"] == [pytest.approx(2 * 3600 / t, rel=0.01) for t in c["wall_seconds"]]
+        assert c["runs_per_hour_median"] == pytest.approx(statistics.median(c["runs_per_hour"]), rel=1e-3)
+    assert result["ratio_2x1_over_1x2_median"] == pytest.approx(
+        configs["2x1"]["runs_per_hour_median"] / configs["1x2"]["runs_per_hour_median"], rel=0.01)
+    assert result["faster"] == ("2x1" if result["ratio_2x1_over_1x2_median"] > 1 else "1x2")
+    assert [c["config"] for c in result["conditions"]] == ["1x2", "2x1"] and len(result["load_average_after"]) == 3
