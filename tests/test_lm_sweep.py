@@ -252,6 +252,8 @@ def test_empty_or_unreadable_grids(tmp_path):
     _refused([str(tmp_path / "g.toml")], "allowed: a TOML file of settings (", tmp_path / "out")
     _refused([str(tmp_path / "none.toml")], "grid: got", tmp_path / "out")
     _refused(["--set", "model=/nonexistent"], "model: got '/nonexistent'; allowed: a directory", tmp_path / "out")
+    (tmp_path / "file").touch()
+    _refused(["--set", "model=m"], "--out: got", tmp_path / "file" / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -314,6 +314,7 @@ def lm_sweep(
 
     spec = load_grid(grid) if grid is not None else {}
     spec.update(parse_assignments(settings or [], axes or []))
+    _checks.writable_dir("--out", out)
 
     def report(row: dict[str, Any], trained: bool) -> None:
         what = {"finished": f"held-out accuracy {row['accuracy_start']:.3f} -> {row['accuracy_end']:.3f}",
