@@ -14,10 +14,10 @@ from rlvrlab.lm.sampling import Rollout
 V = 97
 
 
-def _qwen(seed=0, vocab=V):
+def _qwen(seed=0, vocab=V, tie=True):
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie)
     model = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():  # logits of a few nats, not the near-uniform ones of a fresh init
         model.model.embed_tokens.weight.mul_(20)
@@ -113,7 +113,8 @@ def test_chunked_log_probs_and_entropy_equal_the_full_log_softmax(make):
             assert token_logprobs(model, roll, chunk_size=size)[1] is None
 
 
-@pytest.mark.parametrize("make", [_qwen, _gpt2, lambda: Wrapped(_qwen())], ids=["qwen2", "gpt2", "not-split"])
+@pytest.mark.parametrize("make", [_qwen, lambda: _qwen(tie=False), _gpt2, lambda: Wrapped(_qwen())],
+                         ids=["qwen2", "qwen2-untied", "gpt2", "not-split"])
 def test_gradients_through_chunked_log_probs_equal_the_unchunked_ones(make):
     model = make()
     params = [p for p in model.parameters() if p.requires_grad]

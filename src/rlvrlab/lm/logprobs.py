@@ -102,8 +102,12 @@ def chunk_positions(n: int, vocab: int, chunk_size: int | None = None) -> list[s
 
 
 def _vocab(model, x: torch.Tensor) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return head.weight.shape[0] if head is not None and hasattr(head, "weight") else x.shape[-1]
+    """V: the output layer's width, or the logits' where x are the logits."""
+    split = _backbone_and_head(model)
+    if split is None:
+        return x.shape[-1]
+    head = split[1]
+    return getattr(head, "out_features", None) or model.config.get_text_config().vocab_size
 
 
 def _selected(model, rollout: Rollout):
