@@ -44,8 +44,9 @@ Differences that remain, by design of the two implementations:
   of each side's completions are reported (a batch costs in proportion to its longest one).
 - Log-probabilities: TRL patches the model's forward with its fused LM head, which projects and
   log-softmaxes every position of prompt + completion in chunks (on CPU it does not skip the
-  masked ones) and returns the entropy from the same pass; ours takes the model's logits and
-  log-softmaxes the completion positions, the entropy under no_grad. Both compute the entropy
+  masked ones) and returns the entropy from the same pass; ours runs the backbone, then the LM
+  head and log-softmax on chunks of completion positions only (rlvrlab.lm.logprobs; padding and
+  prompt positions skipped), the entropy under no_grad. Both compute the entropy
   every step, and neither passes it into the loss.
 - Bookkeeping: TRL's per-step metrics, completion logs and FLOP count are inside its timed step;
   fetching the next batch from its dataloader and logging are not (logging is off here). Ours
