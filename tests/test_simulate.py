@@ -251,18 +251,45 @@ def test_tabular_kernel_equals_generic_loop(direction, K, correct, steps, record
     torch.testing.assert_close(diff - diff.mean(-1, keepdim=True), torch.zeros_like(diff), rtol=0, atol=1e-9)
 
 
-def test_tabular_kernel_compiled_equals_eager():
+def _tabular(compile: bool, second_order: bool = True, *, steps: int = 16, record_every: int = 3):
     policy = TabularSoftmax(5)
     reward = torch.tensor([[1.0, 0, 0, 1, 0]], dtype=F64)
     theta0 = policy.init(3, scale=1.0, generator=_gen(7))
-    args = dict(steps=16, direction=make_direction("normalized-gradient"), step_size=make_step_size("fixed", eta=0.4),
-                record_every=3)  # 16 = two full chunks: the compiled function runs
-    compiled = tabular.run(policy, reward, theta0, compile=True, **args)
-    eager = tabular.run(policy, reward, theta0, compile=False, **args)
-    assert eager.info["kernel"] == "tabular"
-    for name in eager.metrics:
-        torch.testing.assert_close(compiled.metrics[name], eager.metrics[name], rtol=1e-12, atol=1e-14, equal_nan=True, msg=name)
-    torch.testing.assert_close(compiled.theta, eager.theta, rtol=1e-12, atol=1e-12)
+    return tabular.run(policy, reward, theta0, steps=steps, direction=make_direction("normalized-gradient"),
+                       step_size=make_step_size("fixed", eta=torch.tensor([0.4, 1.0, 3.0], dtype=F64)),
+                       record_every=record_every, second_order=second_order, compile=compile)
+
+
+def _assert_same_trajectory(got, want, tol=0.0):
+    assert torch.equal(got.step, want.step) and list(got.metrics) == list(want.metrics)
+    for name in want.metrics:
+        torch.testing.assert_close(got.metrics[name], want.metrics[name], rtol=tol, atol=tol, equal_nan=True, msg=name)
+    torch.testing.assert_close(got.theta, want.theta, rtol=tol, atol=tol)
+
+
+def test_tabular_kernel_compiled_equals_eager():
+    compiled, eager = _tabular(compile=True), _tabular(compile=False)  # 16 steps: one compiled loop
+    assert (compiled.info["kernel"], eager.info["kernel"]) == ("tabular-compiled", "tabular")
+    _assert_same_trajectory(compiled, eager, tol=1e-12)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("steps, record_every, block", [(22, 3, 5), (23, 3, 5), (20, 5, 5), (17, 4, 1), (9, 20, 2)])
+def test_tabular_kernel_in_blocks_equals_one_block(monkeypatch, compile, steps, record_every, block):
+    """Steps split over several calls (records of a step at a block's end, a final block of one step)
+    give the records of one call over all steps."""
+    whole = _tabular(compile=False, steps=steps, record_every=record_every)
+    monkeypatch.setattr(tabular, "BLOCK_ELEMENTS", block * len(tabular.FIELDS) * 3)  # `block` steps of 3 runs a call
+    split = _tabular(compile=compile, steps=steps, record_every=record_every)
+    _assert_same_trajectory(split, whole, tol=1e-12 if compile else 0.0)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_tabular_kernel_without_second_order_keeps_the_other_records(compile):
+    full, first = _tabular(compile=compile), _tabular(compile=compile, second_order=False)
+    assert set(full.metrics) - set(first.metrics) == {"var_plus", "var_minus"}
+    for name in first.metrics:
+        torch.testing.assert_close(first.metrics[name], full.metrics[name], rtol=1e-12, atol=1e-14, equal_nan=True, msg=name)
 
 
 def test_fast_path_is_not_taken_where_it_does_not_apply():

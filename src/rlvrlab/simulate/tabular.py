@@ -13,9 +13,17 @@ the power sums S±_m = Σ_{a correct / incorrect} π_a^m:
 
 and the step θ <- θ + eta·c·g is, on the probabilities, π_a <- π_a·exp(eta·c·g_a) / Σ (softmax is
 shift invariant). The kernel keeps π itself as its state: a step is then a few row sums and one
-exponential per arm, a single pure function that ``torch.compile`` fuses into one pass over the
-(R, K) state for large batches (its first call compiles for a few seconds; the benchmark
-``benchmarks/bandit.py`` reports both).
+exponential per arm, a single pure function (``_step``), with M (eq. 12) accumulated in it.
+
+A step of 1024 runs × 100 arms is ~35 µs of arithmetic, so calling a compiled step from Python
+(~0.1-0.2 ms a call) would cost more than the step. For large batches the steps therefore run as
+one loop inside compiled code: torch's ``scan`` over the steps, its body the step, compiled by
+``torch.compile`` once for any number of steps, with a C++ wrapper (``cpp_wrapper``) so that the
+loop itself is not Python. Each call runs as many steps as keep its records (steps × F × R) under
+BLOCK_ELEMENTS. ``scan`` is a prototype in torch 2.13: tests hold the compiled loop against the
+eager steps, block boundaries included. The first call compiles for a few seconds (later processes reuse inductor's
+on-disk cache); ``benchmarks/bandit.py`` reports both. Where compiling fails (no C++ toolchain),
+the same steps run eagerly.
 
 Implementation choices, none visible in the results:
 - 1 - J is summed over the incorrect arms directly, never computed as 1 - J (exact as J -> 1);
@@ -45,8 +53,9 @@ __all__ = ["applies", "run"]
 
 LOG2E = 1.0 / math.log(2.0)
 DIRECTIONS = ("gradient", "normalized-gradient", "gap")
-FIELDS = ("J", "log_odds", "delta_mu", "w_norm", "var_plus", "var_minus")
-CHUNK = 8  # steps per compiled call: amortizes the call overhead (~0.2 ms) over several steps
+FIELDS = ("J", "log_odds", "M", "delta_mu", "w_norm", "var_plus", "var_minus")
+ORDER = ("J", "log_odds", "delta_mu", "w_norm", "var_plus", "var_minus", "M", "eta", "log_odds_change")  # the Trajectory's metrics
+BLOCK_ELEMENTS = 2**22  # records (steps · F · R) one call returns at most: bounds its memory
 COMPILE_ABOVE = 2e8  # R·K·steps above which compiling pays for its few seconds
 
 
@@ -68,8 +77,9 @@ def _sums(p: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return pr, pm, pr.sum(1), pm.sum(1)
 
 
-def _step(p: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, normalized: bool, second_order: bool):
-    """One exact step on the (unnormalized) probabilities p (R, K): the new p and this step's records (R,)."""
+def _step(p: torch.Tensor, M: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, normalized: bool, second_order: bool):
+    """One exact step on the (unnormalized) probabilities p (R, K) with M (R,) accumulated so far:
+    the new p and M, and this step's records (F, R) in FIELDS order (var± only with second_order)."""
     pr, pm, A, B = _sums(p, r)
     Z = A + B
     J, Jm = A / Z, B / Z
@@ -83,7 +93,7 @@ def _step(p: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, normalized: bool,
         w_norm = (g2 > 0).to(g2.dtype)
     else:
         c, w_norm = torch.ones_like(g2), torch.sqrt(g2)
-    records = [J, lo, dm * c, w_norm]  # FIELDS order
+    records = [J, lo, M, dm * c, w_norm]  # FIELDS order
     if second_order:
         Z3 = Z2 * Z
         S3p, S3m = (pr * p * p).sum(1) / Z3, (pm * p * p).sum(1) / Z3
@@ -95,21 +105,48 @@ def _step(p: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, normalized: bool,
     coef = (eta * c * LOG2E / Z).unsqueeze(1)
     shift = (coef.squeeze(1) * A * Jm).unsqueeze(1)
     exponent = coef * p * (r * Jm.unsqueeze(1) - (1 - r) * J.unsqueeze(1)) - shift
-    return p * torch.exp2(exponent) * (1 / Z).unsqueeze(1), torch.stack(records)
+    p_next = p * torch.exp2(exponent) * (1 / Z).unsqueeze(1)
+    return p_next, M + alignment_gain(dm * c, eta), torch.stack(records)
 
 
-def _chunk(p: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, n: int, normalized: bool, second_order: bool):
-    """n consecutive steps; records stacked to (n, F, R), F the fields of FIELDS (or its first 4)."""
+def _steps_eager(p: torch.Tensor, M: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, n: int, normalized: bool,
+                 second_order: bool):
+    """n consecutive steps, one call per step: the new p and M, and the records stacked to (n, F, R)."""
     rows = []
     for _ in range(n):
-        p, rec = _step(p, eta, r, normalized, second_order)
+        p, M, rec = _step(p, M, eta, r, normalized, second_order)
         rows.append(rec)
-    return p, torch.stack(rows)
+    return p, M, torch.stack(rows)
+
+
+def _steps_scan(p: torch.Tensor, M: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, clock: torch.Tensor,
+                normalized: bool, second_order: bool):
+    """len(clock) consecutive steps as one loop (torch's scan; clock (n, 0) holds only the number of steps).
+    Compiled, the loop runs inside the compiled code and its body, one step, is compiled once."""
+    from torch._higher_order_ops.scan import scan
+
+    def body(state: tuple[torch.Tensor, torch.Tensor], _: torch.Tensor):
+        p, M, rec = _step(*state, eta, r, normalized, second_order)
+        return (p, M), rec
+
+    (p, M), records = scan(body, (p, M), clock)
+    return p, M, records
 
 
 @cache
-def _compiled_chunk() -> Callable:
-    return torch.compile(_chunk, fullgraph=True, dynamic=False)
+def _compiled_scan() -> Callable:
+    # cpp_wrapper: the loop itself in C++, not a Python loop calling the step's kernel (~20 µs a step)
+    return torch.compile(_steps_scan, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+
+
+def _steps_compiled(p: torch.Tensor, M: torch.Tensor, eta: torch.Tensor, r: torch.Tensor, n: int, normalized: bool,
+                    second_order: bool):
+    """As _steps_eager, in one compiled call."""
+    if n < 2:  # a loop of length 1 would be specialized: a second compilation for a single step
+        return _steps_eager(p, M, eta, r, n, normalized, second_order)
+    clock = torch.empty(n, 0)
+    torch._dynamo.mark_dynamic(clock, 0)  # one compiled loop for every number of steps
+    return _compiled_scan()(p, M, eta, r, clock, normalized, second_order)
 
 
 def run(
@@ -127,7 +164,7 @@ def run(
 ) -> Trajectory:
     """Same records as ``simulate`` (batch level, C = 1); ``second_order=False`` skips var±.
 
-    compile: fuse CHUNK steps per call with torch.compile; None compiles when R·K·steps is large.
+    compile: run the steps as one compiled loop (torch.compile); None compiles when R·K·steps is large.
     The returned theta equals the generic loop's up to a constant per run (softmax shift).
     """
     R, K = theta0.shape
@@ -138,56 +175,47 @@ def run(
     normalized = direction.__name__ != "gradient"
     if compile is None:
         compile = R * K * steps >= COMPILE_ABOVE
-    chunk_fn: Callable = _chunk
-    if compile:
-        chunk_fn = _compiled_chunk()
+    steps_fn: Callable = _steps_compiled if compile else _steps_eager
+    F = len(FIELDS) if second_order else 5
+    block = max(1, min(steps, BLOCK_ELEMENTS // (F * R)))  # steps per call: their records fit in memory
 
-    rows = list(range(0, steps, record_every))  # recorded steps before the final one
-    due = set(rows)
-    need_lo = due | {k + 1 for k in rows}  # realized change at k needs the log-odds at k + 1
-    parts: list[torch.Tensor] = []  # (rows, F, R) blocks of the recorded steps
-    M_parts: list[torch.Tensor] = []
-    lo_at: dict[int, torch.Tensor] = {}
+    # Recorded steps k (and k + 1, whose log-odds give the realized change at k), kept block by block.
+    recorded: list[torch.Tensor] = []  # (rows, F, R)
+    lo_next: list[torch.Tensor] = []  # (rows, R) log-odds at k + 1
     M = torch.zeros(R, dtype=dtype)
     k = 0
     while k < steps:
-        n = min(CHUNK, steps - k)
+        n = min(block, steps - k)
         try:
-            p_next, block = (chunk_fn if n == CHUNK else _chunk)(p, eta, r, n, normalized, second_order)
+            p_next, M_next, out = steps_fn(p, M, eta, r, n, normalized, second_order)  # out (n, F, R)
         except Exception as err:  # no C++ toolchain for inductor: the same math, eagerly
-            if chunk_fn is _chunk:
+            if steps_fn is _steps_eager:
                 raise
             warnings.warn(f"torch.compile unavailable ({type(err).__name__}); running the bandit kernel eagerly", stacklevel=2)
-            chunk_fn = _chunk
+            steps_fn = _steps_eager
             continue
-        p = p_next
-        gain = alignment_gain(block[:, 2], eta)
-        M_before = M + gain.cumsum(0) - gain
-        M = M + gain.sum(0)
-        sel = [i for i in range(n) if k + i in due]
-        if sel:
-            index = torch.tensor(sel)
-            parts.append(block.index_select(0, index))
-            M_parts.append(M_before.index_select(0, index))
-        for i in range(n):
-            if k + i in need_lo:
-                lo_at[k + i] = block[i, 1]
+        p, M = p_next, M_next
+        index = torch.arange(k, k + n)
+        due = (index % record_every == 0).nonzero().squeeze(1)  # block rows of the recorded steps
+        after = ((index - 1) % record_every == 0) & (index > 0)  # rows of the steps just after one
+        recorded.append(out.index_select(0, due))
+        lo_next.append(out[:, 1].index_select(0, after.nonzero().squeeze(1)))
         k += n
         if on_step is not None:
             on_step(n)
 
     _, _, A, B = _sums(p, r)
-    lo_at[steps] = torch.log(A) - torch.log(B)
-    final = {"J": A / (A + B), "log_odds": lo_at[steps], "M": M}
-    recorded = torch.cat(parts)
-    metrics = {name: recorded[:, i] for i, name in enumerate(FIELDS[: recorded.shape[1]])}
-    metrics["M"] = torch.cat(M_parts)
-    for name, v in metrics.items():
-        last = final.get(name, torch.full((R,), float("nan"), dtype=dtype))
-        metrics[name] = torch.cat([v, last.unsqueeze(0)])
-    metrics["eta"] = torch.cat([eta.expand(len(rows), R), torch.full((1, R), float("nan"), dtype=dtype)])
-    change = torch.stack([lo_at[k + 1] - lo_at[k] for k in rows])
-    metrics["log_odds_change"] = torch.cat([change, torch.full((1, R), float("nan"), dtype=dtype)])
+    lo_final = torch.log(A) - torch.log(B)
+    if (steps - 1) % record_every == 0:  # the last step was recorded: its change ends at the final state
+        lo_next.append(lo_final.unsqueeze(0))
+    final = {"J": A / (A + B), "log_odds": lo_final, "M": M}  # the state after the last step
+    rows = list(range(0, steps, record_every))
+    values = dict(zip(FIELDS, torch.cat(recorded).unbind(1)))
+    values["eta"] = eta.expand(len(rows), R)
+    values["log_odds_change"] = torch.cat(lo_next) - values["log_odds"]
+    nan_row = torch.full((1, R), float("nan"), dtype=dtype)
+    metrics = {name: torch.cat([values[name], final[name].unsqueeze(0) if name in final else nan_row])
+               for name in ORDER if name in values}
     theta = torch.log(p / p.sum(1, keepdim=True))
-    kernel = "tabular-compiled" if chunk_fn is not _chunk else "tabular"
+    kernel = "tabular-compiled" if steps_fn is _steps_compiled else "tabular"
     return Trajectory(torch.tensor([*rows, steps]), metrics, {}, theta, policy.constants(), {"kernel": kernel})
