@@ -21,9 +21,9 @@ one loop inside compiled code: torch's ``scan`` over the steps, its body the ste
 ``torch.compile`` once for any number of steps, with a C++ wrapper (``cpp_wrapper``) so that the
 loop itself is not Python. Each call runs as many steps as keep its records (steps × F × R) under
 BLOCK_ELEMENTS. ``scan`` is a prototype in torch 2.13: tests hold the compiled loop against the
-eager steps, block boundaries included. The first call compiles for a few seconds (later processes reuse inductor's
-on-disk cache); ``benchmarks/bandit.py`` reports both. Where compiling fails (no C++ toolchain),
-the same steps run eagerly.
+eager steps, block boundaries included. The first call compiles for a few seconds (later
+processes reuse inductor's on-disk cache); ``benchmarks/bandit.py`` reports both. Where
+compiling fails (no C++ toolchain), the same steps run eagerly.
 
 Implementation choices, none visible in the results:
 - 1 - J is summed over the incorrect arms directly, never computed as 1 - J (exact as J -> 1);
