@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from rlvrlab.analysis.stats import (auc, bootstrap_ci, critical_rate, fit_plateau, loglog_slope, proportion_diff_se,
+from rlvrlab.analysis.stats import (auc, bootstrap_ci, critical_rate, critical_rates, fit_plateau, loglog_slope, proportion_diff_se,
                                     spearman, spearman_ci)
 
 
@@ -175,6 +175,78 @@ def test_critical_rate_censored_cases():
         critical_rate([2.0, 1.0], [True, False])
     with pytest.raises(ValueError, match=r"^refine: got None"):
         critical_rate(rates, [True, False, False], bisection=2)
+
+
+def _random_refine(rng: np.random.Generator):
+    """A cell's runs off the grid: a window [a, b) in log-rate space, or (half the cells) flags that
+    depend on the rate but not monotonically (as a noisy simulator's could)."""
+    if rng.random() < 0.5:
+        a, b = np.sort(rng.uniform(-3, 5, 2))
+        return lambda rate: bool(a <= math.log10(rate) < b)
+    salt = int(rng.integers(1 << 30))
+    return lambda rate: bool(hash((salt, round(math.log(rate), 9))) % 2)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_critical_rates_equal_critical_rate_cell_by_cell(seed):
+    """The batched search asks each cell for the same rates in the same order and returns the same
+    brackets and rates as the per-cell search, on random grids, flags and refine functions."""
+    rng = np.random.default_rng(seed)
+    n, L, bisection = int(rng.integers(1, 7)), int(rng.integers(1, 9)), int(rng.integers(0, 6))
+    rates = np.sort(10 ** rng.uniform(-2, 4, L))
+    converged = rng.random((n, L)) < rng.uniform(0.1, 0.9)
+    refines = [_random_refine(rng) for _ in range(n)]
+
+    asked_each: list[list[float]] = []
+    expected = []
+    for i in range(n):
+        asked = []
+
+        def refine(rate, i=i, asked=asked):
+            asked.append(rate)
+            return refines[i](rate)
+
+        expected.append(critical_rate(rates, converged[i], refine, bisection=bisection))
+        asked_each.append(asked)
+
+    asked_batched: list[list[float]] = [[] for _ in range(n)]
+    calls = []
+
+    def refine_batch(cells, mids):
+        calls.append(list(cells))
+        for i, mid in zip(cells, mids):
+            asked_batched[i].append(mid)
+        return [refines[i](mid) for i, mid in zip(cells, mids)]
+
+    got = critical_rates(rates, converged, refine_batch, bisection=bisection)
+    assert asked_batched == asked_each  # the same midpoints, in the same order, cell by cell
+    bracketed = [i for i in range(n) if asked_each[i]]
+    assert calls == ([bracketed] * bisection if bracketed else [])  # one call per bisection step
+    for g, e in zip(got, expected, strict=True):
+        assert all((a == b) or (math.isnan(a) and math.isnan(b)) for a, b in zip(g, e)), (g, e)
+
+
+def test_critical_rates_worked_example_and_bad_input():
+    rates = [0.1, 1.0, 10.0, 100.0, 1000.0]
+    window = [[False, True, True, False, False],  # [10, 100] -> sqrt(1000) converges -> [31.6, 100]
+              [False, False, False, False, False],  # no window: never refined
+              [True, True, True, True, True]]  # above the grid: never refined
+    calls = []
+
+    def refine(cells, mids):
+        calls.append((cells, mids))
+        return [True] * len(cells)
+
+    got = critical_rates(rates, window, refine, bisection=1)
+    assert calls == [([0], [pytest.approx(math.sqrt(1000))])]
+    assert (got[0].low, got[0].high) == pytest.approx((math.sqrt(1000), 100.0))
+    assert all(math.isnan(v) for v in got[1]) and (got[2].low, got[2].high) == (1000.0, math.inf)
+    with pytest.raises(ValueError, match=r"^converged: got 'shape \(5,\)'"):
+        critical_rates(rates, window[0])
+    with pytest.raises(ValueError, match=r"^refine: got None"):
+        critical_rates(rates, window, bisection=1)
+    with pytest.raises(ValueError, match=r"^refine: got '2 flags'"):
+        critical_rates(rates, window, lambda cells, mids: [True, True], bisection=1)
 
 
 def _plateau_sse(c: float, lr, plateau) -> float:

@@ -10,7 +10,8 @@ and the critical-rate search.
   (scipy.stats.linregress, scipy.stats.t): how a critical rate scales with the length T (eq. 17 vs 18);
 - ``critical_rate(rates, converged, refine, bisection=...)`` — the upper edge of the window of step
   sizes at which training converges (the rate past which a step overshoots, Thm 2/4), from a grid,
-  refined by bisection in log(rate);
+  refined by bisection in log(rate); ``critical_rates`` does it for many cells at once, one batch
+  of runs per bisection step;
 - ``fit_plateau(lr, plateau)`` — least-squares c of the stagnation form J* = 1/(1 + (α/c)²) that
   eq. (17)-(18) suggest for GRPO at a fixed rate α (scipy.optimize.minimize_scalar), with its R²;
 - ``proportion_diff_se(*p, n=n)`` — the standard error of a difference of accuracies, each measured
@@ -29,8 +30,8 @@ from scipy import optimize, stats
 
 from rlvrlab import _checks
 
-__all__ = ["CriticalRate", "PlateauFit", "SlopeFit", "auc", "bootstrap_ci", "critical_rate", "fit_plateau", "loglog_slope",
-           "proportion_diff_se", "spearman", "spearman_ci"]
+__all__ = ["CriticalRate", "PlateauFit", "SlopeFit", "auc", "bootstrap_ci", "critical_rate", "critical_rates", "fit_plateau",
+           "loglog_slope", "proportion_diff_se", "spearman", "spearman_ci"]
 
 
 def _vector(field: str, value: Any) -> np.ndarray:
@@ -147,6 +148,30 @@ class CriticalRate(NamedTuple):
     high: float
 
 
+def _check_grid(rates: Sequence[float], converged: Any, refine: Any, bisection: int,
+                refine_kind: str) -> tuple[list[float], np.ndarray]:
+    rates, ok = [float(r) for r in rates], np.asarray(converged, dtype=bool)
+    if ok.shape[-1:] != (len(rates),):
+        _checks.fail("converged", f"shape {ok.shape}", f"one flag per rate ({len(rates)})")
+    if not rates or not all(r > 0 for r in rates) or any(b <= a for a, b in zip(rates, rates[1:])):
+        _checks.fail("rates", rates, "increasing numbers > 0")
+    _checks.integer("bisection", bisection, 0)
+    if bisection and refine is None:
+        _checks.fail("refine", None, f"a function {refine_kind} when bisection > 0")
+    return rates, ok
+
+
+def _bracket(rates: list[float], ok: np.ndarray) -> CriticalRate | tuple[float, float]:
+    """The grid's bracket (low, high) of the window's upper edge, or the censored result."""
+    if not ok.any():
+        return CriticalRate(math.nan, math.nan, math.nan)
+    first_ok = int(np.argmax(ok))
+    fails = [i for i in range(first_ok + 1, len(rates)) if not ok[i]]
+    if not fails:
+        return CriticalRate(math.nan, rates[-1], math.inf)
+    return rates[fails[0] - 1], rates[fails[0]]
+
+
 def critical_rate(rates: Sequence[float], converged: Sequence[bool], refine: Callable[[float], bool] | None = None, *,
                   bisection: int = 0) -> CriticalRate:
     """The critical rate of a grid of runs: the upper edge of its convergence window.
@@ -160,25 +185,50 @@ def critical_rate(rates: Sequence[float], converged: Sequence[bool], refine: Cal
     then narrowed ``bisection`` times at the geometric midpoint, keeping a converging lower end and
     a failing upper end.
     """
-    rates, ok = [float(r) for r in rates], np.asarray(converged, dtype=bool)
+    rates, ok = _check_grid(rates, converged, refine, bisection, "rate -> converged")
     if ok.shape != (len(rates),):
         _checks.fail("converged", f"shape {ok.shape}", f"one flag per rate ({len(rates)})")
-    if not rates or not all(r > 0 for r in rates) or any(b <= a for a, b in zip(rates, rates[1:])):
-        _checks.fail("rates", rates, "increasing numbers > 0")
-    _checks.integer("bisection", bisection, 0)
-    if bisection and refine is None:
-        _checks.fail("refine", None, "a function rate -> converged when bisection > 0")
-    if not ok.any():
-        return CriticalRate(math.nan, math.nan, math.nan)
-    first_ok = int(np.argmax(ok))
-    fails = [i for i in range(first_ok + 1, len(rates)) if not ok[i]]
-    if not fails:
-        return CriticalRate(math.nan, rates[-1], math.inf)
-    lo, hi = rates[fails[0] - 1], rates[fails[0]]
+    found = _bracket(rates, ok)
+    if isinstance(found, CriticalRate):
+        return found
+    lo, hi = found
     for _ in range(bisection):
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if refine(mid) else (lo, mid)
     return CriticalRate(math.sqrt(lo * hi), lo, hi)
+
+
+def critical_rates(rates: Sequence[float], converged: Any,
+                   refine: Callable[[list[int], list[float]], Sequence[bool]] | None = None, *,
+                   bisection: int = 0) -> list[CriticalRate]:
+    """``critical_rate`` of n cells on one grid, their bisections advancing together.
+
+    rates:     (L,) increasing step sizes > 0, shared by the cells
+    converged: (n, L) whether each cell's run at each rate converged
+    refine:    (cells, rates) -> converged: one more run for each listed cell, at the rate listed
+               with it; called once per bisection step with every cell that has a bracket, so
+               that a simulator batched over runs takes the step for all of them at once
+
+    Cell by cell the same brackets, midpoints and results as ``critical_rate`` (tests hold them
+    equal); only the order of the runs differs.
+    """
+    rates, ok = _check_grid(rates, converged, refine, bisection, "(cells, rates) -> converged")
+    if ok.ndim != 2:
+        _checks.fail("converged", f"shape {ok.shape}", f"(n, L): one row of flags per cell, one flag per rate ({len(rates)})")
+    found = [_bracket(rates, row) for row in ok]
+    cells = [i for i, f in enumerate(found) if not isinstance(f, CriticalRate)]
+    brackets = {i: found[i] for i in cells}
+    for _ in range(bisection if cells else 0):
+        mids = [math.sqrt(lo * hi) for lo, hi in (brackets[i] for i in cells)]
+        flags = list(refine(cells, mids))
+        if len(flags) != len(cells):
+            _checks.fail("refine", f"{len(flags)} flags", f"one flag per cell asked for ({len(cells)})")
+        for i, mid, passed in zip(cells, mids, flags):
+            lo, hi = brackets[i]
+            brackets[i] = (mid, hi) if passed else (lo, mid)
+    for i, (lo, hi) in brackets.items():
+        found[i] = CriticalRate(math.sqrt(lo * hi), lo, hi)
+    return found
 
 
 class PlateauFit(NamedTuple):
