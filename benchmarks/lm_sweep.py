@@ -1,8 +1,8 @@
 """Benchmark: GRPO runs per hour through `lm_sweep` on 2 cores, one process with 2 torch threads
 against 2 processes with 1 thread each.
 
-    python benchmarks/lm_sweep.py [--model DIR] [--runs 4] [--rounds 2] [--steps 60] [--batch-size 64]
-                                  [--max-load 0.5] [--max-wait 1800] [--json FILE] [--smoke]
+    python benchmarks/lm_sweep.py [--model DIR] [--runs 8] [--rounds 3] [--steps 60] [--batch-size 64]
+                                  [--max-load 0.5] [--max-wait 1800] [--max-others 0.2] [--json FILE] [--smoke]
 
 Each configuration sweeps the same grid, `--runs` seeds of one run of `--steps` steps of
 `--batch-size` completions (8 per prompt) on `add` with every other TrainConfig default (at most 48
@@ -16,15 +16,19 @@ finished and each ran on the threads asked for (recorded by the worker in its sw
 
 Other engineers share the machine: before the first measurement it waits (checking every minute,
 at most --max-wait seconds) until the 1-minute load average is below --max-load, and before each
-measurement until no process outside this benchmark uses more than a fifth of a core; the load
-averages and any busy processes seen are reported and written with the numbers. --smoke: a tiny
-run of the script (2 runs of 2 steps of 8 completions, one round, no waiting) for the tests.
+measurement until no process outside this benchmark uses more than a fifth of a core. During each
+measurement it counts the CPU time of every process outside this benchmark; a measurement during
+which they used more than --max-others cores on average is discarded and taken again (at most 3
+times; each attempt is written). The load averages, busy processes and others' CPU are reported
+with the numbers. --smoke: a tiny run of the script (2 runs of 2 steps of 8 completions, one
+round, no waiting) for the tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -45,8 +49,11 @@ def default_model() -> str:
     return str(pretrain(config))
 
 
-def _cpu_ticks() -> dict[int, tuple[str, int]]:
-    """Every process's (name, user + system clock ticks so far), from /proc."""
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks() -> dict[int, tuple[str, int, int]]:
+    """Every process's (name, parent pid, user + system clock ticks so far), from /proc."""
     out = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -54,17 +61,24 @@ def _cpu_ticks() -> dict[int, tuple[str, int]]:
         except OSError:
             continue
         name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
-        out[int(stat.parent.name)] = (name, int(rest[11]) + int(rest[12]))  # fields 14, 15: utime, stime
+        out[int(stat.parent.name)] = (name, int(rest[1]), int(rest[11]) + int(rest[12]))  # fields 4, 14, 15
     return out
+
+
+def _others(before: dict, after: dict) -> dict[int, float]:
+    """CPU seconds between two snapshots of every process but this one and its children."""
+    me = os.getpid()
+    return {p: (ticks - (before[p][2] if p in before else 0)) / HZ for p, (_, ppid, ticks) in after.items()
+            if p != me and ppid != me}
 
 
 def busy_processes(seconds: float = 3.0, share: float = 0.2) -> list[str]:
     """Processes other than this one that used more than ``share`` of a core over ``seconds``."""
-    hz, before = os.sysconf("SC_CLK_TCK"), _cpu_ticks()
+    before = _cpu_ticks()
     time.sleep(seconds)
     after = _cpu_ticks()
-    return [f"{after[p][0]} (pid {p}, {(after[p][1] - before[p][1]) / hz / seconds:.0%} of a core)" for p in after
-            if p in before and p != os.getpid() and (after[p][1] - before[p][1]) / hz / seconds > share]
+    return [f"{after[p][0]} (pid {p}, {cpu / seconds:.0%} of a core)" for p, cpu in _others(before, after).items()
+            if p in before and cpu / seconds > share]
 
 
 def wait_until_quiet(max_load: float | None, max_wait: float) -> dict:
@@ -81,29 +95,34 @@ def wait_until_quiet(max_load: float | None, max_wait: float) -> dict:
         time.sleep(60)
 
 
-def measure(grid: dict, workers: int, threads: int) -> tuple[float, list[float]]:
-    """Wall seconds of one sweep of ``grid`` into a fresh directory, and each run's own seconds."""
+def measure(grid: dict, workers: int, threads: int) -> tuple[float, list[float], float]:
+    """Wall seconds of one sweep of ``grid`` into a fresh directory, each run's own seconds, and the
+    cores that processes outside this benchmark used meanwhile (on average)."""
     with tempfile.TemporaryDirectory() as tmp:
+        before = _cpu_ticks()
         t0 = time.perf_counter()
         table = lm_sweep(grid, Path(tmp) / "sweep", backend="local", workers=workers, threads=threads)
         wall = time.perf_counter() - t0
+        others = sum(_others(before, _cpu_ticks()).values()) / wall
         statuses = table.column("status").to_pylist()
         assert statuses == ["finished"] * len(statuses), f"not every run finished: {statuses}"
         for run in table.column("run").to_pylist():
             ran_on = json.loads((Path(tmp) / "sweep" / run / "sweep.json").read_text())["threads"]
             assert ran_on == threads, f"{run} ran on {ran_on} torch threads, not {threads}"
-        return wall, table.column("seconds").to_pylist()
+        return wall, table.column("seconds").to_pylist(), others
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=str, default=None, help="a causal LM directory (default: the tiny base model)")
-    ap.add_argument("--runs", type=int, default=4, help="runs (seeds) in each sweep")
-    ap.add_argument("--rounds", type=int, default=2, help="sweeps of each configuration, alternating")
+    ap.add_argument("--runs", type=int, default=8, help="runs (seeds) in each sweep")
+    ap.add_argument("--rounds", type=int, default=3, help="sweeps of each configuration, alternating")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-load", type=float, default=0.5, help="wait for a 1-minute load average below this")
     ap.add_argument("--max-wait", type=float, default=1800, help="longest wait for a quiet machine, seconds")
+    ap.add_argument("--max-others", type=float, default=0.2,
+                    help="take a measurement again when other processes used more cores than this meanwhile")
     ap.add_argument("--json", type=str, default=None)
     ap.add_argument("--smoke", action="store_true", help="a tiny run of the script (for the tests)")
     args = ap.parse_args()
@@ -111,7 +130,7 @@ def main() -> None:
             "seed": list(range(args.runs))}
     if args.smoke:
         grid.update(steps=2, batch_size=8, group=4, prompts=40, max_new_tokens=8, eval_every=1, eval_samples=1, seed=[0, 1])
-        args.runs, args.rounds, args.max_load, args.max_wait = 2, 1, None, 0
+        args.runs, args.rounds, args.max_load, args.max_wait, args.max_others = 2, 1, None, 0, math.inf
 
     print(f"lm_sweep: {args.runs} runs of {grid['steps']} steps x {grid['batch_size']} completions, "
           f"{args.rounds} rounds; {os.cpu_count()} cores", flush=True)
@@ -122,13 +141,19 @@ def main() -> None:
     conditions = []
     for r in range(args.rounds):
         for name in list(CONFIGS) if r % 2 == 0 else list(reversed(CONFIGS)):
-            seen = start if not conditions else wait_until_quiet(None, args.max_wait)
-            t, per_run = measure(grid, **CONFIGS[name])
+            for attempt in range(3):
+                seen = start if not conditions else wait_until_quiet(None, args.max_wait)
+                t, per_run, others = measure(grid, **CONFIGS[name])
+                kept = others <= args.max_others or attempt == 2
+                conditions.append({"round": r, "config": name, **seen, "others_cores": round(others, 3), "kept": kept,
+                                   "wall_seconds": round(t, 2)})
+                print(f"  round {r} {name}: {t:.1f} s, {args.runs * 3600 / t:.1f} runs/hour (load before "
+                      f"{seen['load_average'][0]:.2f}; other processes meanwhile {others:.2f} cores)"
+                      f"{'' if kept else ': disturbed, again'}", flush=True)
+                if kept:
+                    break
             wall[name].append(t)
             run_seconds[name].extend(per_run)
-            conditions.append({"round": r, "config": name, **seen})
-            print(f"  round {r} {name}: {t:.1f} s, {args.runs * 3600 / t:.1f} runs/hour (load before "
-                  f"{seen['load_average'][0]:.2f})", flush=True)
 
     rph = {k: [args.runs * 3600 / t for t in v] for k, v in wall.items()}
     ratios = [b / a for a, b in zip(rph["1x2"], rph["2x1"])]
@@ -148,7 +173,9 @@ def main() -> None:
               f"{c['runs_per_hour']}); a run takes {c['run_seconds_mean']} s on average")
     print(f"  2 processes x 1 thread / 1 process x 2 threads: {report['ratio_2x1_over_1x2_median']}x "
           f"(per round {report['ratio_2x1_over_1x2']}); faster: {report['faster']}; quiet before each: "
-          f"{all(c['quiet'] for c in conditions)}; load average after {report['load_average_after']}")
+          f"{all(c['quiet'] for c in conditions)}; other processes used at most "
+          f"{max(c['others_cores'] for c in conditions if c['kept']):.2f} cores during a kept measurement; "
+          f"load average after {report['load_average_after']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 
