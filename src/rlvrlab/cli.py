@@ -304,8 +304,8 @@ def lm_sweep(
                                               "replaces the file's key; --help-settings lists them)."),
     backend: str = typer.Option("local", "--backend", help="local (a pool of processes here) or ray."),
     workers: int | None = typer.Option(None, "--workers", help="Runs at a time (default: cores / threads)."),
-    threads: int | None = typer.Option(None, "--threads", help="torch threads per run (default: 1, the faster on a "
-                                       "2-core CPU; see benchmarks/lm_sweep.py)."),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads per run (default: 1; on 2 cores two "
+                                       "1-thread runs finish 1.7x more runs per hour than one 2-thread run)."),
     _: bool = _help_settings(TrainConfig, "TrainConfig", "rlvrlab lm sweep"),
 ) -> None:
     """A grid of GRPO runs (task × lr × preset × seed × ...), each an `lm train` run directory, resumable; OUT/runs.parquet."""

@@ -6,7 +6,7 @@ each run directory says about its run.
 Keys are TrainConfig's settings. A list is an axis of the grid, a single value a setting every run
 shares; each combination of the axes is one run, an ordinary ``rlvrlab lm train`` run directory
 (config.json, metrics.parquet, checkpoints/, model/) named by its values on the axes in
-TrainConfig's field order, e.g. ``task=add,lr=0.001,seed=0`` (so that reordering a grid file
+TrainConfig's field order, e.g. ``task=add,lr=1e-3,seed=0`` (so that reordering a grid file
 renames nothing). ``rlvrlab lm sweep``'s grid file is the same mapping in TOML.
 
 A run's state is read from its directory alone:
