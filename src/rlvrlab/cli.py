@@ -296,7 +296,7 @@ def lm_train(
 @_user_errors
 def lm_sweep(
     grid: Path | None = typer.Argument(None, help="A TOML file of TrainConfig settings: key = value for every run, "
-                                       "key = [v1, v2, ...] for an axis of the grid (one run per combination)."),
+                                       "key = a list of values for an axis of the grid (one run per combination)."),
     out: Path = typer.Option(..., "--out", help="Sweep directory: one `lm train` run directory per run, and runs.parquet."),
     axes: list[str] | None = typer.Option(None, "--grid", help="An axis: --grid key=v1,v2,... (repeatable; replaces the "
                                           "file's key)."),
