@@ -226,6 +226,51 @@ def test_sampled_direction_records_monte_carlo_estimates():
     assert bool(traj.metrics["J_mc"][-1].isnan().all())
 
 
+# --- measure=False: only where the runs go ----------------------------------------------------------------
+
+
+def _state_only_cases():
+    from rlvrlab.simulate.instances import Curriculum, contextual_bandit, random_instances, token_bandit
+
+    gen = _gen(21)
+    for inst in random_instances(gen):
+        theta0 = inst.policy.init(3, scale=1.0, generator=gen)
+        yield inst.name, dict(policy=inst.policy, reward=inst.reward, theta0=theta0, direction="normalized-gradient",
+                              step_size=torch.tensor([0.3, 1.0, 4.0], dtype=F64))
+    policy, reward, _ = token_bandit(3, 4, prompts=6, dim=3, vocab=3, rho=0.5)
+    theta0 = policy.init(4, scale=0.5, generator=gen)
+    for preset in ("reinforce", "grpo"):
+        yield f"token bandit {preset}", dict(policy=policy, reward=reward, theta0=theta0,
+                                             direction=make_direction("expected", preset=preset),
+                                             step_size=make_step_size("cosine", eta=torch.tensor([1.0, 10.0, 100.0, 1e3], dtype=F64)))
+    yield "token bandit sampled", dict(policy=policy, reward=reward, theta0=theta0, direction=make_direction("preset", preset="grpo", G=4),
+                                       step_size=3.0)
+    policy, reward, theta0 = contextual_bandit(3, 5, dim=2, arms=4, init_scale=1.0, generator=gen)
+    yield "contextual curriculum", dict(policy=policy, reward=reward, theta0=theta0, direction="gradient", step_size=2.0,
+                                        train_prompts=Curriculum(5, 0.1, 0.9))
+
+
+@pytest.mark.parametrize("case", list(_state_only_cases()), ids=lambda c: c[0])
+def test_state_only_runs_go_where_measured_runs_go(case):
+    """measure=False takes the same steps: the same parameters and J, log-odds and eta at every
+    recorded step, bit for bit, on every kind of policy, direction (sampled too) and step rule."""
+    _, kwargs = case
+    args = dict(steps=9, record_every=2, **kwargs)
+    full = simulate(**args, generator=_gen(5), fast=False)
+    lean = simulate(**args, generator=_gen(5), measure=False)
+    assert lean.info["kernel"] == "state-only" and torch.equal(lean.step, full.step)
+    assert set(lean.metrics) == {"J", "log_odds", "eta"}
+    for name in lean.metrics:
+        assert torch.equal(lean.metrics[name].nan_to_num(-7.0), full.metrics[name].nan_to_num(-7.0)), name
+    assert torch.equal(lean.theta, full.theta)
+
+
+def test_state_only_needs_a_step_size_that_reads_no_statistics():
+    policy, reward = TabularSoftmax(3), torch.tensor([[1.0, 0, 0]], dtype=F64)
+    with pytest.raises(ValueError, match=r"^measure: got False; allowed: True, or a step size that does not read"):
+        simulate(policy, reward, torch.zeros(2, 3, dtype=F64), steps=2, step_size=make_step_size("condition-13a"), measure=False)
+
+
 # --- the fused tabular kernel -------------------------------------------------------------------------------
 
 

@@ -55,6 +55,45 @@ def _as_step_size(step_size: float | torch.Tensor | StepRule) -> StepRule:
     return step_size
 
 
+STATELESS_STEP_SIZES = ("fixed", "cosine")  # step-size rules that read only the step number
+
+
+def _objective(model: Model, theta: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """log J, log(1 - J) per prompt (R, C), and the objective's J and log-odds (R,)."""
+    log_J, log_1mJ = model.masses(theta)  # (R, C)
+    obj_J = (weights * log_J.exp()).sum(-1).clamp(max=1.0)  # rounding can exceed 1 by an ulp
+    obj_lo = torch.logsumexp(weights.log() + log_J, -1) - torch.logsumexp(weights.log() + log_1mJ, -1)
+    return log_J, log_1mJ, obj_J, obj_lo
+
+
+def _state_only(model: Model, theta0: torch.Tensor, weights: torch.Tensor, steps: int, record_every: int,
+                direction: DirectionRule, step_size: StepRule, train_prompts: PromptSampler | None,
+                generator: torch.Generator | None, on_step: Callable[[int], None] | None) -> Trajectory:
+    """simulate's loop without the statistics along the step (measure=False): the same steps, the
+    same parameters at every step, J and log_odds (and eta) at the recorded steps."""
+    R, C = weights.shape
+    constants = model.constants()
+    rec = Recorder(steps, record_every, R, C, theta0.dtype)
+    theta = theta0.clone()
+    for k in range(steps + 1):
+        if rec.due(k) or train_prompts is not None:
+            log_J, _, obj_J, obj_lo = _objective(model, theta, weights)
+            if rec.due(k):
+                rec.put(k, J=obj_J, log_odds=obj_lo)
+        if k == steps:
+            break
+        train_w = weights if train_prompts is None else train_prompts(k, log_J.exp(), generator)
+        ctx = StepContext(k, steps, theta, model, train_w, constants, generator)
+        dirn = direction(ctx)
+        eta = torch.as_tensor(step_size(ctx, None, dirn), dtype=theta.dtype).expand(R)
+        if rec.due(k):
+            rec.put(k, eta=eta)
+        theta = theta + eta.unsqueeze(-1) * dirn.w
+        if on_step is not None:
+            on_step(1)
+    return rec.trajectory(theta, constants, kernel="state-only")
+
+
 def _first_prompt(stats: GapStats) -> GapStats:
     return stats.map(lambda t: t[..., 0])
 
@@ -75,6 +114,7 @@ def simulate(
     generator: torch.Generator | None = None,
     on_step: Callable[[int], None] | None = None,
     fast: bool = True,
+    measure: bool = True,
 ) -> Trajectory:
     """Run R simulations of eq. (3) for ``steps`` steps and record the theory's vocabulary.
 
@@ -92,6 +132,10 @@ def simulate(
     curvature:     also record E±[wᵀ∇²log π w] (the second-order term of App. F)
     on_step:       called with the number of steps just done (a progress bar)
     fast:          allow the fused tabular kernel where it applies
+    measure:       compute the statistics along every step (delta_mu, var±, M, ...); False records
+                   only J, log_odds and eta at the recorded steps, for runs used only for where they
+                   end (a bisection's runs): the same parameters at every step, a third to a half of the work.
+                   Needs a step size that does not read the statistics (fixed or cosine)
     """
     if not (isinstance(steps, int) and steps >= 1):
         _checks.fail("steps", steps, "an integer >= 1")
@@ -109,6 +153,12 @@ def simulate(
     direction, step_size = _as_direction(direction), _as_step_size(step_size)
     per_prompt = C > 1 if per_prompt is None else per_prompt
 
+    if not measure:
+        if getattr(step_size, "__name__", None) not in STATELESS_STEP_SIZES:
+            _checks.fail("measure", False, f"True, or a step size that does not read the statistics ({', '.join(STATELESS_STEP_SIZES)})")
+        return _state_only(model, theta0, weights, steps, record_every, direction, step_size, train_prompts, generator,
+                           on_step)
+
     if fast and train_prompts is None and not curvature and not per_prompt and isinstance(model, Enumerated):
         from rlvrlab.simulate import tabular
 
@@ -125,9 +175,7 @@ def simulate(
     prev_log_odds = prev_prompt_lo = None
 
     for k in range(steps + 1):
-        log_J, log_1mJ = model.masses(theta)  # (R, C)
-        obj_J = (weights * log_J.exp()).sum(-1).clamp(max=1.0)  # rounding can exceed 1 by an ulp
-        obj_lo = torch.logsumexp(weights.log() + log_J, -1) - torch.logsumexp(weights.log() + log_1mJ, -1)
+        log_J, log_1mJ, obj_J, obj_lo = _objective(model, theta, weights)
         if prev_log_odds is not None and rec.due(k - 1):
             rec.put(k - 1, log_odds_change=obj_lo - prev_log_odds)
             if per_prompt:
