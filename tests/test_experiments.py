@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import math
 import re
 from pathlib import Path
 
@@ -212,3 +213,97 @@ def test_lm_grpo_takes_task_names_and_files(tmp_path):
 def test_every_setting_is_documented(name):
     for field, _, _, help_text in describe_fields(get(name).settings()):
         assert help_text, f"{name}.{field} has no help"
+
+
+# --- phase: cells batched by instance -----------------------------------------------------------------------
+
+
+def _same_floats(a, b) -> bool:
+    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
+
+
+def _phase_cell_alone(params: dict):
+    """A cell computed by itself, as phase did before batching: its grid in one simulate, then one
+    simulate per bisection step (critical_rate): (trajectory, final J (L,), critical rate)."""
+    import torch
+
+    from rlvrlab.analysis import critical_rate
+    from rlvrlab.experiments.phase import _direction
+    from rlvrlab.simulate import simulate
+    from rlvrlab.simulate.instances import initial_theta, token_bandit
+
+    lrs = np.geomspace(params["lr_min"], params["lr_max"], params["lr_points"]).tolist()
+
+    def train(rates):
+        policy, reward, beta = token_bandit(params["seed"], params["T"], prompts=params["prompts"], dim=params["dim"],
+                                            vocab=params["vocab"], rho=params["rho"])
+        theta0 = initial_theta(policy, reward, beta, params["J0"]).expand(len(rates), -1).clone()
+        return simulate(policy, reward, theta0, steps=params["steps"], direction=_direction(params),
+                        step_size=torch.tensor(rates, dtype=torch.float64), generator=torch.Generator().manual_seed(1000 + params["seed"]),
+                        record_every=max(1, params["steps"] // 50))
+
+    traj = train(lrs)
+    final = traj.metrics["J"][-1].numpy()
+    refine = lambda lr: bool(train([lr]).metrics["J"][-1, 0] >= params["target_J"])  # noqa: E731
+    return traj, final, critical_rate(lrs, final >= params["target_J"], refine, bisection=params["bisection"])
+
+
+@pytest.mark.parametrize("lr_points, J0s", [(13, (0.2, 0.5)), (6, (0.1, 0.3, 0.6)), (7, (0.3, 0.5)), (3, (0.4, 0.6)),
+                                            (9, (0.1, 0.2, 0.4, 0.6, 0.8))])
+def test_phase_group_equals_its_cells_one_at_a_time(lr_points, J0s):
+    """Grids and bisections batched over the J0s of an instance give each cell's tables as the cell
+    alone gives them: the same critical rates, flags and final J, and trajectories (bit for bit on
+    MKL, whose blocks of rows phase's layout follows; elsewhere to rounding)."""
+    import torch
+
+    from rlvrlab.experiments.phase import PhaseConfig, phase_cell, phase_group, phase_groups
+
+    config = PhaseConfig(presets=("reinforce", "grpo"), lengths=(1, 4), J0s=J0s, lr_min=0.1, lr_max=1e6, lr_points=lr_points,
+                         steps=60, seeds=1, prompts=12, bisection=3)
+    tol = 0.0 if torch.backends.mkl.is_available() else 1e-10
+    bracketed = 0
+    for group in phase_groups(config):
+        got = phase_group(group)
+        for j, J0 in enumerate(group["J0s"]):
+            cell = dict({k: v for k, v in group.items() if k != "J0s"}, J0=J0)
+            traj, final, crit = _phase_cell_alone(cell)
+            rows = {name: t.filter(np.asarray(t.column("J0").to_pylist()) == J0) for name, t in got.items()}
+            (row,) = rows["critical"].to_pylist()
+            assert _same_floats((row["lr"], row["lr_crit_low"], row["lr_crit_high"]), crit), (row, crit)
+            bracketed += math.isfinite(crit.rate)
+            np.testing.assert_allclose(rows["grid"].column("final_J").to_numpy(), final, rtol=tol, atol=tol)
+            assert rows["grid"].column("converged").to_pylist() == (final >= cell["target_J"]).tolist()
+            for name, m in traj.metrics.items():
+                got_m = rows["trajectories"].column(name).to_numpy(zero_copy_only=False)
+                np.testing.assert_allclose(got_m, m.T.reshape(-1).numpy(), rtol=tol, atol=tol, err_msg=name)
+        if len(group["J0s"]) > 1:  # phase_cell is a group of one
+            one = phase_cell(dict({k: v for k, v in group.items() if k != "J0s"}, J0=group["J0s"][1]))
+            ((a,), (b,)) = (one["critical"].to_pylist(), [r for r in got["critical"].to_pylist() if r["J0"] == group["J0s"][1]])
+            assert _same_floats(a.values(), [b[k] for k in a]), (a, b)
+    assert bracketed >= 2 or lr_points < 5  # the bisections ran
+
+
+def test_phase_run_writes_the_cells_of_a_sweep_over_cells(tmp_path):
+    """run sweeps over groups of cells, then writes every table cell by cell in the order of
+    phase_cells, each cell's settings first, as a sweep over the cells themselves would."""
+    from rlvrlab.experiments.phase import PhaseConfig, phase_cell, phase_cells
+    from rlvrlab.integrations.sweep import run_sweep
+
+    settings = ["lengths=1,2", "J0s=0.2,0.5", "lr_points=5", "steps=20", "seeds=2", "prompts=6", "bisection=2", "workers=1"]
+    run_experiment("phase", tmp_path / "run", quick=True, settings=settings)
+    config = resolve_config("phase", quick=True, settings=settings)
+    assert isinstance(config, PhaseConfig)
+    by_cell = run_sweep(phase_cell, phase_cells(config), tmp_path / "cells", workers=1)
+    for name, file in (("critical", "critical"), ("grid", "grid"), ("trajectories", "metrics")):
+        written, want = read_table(tmp_path / "run" / f"{file}.parquet"), by_cell[name]
+        assert written.column_names == want.column_names and written.num_rows == want.num_rows, name
+        for col in want.column_names:  # NaN where NaN (censored rates)
+            np.testing.assert_array_equal(written.column(col).to_numpy(zero_copy_only=False),
+                                          want.column(col).to_numpy(zero_copy_only=False), err_msg=f"{name}.{col}")
+
+
+def test_phase_refuses_a_J0_given_twice():
+    from rlvrlab.experiments.phase import PhaseConfig
+
+    with pytest.raises(ValueError, match=r"^J0s: got \[0.2, 0.5, 0.2\]; allowed: distinct numbers in \(0, 1\)$"):
+        PhaseConfig(J0s=(0.2, 0.5, 0.2))

@@ -13,6 +13,10 @@ the upper edge of its convergence window: the first failing rate above the first
 refined by bisection in log(rate) against its converging neighbour (rlvrlab.analysis.critical_rate).
 Cells that converge at every rate of the grid, or at none, are censored and left out of the fit.
 
+The cells of one (preset, T, instance) differ only in J0 and are computed together (phase_group):
+their grids in one batched simulate, their bisections advancing together, each step's runs in one
+simulate that keeps only where they end; the results are those of the cells one at a time.
+
 The theory's prediction (eq. 17 vs 18): with T_psi1 ∝ T, REINFORCE's and Dr. GRPO's effective
 step grows like T relative to what (15a)/(18) allow, so their critical rate should fall like
 1/T; GRPO divides by |o| and its critical rate should be roughly flat in T. We fit the slope of
@@ -32,15 +36,15 @@ import pyarrow as pa
 import torch
 
 from rlvrlab import _checks, plotting
-from rlvrlab.analysis.stats import critical_rate, loglog_slope
+from rlvrlab.analysis.stats import critical_rates, loglog_slope
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.integrations.sweep import run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
-from rlvrlab.simulate import simulate
+from rlvrlab.simulate import Trajectory, simulate
 from rlvrlab.simulate.instances import initial_theta, token_bandit
 from rlvrlab.updates import PRESETS, make_direction
 
-__all__ = ["EXPERIMENT", "PhaseConfig", "phase_cell", "phase_cells", "plot", "run"]
+__all__ = ["EXPERIMENT", "PhaseConfig", "phase_cell", "phase_cells", "phase_group", "phase_groups", "plot", "run"]
 
 THEORY_SLOPE = {"reinforce": -1.0, "rloo": -1.0, "dr-grpo": -1.0, "grpo": 0.0, "dapo": 0.0, "gspo": 0.0}
 
@@ -83,6 +87,8 @@ class PhaseConfig:
         for J0 in self.J0s:
             if not 0 < J0 < 1:
                 raise ValueError(f"J0s: got {J0}; allowed: numbers in (0, 1)")
+        if len(set(self.J0s)) != len(self.J0s):
+            raise ValueError(f"J0s: got {list(self.J0s)}; allowed: distinct numbers in (0, 1)")
         if not 0 < self.target_J < 1:
             raise ValueError(f"target_J: got {self.target_J}; allowed: a number in (0, 1)")
         if not 0 < self.rho <= 1:
@@ -101,26 +107,87 @@ def _direction(params: dict):
     return make_direction("preset", preset=preset, G=params["G"], **overrides)
 
 
-def _train(params: dict, lrs: list[float]):
-    """Final J, the convergence flag for each learning rate (one batched simulate), the trajectory."""
-    policy, reward, beta = token_bandit(params["seed"], params["T"], prompts=params["prompts"], dim=params["dim"],
-                                    vocab=params["vocab"], rho=params["rho"])
-    theta0 = initial_theta(policy, reward, beta, params["J0"]).expand(len(lrs), -1).clone()
+def _train(params: dict, policy, reward, theta0: torch.Tensor, lrs: list[float], *, measure: bool = True):
+    """One batched simulate, run r from theta0[r] at rate lrs[r]: the final J of each run (R,) and the
+    trajectory (measure=False: only where the runs end)."""
     gen = torch.Generator().manual_seed(1000 + params["seed"])
+    every = max(1, params["steps"] // 50) if measure else params["steps"]
     traj = simulate(policy, reward, theta0, steps=params["steps"], direction=_direction(params),
-                    step_size=torch.tensor(lrs, dtype=torch.float64), generator=gen, record_every=max(1, params["steps"] // 50))
-    final = traj.metrics["J"][-1].numpy()
-    return final, final >= params["target_J"], traj
+                    step_size=torch.tensor(lrs, dtype=torch.float64), generator=gen, record_every=every, measure=measure)
+    return traj.metrics["J"][-1].numpy(), traj
+
+
+def _runs(traj, runs: list[int]):
+    """The trajectory of some of a batch's runs (its recorded metrics)."""
+    return Trajectory(traj.step, {k: v[:, runs] for k, v in traj.metrics.items()}, {}, traj.theta[runs], traj.constants)
+
+
+# A run's last bits depend on where it sits in its batch: MKL computes the rows of a matrix product
+# in blocks of TILE and the rows left over one by one, as it computes a product of one row, while a
+# product of 2 to TILE - 1 rows takes yet another path. Near a convergence window's edge a run's
+# outcome can turn on those bits (batching the default diagram's runs naively moves 15 of its 108
+# critical rates), so batched runs sit where they would in the cell's own batches: TILE·⌊L/TILE⌋ of
+# its L grid rates in blocks, the rest left over, and each bisection run left over after a block.
+# With that, the tables are those of the cells computed one at a time, bit for bit.
+TILE = 4
+
+
+def _grid_batches(cells: int, L: int) -> list[list[tuple[int, int]]]:
+    """The cells' grids as batches of runs (cell, rate index): in each, the first TILE·⌊L/TILE⌋ rates
+    of every cell, then the rest, which stay fewer than TILE (a single cell's batch when L < TILE)."""
+    body, left = TILE * (L // TILE), L % TILE
+    per = 1 if L < TILE else cells if left == 0 else max(1, (TILE - 1) // left)
+    return [[(c, i) for c in chunk for i in range(body)] + [(c, i) for c in chunk for i in range(body, L)]
+            for chunk in (range(s, min(s + per, cells)) for s in range(0, cells, per))]
+
+
+def phase_group(params: dict) -> dict[str, pa.Table]:
+    """The cells of one (preset, T, instance), one per J0 of ``params["J0s"]``, computed together.
+
+    The cells differ only in θ0 (their J0) and in the rates they run at, and the simulator is
+    batched over runs: the learning-rate grids of the cells are one simulate (or a few, see TILE),
+    then their bisections advance together (analysis.critical_rates), one simulate per bisection
+    step, whose runs need only their final J (simulate's measure=False). Every run sits where it
+    would in the cell's own batches (TILE), so the tables are those of the cells one at a time.
+    Sampled updates (update="sampled") draw from one generator per simulate: their draws depend on
+    the batch. Returns every cell's tables, with a J0 column."""
+    lrs = np.geomspace(params["lr_min"], params["lr_max"], params["lr_points"]).tolist()
+    J0s, L = list(params["J0s"]), len(lrs)
+    policy, reward, beta = token_bandit(params["seed"], params["T"], prompts=params["prompts"], dim=params["dim"],
+                                        vocab=params["vocab"], rho=params["rho"])
+    theta0 = torch.cat([initial_theta(policy, reward, beta, J0) for J0 in J0s])  # (n, d): one row per cell
+    final = np.empty((len(J0s), L))
+    grids = []  # (cell, its runs in the batch by rate, the batch's trajectory)
+    for batch in _grid_batches(len(J0s), L):
+        got, traj = _train(params, policy, reward, theta0[[c for c, _ in batch]], [lrs[i] for _, i in batch])
+        final[tuple(zip(*batch))] = got
+        run_of = {run: r for r, run in enumerate(batch)}
+        grids += [(c, [run_of[c, i] for i in range(L)], traj) for c in dict.fromkeys(c for c, _ in batch)]
+    ok = final >= params["target_J"]  # (n, L)
+
+    def refine(cells: list[int], rates: list[float]) -> list[bool]:
+        flags = []
+        for s in range(0, len(cells), TILE - 1):  # TILE copies of a run, then up to TILE - 1 runs left over
+            runs, at = [cells[s]] * TILE + cells[s:s + TILE - 1], [rates[s]] * TILE + rates[s:s + TILE - 1]
+            got, _ = _train(params, policy, reward, theta0[runs], at, measure=False)
+            flags += (got[TILE:] >= params["target_J"]).tolist()
+        return flags
+
+    crits = critical_rates(lrs, ok, refine, bisection=params["bisection"])
+    tables: dict[str, list[pa.Table]] = {"trajectories": [], "grid": [], "critical": []}
+    for c, runs, traj in grids:
+        cell = {"trajectories": trajectory_table(_runs(traj, runs), {"lr": lrs}),
+                "grid": pa.table({"lr": lrs, "final_J": final[c].tolist(), "converged": ok[c].tolist()}),
+                "critical": pa.table({"lr": [crits[c].rate], "lr_crit_low": [crits[c].low], "lr_crit_high": [crits[c].high]})}
+        for name, t in cell.items():
+            tables[name].append(t.add_column(0, "J0", pa.array([J0s[c]] * t.num_rows)))
+    return {name: pa.concat_tables(parts) for name, parts in tables.items()}
 
 
 def phase_cell(params: dict) -> dict[str, pa.Table]:
-    """One cell of the sweep: the learning-rate grid, then bisection on the window's upper edge."""
-    lrs = np.geomspace(params["lr_min"], params["lr_max"], params["lr_points"]).tolist()
-    final, ok, traj = _train(params, lrs)
-    crit = critical_rate(lrs, ok, lambda lr: bool(_train(params, [lr])[1][0]), bisection=params["bisection"])
-    grid = pa.table({"lr": lrs, "final_J": final.tolist(), "converged": ok.tolist()})
-    critical = pa.table({"lr": [crit.rate], "lr_crit_low": [crit.low], "lr_crit_high": [crit.high]})
-    return {"trajectories": trajectory_table(traj, {"lr": lrs}), "grid": grid, "critical": critical}
+    """One cell of the sweep alone: the learning-rate grid, then bisection on the window's upper edge."""
+    group = {k: v for k, v in params.items() if k != "J0"}
+    return {name: t.drop_columns(["J0"]) for name, t in phase_group(dict(group, J0s=[params["J0"]])).items()}
 
 
 def phase_cells(config: PhaseConfig) -> list[dict]:
@@ -132,11 +199,32 @@ def phase_cells(config: PhaseConfig) -> list[dict]:
             for p in config.presets for T in config.lengths for J0 in config.J0s for s in range(config.seeds)]
 
 
+def phase_groups(config: PhaseConfig) -> list[dict]:
+    """The cells grouped by (preset, T, instance), their J0s in ``J0s``: what phase_group computes."""
+    groups: dict[tuple, dict] = {}
+    for cell in phase_cells(config):
+        key = (cell["preset"], cell["T"], cell["seed"])
+        groups.setdefault(key, dict({k: v for k, v in cell.items() if k != "J0"}, J0s=[]))["J0s"].append(cell["J0"])
+    return list(groups.values())
+
+
+def _in_cell_order(table: pa.Table, cells: list[dict]) -> pa.Table:
+    """Rows and columns as a sweep over the cells themselves writes them: cell by cell in the order of
+    phase_cells, the cell's settings first."""
+    rank = {(c["preset"], c["T"], c["J0"], c["seed"]): i for i, c in enumerate(cells)}
+    keys = zip(*(table.column(k).to_pylist() for k in ("preset", "T", "J0", "seed")))
+    order = np.argsort([rank[k] for k in keys], kind="stable")
+    names = list(cells[0]) + [n for n in table.column_names if n not in cells[0]]
+    return table.take(pa.array(order)).select(names)
+
+
 def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
-    cells = phase_cells(config)
+    cells, groups = phase_cells(config), phase_groups(config)
     norm = cells[0]["drgrpo_norm"]
-    tables = run_sweep(phase_cell, cells, workdir / "sweep", backend=config.backend, workers=config.workers,
-                       on_cell=progress.task("phase: (preset, T, J0, instance) cells", len(cells)))
+    groups.sort(key=lambda g: -g["T"])  # the longest first, so that the workers finish together
+    tables = run_sweep(phase_group, groups, workdir / "sweep", backend=config.backend, workers=config.workers,
+                       on_cell=progress.task("phase: (preset, T, instance) cells, their J0s together", len(groups)))
+    tables = {name: _in_cell_order(t, cells) for name, t in tables.items()}
     cols = columns(tables["critical"], ("preset", "T", "J0", "seed", "lr", "lr_crit_low", "lr_crit_high"))
     preset = np.asarray(tables["critical"].column("preset").to_pylist())
     checks, slopes = [], {}
