@@ -21,29 +21,9 @@ from typer.testing import CliRunner
 from rlvrlab.cli import app
 from rlvrlab.integrations.sweep import lm_sweep
 from rlvrlab.lm.sweep import expand_grid, parse_assignments, run_name, run_state, runs_table, train_run
-from rlvrlab.lm.tasks import make_task
-from rlvrlab.lm.tokenizer import char_tokenizer
 
 runner = CliRunner()
 NAMES = ["lr=0.01,seed=0", "lr=0.01,seed=1", "lr=0.03,seed=0", "lr=0.03,seed=1"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny")
-    tok = char_tokenizer("".join("".join(make_task(t).alphabet) for t in ("add", "arith", "countdown")))
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    model = Qwen2ForCausalLM(cfg)
-    with torch.no_grad():  # a larger (tied) EOS embedding makes completions end at different lengths
-        model.model.embed_tokens.weight[tok.eos_token_id] *= 3.0
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

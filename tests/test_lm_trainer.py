@@ -25,24 +25,6 @@ def _even_length(text, problem):
     return float(len(text) % 2 == 0)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny")
-    tok = char_tokenizer("".join("".join(make_task(t).alphabet) for t in ("add", "arith", "countdown")))
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    model = Qwen2ForCausalLM(cfg)
-    with torch.no_grad():  # a larger (tied) EOS embedding makes completions end at different lengths
-        model.model.embed_tokens.weight[tok.eos_token_id] *= 3.0
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def _config(model, **kw):
     base = dict(model=str(model), task="add", prompts=40, batch_size=8, group=4, max_new_tokens=6, steps=4, lr=1e-2,
                 eval_every=2, eval_samples=2, checkpoint_every=2, seed=3)
