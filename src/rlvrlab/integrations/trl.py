@@ -82,7 +82,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
-import pyarrow as pa
 import torch
 
 from rlvrlab import _checks
@@ -421,11 +420,6 @@ class GapGRPOTrainer(GRPOTrainer):
 
     # --- results -------------------------------------------------------------------------------
 
-    def _gap_table(self) -> pa.Table:
-        rows = self.gap_history
-        names = list(dict.fromkeys(k for row in rows for k in row))
-        return pa.table({k: [row.get(k, math.nan) for row in rows] for k in names})
-
     def _gap_write_metrics(self) -> None:
         if self.gap.gap_diagnostics and self.args.should_save and self.gap_history:
-            write_table(os.path.join(self.args.output_dir, METRICS), self._gap_table())
+            write_table(os.path.join(self.args.output_dir, METRICS), self.gap_monitor.table())

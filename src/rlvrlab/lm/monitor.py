@@ -25,6 +25,7 @@ import math
 import warnings
 from collections.abc import Callable
 
+import pyarrow as pa
 import torch
 
 from rlvrlab import _checks
@@ -80,9 +81,7 @@ class GapMonitor:
 
     def __init__(self, *, patience: int = 3, adaptive: GapAdaptiveRate | None = None,
                  on_warning: Callable[[str], None] | None = None):
-        _checks.integer("patience", patience)
-        if patience < 1:
-            _checks.fail("patience", patience, "an integer >= 1")
+        _checks.integer("patience", patience)  # >= 1
         self.patience, self.adaptive = patience, adaptive
         self.on_warning = on_warning or (lambda message: warnings.warn(message, GapWarning, stacklevel=4))
         self.M: dict[str, float] = {}  # prefix -> cumulative positive alignment
@@ -127,6 +126,11 @@ class GapMonitor:
         if self.adaptive is None or "gap/crit_ratio" not in row or not lr > 0:
             return rate
         return self.adaptive(row["gap/crit_ratio"], rate)
+
+    def table(self) -> pa.Table:
+        """The history as a table, a column per key any row has (NaN where a row lacks it)."""
+        names = list(dict.fromkeys(k for row in self.history for k in row))
+        return pa.table({k: [row.get(k, math.nan) for row in self.history] for k in names})
 
     def start(self, prefixes: tuple[str, ...] = ("gap/",)) -> dict[str, float]:
         """M = 0 for each prefix, for a run's step-0 row."""

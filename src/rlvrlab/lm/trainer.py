@@ -46,7 +46,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import torch
 
 from rlvrlab import _checks
@@ -280,9 +279,7 @@ class GRPOTrainer:
         self.monitor.load_state_dict(state["monitor"])
 
     def _write_metrics(self) -> None:
-        names = list(dict.fromkeys(k for row in self.rows for k in row))
-        table = pa.table({k: [row.get(k, math.nan) for row in self.rows] for k in names})
-        write_table(self.out / "metrics.parquet", table)
+        write_table(self.out / "metrics.parquet", self.monitor.table())
 
     def train(self, *, resume: bool = True) -> list[dict[str, float]]:
         """Run to config.steps (resuming from the checkpoint in ``out`` when there is one)."""
