@@ -40,7 +40,8 @@ from torch.utils.checkpoint import checkpoint
 if TYPE_CHECKING:
     from rlvrlab.lm.sampling import Rollout
 
-__all__ = ["CHUNK_ELEMENTS", "chunk_positions", "head_inputs", "log_softmax_chunks", "next_token_logprobs", "token_logprobs"]
+__all__ = ["CHUNK_ELEMENTS", "chunk_positions", "head_inputs", "log_softmax_chunks", "next_token_logprobs", "positions", "prefill",
+           "token_logprobs"]
 
 # Logits per chunk (C·V): 64 MB of float32; C = 110 positions at V = 151,936. A chunk's working
 # set is a few such tensors (logits, log-softmax, their gradients).
@@ -51,8 +52,20 @@ CHUNK_ELEMENTS = 2**24
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows (N, L): counted from each row's first real token."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prefill(net, ids: torch.Tensor, mask: torch.Tensor, G: int, *, last: Callable = lambda out: out.logits):
+    """Run the B distinct prompts (B, P) once and repeat their key/value cache G times: (``last`` of
+    the output at the last prompt position, repeated to (B·G, ·), the cache of B·G rows). The
+    sampler takes the logits, the log-prob pass the backbone's hidden states."""
+    out = net(input_ids=ids, attention_mask=mask.long(), position_ids=positions(mask), use_cache=True)
+    cache = out.past_key_values
+    if G > 1:
+        cache.batch_repeat_interleave(G)
+    return last(out)[:, -1].repeat_interleave(G, 0), cache
 
 
 def _backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -80,14 +93,9 @@ def head_inputs(model, rollout: Rollout) -> tuple[torch.Tensor, Callable[[torch.
     def last(out) -> torch.Tensor:
         return out.last_hidden_state if split is not None else out.logits
 
-    ids, pmask = rollout.prompt_ids[::G], rollout.prompt_mask[::G]
-    out = net(input_ids=ids, attention_mask=pmask.long(), position_ids=_positions(pmask), use_cache=True)
-    cache = out.past_key_values
-    if G > 1:
-        cache.batch_repeat_interleave(G)
-    first = last(out)[:, -1].repeat_interleave(G, 0)  # predicts o_1: (N, H)
+    first, cache = prefill(net, rollout.prompt_ids[::G], rollout.prompt_mask[::G], G, last=last)  # predicts o_1: (N, H)
     mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
-    rest = net(input_ids=rollout.completion_ids, attention_mask=mask.long(), position_ids=_positions(mask)[:, P:],
+    rest = net(input_ids=rollout.completion_ids, attention_mask=mask.long(), position_ids=positions(mask)[:, P:],
                past_key_values=cache, use_cache=True)
     return torch.cat([first.unsqueeze(1), last(rest)[:, :-1]], 1), head  # (N, T, H)
 

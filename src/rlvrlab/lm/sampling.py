@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlvrlab.lm.logprobs import next_token_logprobs, token_logprobs
+from rlvrlab.lm.logprobs import next_token_logprobs, positions, prefill, token_logprobs
 
 __all__ = ["Rollout", "completion_texts", "decode", "next_token_logprobs", "sample", "token_logprobs"]
 
@@ -52,20 +52,6 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, G: int):
-    """Run the B distinct prompts once and repeat their key/value cache G times: (logits at the
-    last prompt position (B·G, V), the cache of B·G rows)."""
-    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=_positions(mask), use_cache=True)
-    cache = out.past_key_values
-    if G > 1:
-        cache.batch_repeat_interleave(G)
-    return out.logits[:, -1].repeat_interleave(G, 0), cache
-
-
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_id: int, pad_id: int,
            generator: torch.Generator, temperature: float = 1.0) -> Rollout:
@@ -92,7 +78,7 @@ def decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: in
     replaced"). Returns the Rollout and the flags (N, T) (False where none were returned)."""
     device = next(models[0].parameters()).device
     ids, mask = (x.to(device) for x in _left_pad(prompts, pad_id))
-    firsts = [_prefill(m, ids, mask, G) for m in models]
+    firsts = [prefill(m, ids, mask, G) for m in models]
     logits, caches = [f[0] for f in firsts], [f[1] for f in firsts]
     ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
     N = ids.shape[0]
@@ -101,7 +87,7 @@ def decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: in
     flags = torch.zeros((N, max_new_tokens), dtype=torch.bool, device=device)
     rows = torch.arange(N, device=device)  # the rows of the batch still running, in cache order
     attn = mask.long()
-    next_pos = _positions(mask)[:, -1] + 1
+    next_pos = positions(mask)[:, -1] + 1
     T = 0
     for t in range(max_new_tokens):
         nxt, flag = choose(logits)
