@@ -40,10 +40,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rlvrlab import _checks
-from rlvrlab.io import atomic_write_json, read_json
+from rlvrlab.io import atomic_write_json, read_json, read_table
 from rlvrlab.lm.config import TrainConfig
 from rlvrlab.lm.monitor import gap_warnings
 
@@ -196,7 +195,7 @@ def _rows(run_dir: Path) -> list[dict[str, float]]:
     path = run_dir / "metrics.parquet"
     if not path.exists():
         return []
-    table = pq.read_table(path).to_pylist()
+    table = read_table(path).to_pylist()
     return [{k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and math.isnan(v))} for row in table]
 
 
