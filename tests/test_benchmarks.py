@@ -142,3 +142,16 @@ def test_lm_sweep_benchmark_smoke(tmp_path, tiny_base_model):
     for k, c in configs.items():
         assert c["wall_seconds"] == [m["wall_seconds"] for m in conditions if m["config"] == k and m["kept"]]
     assert all(m["others_cores"] >= 0 and len(m["load_average"]) == 3 for m in conditions)
+
+
+def test_diagnostics_mixed_groups_smoke(tiny_base_model):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("diagnostics_mixed_groups", ROOT / "benchmarks" / "diagnostics_mixed_groups.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--model", str(tiny_base_model), "--steps", "3", "--batch-size", "32"])
+    for k, o in out.items():  # every reported share is one of the steps measured, every spread non-negative
+        assert k in ("gap/delta_mu_eta", "gap/log_odds_change") and 1 <= o["steps"] <= 3
+        assert 0 <= o["median_abs_z"] <= o["max_abs_z"] and o["median_relative"] >= 0
+        assert o["share_abs_z_above_2"] * o["steps"] == pytest.approx(round(o["share_abs_z_above_2"] * o["steps"]))
