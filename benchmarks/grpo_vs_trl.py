@@ -179,14 +179,14 @@ def measure(args, model: str, tmp: Path) -> dict:
     # A GRPO step moves the weights iff some group has reward variance: otherwise every advantage is
     # exactly 0, and so are the gradients and Adam's moments.
     signal = {"trl": sum(s["signal"] for s in trl_log) / steps,
-              **{k: sum(r["loss/zero_variance_groups"] < 1 for r in v) / steps for k, v in rows.items()}}
+              **{k: sum(r["frac_reward_zero_std"] < 1 for r in v) / steps for k, v in rows.items()}}
     changed = {k: max_difference(m, before[k]) for k, m in models.items()}
     for k in models:
         assert (changed[k] > 0) == (signal[k] > 0), \
             f"{k}: the weights changed by {changed[k]:.3g}, with reward variance in {signal[k]:.0%} of the steps"
     completions = {"trl": trl_log[args.warmup:],
-                   **{k: [{"length_mean": r["charts/length_mean"], "length_max": r["charts/length_max"],
-                           "reward": r["charts/reward"]} for r in v[args.warmup:]] for k, v in rows.items()}}
+                   **{k: [{"length_mean": r["completions/mean_length"], "length_max": r["completions/max_length"],
+                           "reward": r["reward"]} for r in v[args.warmup:]] for k, v in rows.items()}}
     a = trainer.args
     return {
         "times": {k: v[args.warmup:] for k, v in times.items()}, "completions": completions, "signal": signal,

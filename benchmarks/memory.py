@@ -151,7 +151,7 @@ def run_ours(args, model: str, out: Path, diagnostics: bool) -> dict:
     row = trainer.train_step()
     result = meter.stop()
     # every completion has the same length, so the mean and the longest are both --tokens
-    return {**result, "completion_length_mean": row["charts/length_mean"], "completion_length_max": row["charts/length_max"],
+    return {**result, "completion_length_mean": row["completions/mean_length"], "completion_length_max": row["completions/max_length"],
             "completions": args.prompts * args.group}
 
 

@@ -48,7 +48,7 @@ def run(model: str, task_name: str, steps: int, lr: float, schedule: str, out: P
     early = [r["gap/crit_ratio"] for r in h[:5] if r["gap/crit_ratio"] == r["gap/crit_ratio"]]
     return {"success_first5": statistics.mean(J[:5]), "success_last10": statistics.mean(J[-10:]),
             "early_ratio_median": statistics.median(early) if early else float("nan"),
-            "lr": {s: h[s - 1]["charts/lr"] for s in (10, 20, len(h)) if s <= len(h)},
+            "lr": {s: h[s - 1]["learning_rate"] for s in (10, 20, len(h)) if s <= len(h)},
             "warnings": [str(w.message) for w in caught if issubclass(w.category, GapWarning)]}
 
 

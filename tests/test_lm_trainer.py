@@ -110,6 +110,33 @@ def test_groups_without_reward_variance_are_counted_and_skipped():
 # --- training, checkpoints, exact resumption ---------------------------------------------------------
 
 
+def test_the_curves_every_monitor_reads_under_trl_names_with_the_kl_to_the_initial_model(tiny_model, tmp_path):
+    rewards = []
+    def reward(text, problem):  # keeps what the trainer saw, to recompute its curves by hand
+        rewards.append(_even_length(text, problem))
+        return rewards[-1]
+    tr = GRPOTrainer(_config(tiny_model, kl_reference=True, steps=3, eval_every=100), tmp_path, reward_fn=reward)
+    moved = False
+    for step in range(3):
+        rewards.clear()
+        row = tr.train_step()
+        tr.step += 1
+        r = torch.tensor(rewards).view(-1, 4)
+        assert row["reward"] == pytest.approx(float(r.mean())) and row["reward_std"] == pytest.approx(float(r.std()))
+        assert row["frac_reward_zero_std"] == float((r == r[:, :1]).all(-1).float().mean()) == row["gap/zero_variance_groups"]
+        assert row["completions/min_length"] <= row["completions/mean_length"] <= row["completions/max_length"] <= 6
+        assert row["clip_ratio/region_mean"] == row["clip_ratio/low_mean"] == row["clip_ratio/high_mean"] == 0  # one epoch: ratio 1
+        assert row["learning_rate"] == 1e-2 and row["entropy"] > 0
+        assert (row["grad_norm"] > 0) == (row["frac_reward_zero_std"] < 1)  # a gradient from the groups with variance only
+        if step == 0:  # the policy is the initial model: k3 = 0 on every token
+            assert row["kl"] == pytest.approx(0.0, abs=1e-6)
+        elif moved:  # k3 = e^x - x - 1 > 0 wherever a step moved a log-prob
+            assert row["kl"] > 1e-6
+        moved = moved or row["grad_norm"] > 0
+    assert not any(p.requires_grad for p in tr.reference.parameters())
+    assert "kl" not in GRPOTrainer(_config(tiny_model, steps=1), tmp_path / "b", reward_fn=_even_length).train_step()
+
+
 def test_a_step_records_every_diagnostic_and_moves_the_weights(tiny_model, tmp_path):
     tr = GRPOTrainer(_config(tiny_model), tmp_path, reward_fn=_even_length)
     before = [p.detach().clone() for p in tr.params]
@@ -117,8 +144,8 @@ def test_a_step_records_every_diagnostic_and_moves_the_weights(tiny_model, tmp_p
     moved = sum(float((p.detach() - b).norm() ** 2) for p, b in zip(tr.params, before)) ** 0.5
     assert row["gap/eta"] == pytest.approx(moved, rel=1e-5)
     for key in ("gap/delta_mu_eta", "gap/log_odds_change", "gap/var_plus", "gap/var_minus", "gap/crit_ratio", "gap/eta_crit",
-                "gap/lr_crit", "gap/grpo_norm_proxy", "gap/zero_variance_groups", "charts/entropy", "charts/length_mean",
-                "loss/clipfrac", "charts/grad_norm", "gap/M"):
+                "gap/lr_crit", "gap/grpo_norm_proxy", "gap/zero_variance_groups", "entropy", "completions/mean_length",
+                "clip_ratio/region_mean", "grad_norm", "reward_std", "frac_reward_zero_std", "advantage_std", "completions/clipped_ratio", "gap/M"):
         assert key in row
     if row["gap/mixed_prompts"] > 0:
         assert math.isfinite(row["gap/delta_mu_eta"]) and math.isfinite(row["gap/log_odds_change"])
@@ -174,7 +201,7 @@ def test_gap_adaptive_rate_follows_the_smoothed_critical_rate(tiny_model, tmp_pa
                      tmp_path, reward_fn=_even_length)
 
     def after(ratio):  # the rate the monitor sets after a step at 1e-2 whose estimated crit_ratio was `ratio`
-        return tr.monitor.record({"step": 1, "charts/lr": 1e-2, "gap/crit_ratio": ratio, "gap/zero_variance_groups": 0.0})
+        return tr.monitor.record({"step": 1, "learning_rate": 1e-2, "gap/crit_ratio": ratio, "gap/zero_variance_groups": 0.0})
 
     assert after(math.nan) == pytest.approx(1.1e-2)  # no threshold yet: grow by adaptive_growth
     assert after(0.8) == pytest.approx(0.625e-2)  # critical rate 1.25e-2, target half of it
@@ -312,7 +339,7 @@ def test_tensorboard_logs_every_metric_or_says_how_to_get_it(tiny_model, tmp_pat
 
 
 def _row(step, ratio, zero=0.0):
-    return {"step": step, "gap/crit_ratio": ratio, "charts/lr": 1e-3, "gap/lr_crit": 1e-3 / ratio, "gap/zero_variance_groups": zero}
+    return {"step": step, "gap/crit_ratio": ratio, "learning_rate": 1e-3, "gap/lr_crit": 1e-3 / ratio, "gap/zero_variance_groups": zero}
 
 
 def test_warnings_need_three_consecutive_steps():
@@ -344,18 +371,18 @@ def test_every_preset_trains(tiny_model, tmp_path, preset):
     before = [p.detach().clone() for p in tr.params]
     rows = [tr.train_step() for _ in range(2)]
     moved = any(not torch.equal(p.detach(), b) for p, b in zip(tr.params, before))
-    signal = any(r["charts/reward"] not in (0.0, 1.0) for r in rows)  # some reward variance in the batches
-    assert all(math.isfinite(r["loss/policy"]) and 0 <= r["loss/clipfrac"] <= 1 for r in rows)
+    signal = any(r["reward"] not in (0.0, 1.0) for r in rows)  # some reward variance in the batches
+    assert all(math.isfinite(r["loss"]) and 0 <= r["clip_ratio/region_mean"] <= 1 for r in rows)
     # weighted presets log how much the weights scaled the advantages: w in [1, 1.2] (low-prob, α 0.2),
     # [0.8, 1] (dominate), [0.8, 1.2] (perplexity); the others have no weights
     bounds = {"dapo-lowprob": (1.0, 1.2), "dapo-dominate": (0.8, 1.0), "dapo-ppl": (0.8, 1.2)}.get(preset)
     for r in rows:
         if bounds is None:
             assert "loss/advantage_weight" not in r
-        elif r["loss/zero_variance_groups"] < 1:
+        elif r["frac_reward_zero_std"] < 1:
             assert bounds[0] - 1e-6 <= r["loss/advantage_weight"] <= bounds[1] + 1e-6
     if preset in ("reinforce",):  # no baseline: any reward moves it
-        assert moved == any(r["charts/reward"] > 0 for r in rows)
+        assert moved == any(r["reward"] > 0 for r in rows)
     else:
         assert signal and moved
 

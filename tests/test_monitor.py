@@ -51,7 +51,7 @@ def test_step_diagnostics_carry_the_convention_through():
 
 
 def _step(monitor, step, delta, success, lr=1e-2, eta=0.1):
-    row = {"step": step, "charts/lr": lr}
+    row = {"step": step, "learning_rate": lr}
     row.update(monitor.measure(torch.tensor(delta), torch.tensor(success), eta=eta, lr=lr))
     return row, monitor.record(row)
 
@@ -94,14 +94,14 @@ def test_warnings_come_once_per_kind_and_need_consecutive_measured_steps():
 
 def test_the_adaptive_rate_moves_from_the_rate_it_is_given():
     m = GapMonitor(adaptive=GapAdaptiveRate(0.5, 0.0, 1.1, 1e-6, 1.0), on_warning=lambda message: None)
-    assert m.record({"step": 1, "charts/lr": 1e-2, "gap/crit_ratio": 0.5, "gap/zero_variance_groups": 0.0}) == pytest.approx(1e-2)
+    assert m.record({"step": 1, "learning_rate": 1e-2, "gap/crit_ratio": 0.5, "gap/zero_variance_groups": 0.0}) == pytest.approx(1e-2)
     # a schedule's peak of 4e-2 at a warm-up rate of 1e-2: the rule moves the peak
-    assert m.record({"step": 2, "charts/lr": 1e-2, "gap/crit_ratio": 0.5, "gap/zero_variance_groups": 0.0},
+    assert m.record({"step": 2, "learning_rate": 1e-2, "gap/crit_ratio": 0.5, "gap/zero_variance_groups": 0.0},
                     rate=4e-2) == pytest.approx(4e-2)
     before = m.adaptive.log_lr_crit
-    assert m.record({"step": 3, "charts/lr": 0.0, "gap/crit_ratio": 0.5, "gap/zero_variance_groups": 0.0}, rate=4e-2) == 4e-2
+    assert m.record({"step": 3, "learning_rate": 0.0, "gap/crit_ratio": 0.5, "gap/zero_variance_groups": 0.0}, rate=4e-2) == 4e-2
     assert m.adaptive.log_lr_crit == before  # a step at rate 0 carries no information
-    assert GapMonitor().record({"step": 1, "charts/lr": 3e-3, "gap/crit_ratio": 9.0, "gap/zero_variance_groups": 0.0}) == 3e-3
+    assert GapMonitor().record({"step": 1, "learning_rate": 3e-3, "gap/crit_ratio": 9.0, "gap/zero_variance_groups": 0.0}) == 3e-3
 
 
 def test_state_round_trips_through_json_with_nan_and_inf():

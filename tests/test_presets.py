@@ -157,6 +157,19 @@ def test_clip_surrogate_outside_the_range():
     assert not bool(clipped.any())
 
 
+def test_clip_fractions_split_by_the_sign_of_the_advantage():
+    # one prompt, G = 2: rewards (1, 0) give GRPO advantages (+a, -a); ratios per token by hand:
+    # response 0 (Â > 0): 1.3 (high clip), 1.0, 0.7 (no clip: the unclipped branch is the min), padding
+    # response 1 (Â < 0): 0.7 (low clip), 1.3 (no clip), 1.0, 0.75 (low clip)
+    logp_old = _t([[[-1.0, -2.0, -0.5, -1.5], [-0.3, -1.0, -2.0, -0.9]]])  # (B, G, T) = (1, 2, 4)
+    rho = _t([[[1.3, 1.0, 0.7, 1.0], [0.7, 1.3, 1.0, 0.75]]])
+    mask = torch.tensor([[[True, True, True, False], [True, True, True, True]]])
+    _, metrics = policy_loss(PRESETS["grpo"], logp_old + rho.log(), logp_old, _t([[1.0, 0.0]]), mask)
+    assert float(metrics["loss/clipfrac_high"]) == pytest.approx(1 / 7, rel=1e-12)  # 7 tokens count
+    assert float(metrics["loss/clipfrac_low"]) == pytest.approx(2 / 7, rel=1e-12)
+    assert float(metrics["loss/clipfrac"]) == pytest.approx(3 / 7, rel=1e-12)
+
+
 def test_gspo_sequence_ratio_and_clip():
     logp_old = _t([[[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]]])  # (1, 2, 3)
     mask = torch.tensor([[[True, True, False], [True, True, True]]])
@@ -359,6 +372,7 @@ def test_preset_gradient_at_theta_old_equals_plain_loop(name):
     assert min(flat) >= 1
     adv = {"exact": lambda r: r - J.unsqueeze(-1)}.get(PRESETS[name].advantage, lambda r: ADVANTAGES[PRESETS[name].advantage](r))
     torch.testing.assert_close(metrics["loss/abs_advantage"], adv(batch.reward).abs().mean((-1, -2)), rtol=1e-14, atol=0)
+    torch.testing.assert_close(metrics["loss/advantage_std"], adv(batch.reward).flatten(-2).std(-1), rtol=1e-12, atol=0)
     # the sampled "preset" direction draws the same batch from the same generator and returns -∇loss
     ctx = StepContext(0, 1, theta, model, weights, policy.constants(), _gen(11))
     d = make_direction("preset", preset=name, G=G)(ctx)

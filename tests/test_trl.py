@@ -126,8 +126,8 @@ def test_twenty_steps_log_every_gap_metric_through_trl(monitored):
     for h, r in zip(logs, rows):
         assert h["gap/J"] == pytest.approx(h["reward"])
         assert h["gap/J"] == pytest.approx(r["gap/J"])
-        assert h["learning_rate"] == pytest.approx(r["charts/lr"])
-        assert h["grad_norm"] == pytest.approx(r["charts/grad_norm"])  # the norm the ‖g_GRPO‖ proxy uses
+        assert h["learning_rate"] == pytest.approx(r["learning_rate"])
+        assert h["grad_norm"] == pytest.approx(r["grad_norm"])  # the norm the ‖g_GRPO‖ proxy uses
         for k in expected:
             assert (k in h) == math.isfinite(r[k]), (r["step"], k)  # undefined values stay out of TRL's averages
             if k in h:
@@ -168,7 +168,7 @@ def test_monitor_agrees_with_rlvrlab_trainer_on_the_same_batches(monitored, tiny
                               device="cpu"), tmp_path)
     rows = [r for r in ours.train() if r["step"] > 0]
     for mine, theirs in zip(rows, trainer.gap_history, strict=True):
-        assert mine["charts/reward"] == theirs["gap/J"]
+        assert mine["reward"] == theirs["gap/J"]
         for k in ("gap/delta_mu_eta", "gap/log_odds_change", "gap/eta"):
             if math.isfinite(theirs[k]):
                 assert mine[k] == pytest.approx(theirs[k], rel=2e-3, abs=1e-6), (mine["step"], k)
@@ -193,14 +193,14 @@ def test_gap_adaptive_rate_rides_on_trls_schedule(tiny_base_model, tmp_path):
     rule = GapAdaptiveRate(0.5, 0.5, 1.1, 1e-4, 1.0)
     scale = 1.0
     for t, r in enumerate(rows):
-        assert r["charts/lr"] == pytest.approx(1e-2 * _cosine(t, 3, 20) * scale, rel=1e-9), t
-        if r["charts/lr"] > 0:
+        assert r["learning_rate"] == pytest.approx(1e-2 * _cosine(t, 3, 20) * scale, rel=1e-9), t
+        if r["learning_rate"] > 0:
             scale = rule(r["gap/crit_ratio"], 1e-2 * scale) / 1e-2
         assert r["gap/scale"] == pytest.approx(scale, rel=1e-9)
-    assert rows[0]["charts/lr"] == 0 and rows[0]["gap/scale"] == 1.0  # warm-up's first step: no information, no change
+    assert rows[0]["learning_rate"] == 0 and rows[0]["gap/scale"] == 1.0  # warm-up's first step: no information, no change
     assert len({round(r["gap/scale"], 9) for r in rows}) > 3  # the rule did act
     logged = [h["learning_rate"] for h in trainer.state.log_history if "gap/J" in h]
-    assert logged == pytest.approx([r["charts/lr"] for r in rows])
+    assert logged == pytest.approx([r["learning_rate"] for r in rows])
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * _cosine(20, 3, 20) * scale, abs=1e-12)
 
 
@@ -218,7 +218,7 @@ def test_resume_continues_the_monitor_without_loss_or_duplication(tiny_base_mode
     for r in b[4:]:
         M += max(r["gap/delta_mu_eta"], 0.0) if math.isfinite(r["gap/delta_mu_eta"]) else 0.0
         assert r["gap/M"] == pytest.approx(M)
-    assert b[4]["charts/lr"] == pytest.approx(3e-3 * a[3]["gap/scale"])  # the rate carried over
+    assert b[4]["learning_rate"] == pytest.approx(3e-3 * a[3]["gap/scale"])  # the rate carried over
     assert [t["step"] for t in read_table(tmp_path / "full" / "gap_metrics.parquet").to_pylist()] == list(range(1, 9))
 
 

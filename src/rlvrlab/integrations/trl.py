@@ -51,7 +51,7 @@ Private methods still overridden, each calling TRL's own, and why no public path
   from TRL's own training forward (a forward of our own would cost as much as the post-step pass,
   and differ from TRL's fused path by float noise); α reads π_old there too;
 - `_get_grad_norm` (transformers): the gradient norm before clipping (for the ‖g_GRPO‖ proxy and
-  `charts/grad_norm`) exists only there; callbacks see clipped (or loss-scaled) gradients.
+  `grad_norm`) exists only there; callbacks see clipped (or loss-scaled) gradients.
 
 Correct wherever a user puts it: both passes of ΔL must see one function. The post-step pass runs
 in the training forward's mode (train), autocast (accelerate's wrapped forward), adapter (a PEFT
@@ -406,7 +406,7 @@ class GapGRPOTrainer(GRPOTrainer):
         G = self.num_generations
         delta, length, success = both[:, 0].view(-1, G), both[:, 1], both[:, 2].view(-1, G)
         self._gap_old = torch.full_like(old, math.nan)  # num_iterations > 1: the next step re-measures this batch
-        row = {"step": self.state.global_step + 1, "charts/lr": lr, "charts/grad_norm": self._gap_grad_norm}
+        row = {"step": self.state.global_step + 1, "learning_rate": lr, "grad_norm": self._gap_grad_norm}
         row.update(self.gap_monitor.measure(delta, success, eta=eta, lr=lr, grad_norm=self._gap_grad_norm,
                                             mean_length=float(length.mean())))
         peak = self.args.learning_rate * self.gap_scale

@@ -57,6 +57,8 @@ class TrainConfig:
                                    "schedule gap-adaptive and fresh_samples need them.")
     fresh_samples: int = _doc(0, "Completions per prompt drawn and never trained on, for unbiased gap_fresh/* diagnostics; "
                                  "0: off, else >= 2.")
+    kl_reference: bool = _doc(False, "Log kl, the KL of the policy to the initial model (TRL's k3 estimator), from a frozen copy "
+                                     "of the initial model: its memory and one more forward per step.")
     checkpoint_every: int = _doc(25, "Checkpoint (model, optimizer, random states, metrics) every this many steps, to resume from.")
     tensorboard: bool = _doc(False, "Also log every metric to OUT/tensorboard.")
     device: str = _doc("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps.")

@@ -57,7 +57,7 @@ def gap_warnings(rows: list[dict[str, float]], patience: int = 3) -> dict[str, s
             last = window[-1]
             out["crit"] = (f"the step overshot for {patience} consecutive steps (steps {window[0]['step']}-{last['step']}; "
                            f"gap/crit_ratio {last['gap/crit_ratio']:.2f}, gap/log_odds_change "
-                           f"{last.get('gap/log_odds_change', math.nan):.3g}): learning rate {last['charts/lr']:.3g} is past the "
+                           f"{last.get('gap/log_odds_change', math.nan):.3g}): learning rate {last['learning_rate']:.3g} is past the "
                            f"estimated critical step, which puts the critical rate near {last['gap/lr_crit']:.3g} (gap/lr_crit)")
         if "variance" not in out and all(r["gap/zero_variance_groups"] > 0.5 for r in window):
             out["variance"] = (f"more than half of the groups had no reward variance for {patience} consecutive steps (steps "
@@ -105,9 +105,9 @@ class GapMonitor:
         return {prefix + k.removeprefix("gap/"): v for k, v in diag.items()}
 
     def record(self, row: dict[str, float], *, rate: float | None = None) -> float:
-        """Keep the step's row (``step``, ``charts/lr`` and the measured ``gap/...``), warn as the
+        """Keep the step's row (``step``, ``learning_rate`` and the measured ``gap/...``), warn as the
         history calls for, and return the next rate: the adaptive rule's move from ``rate``
-        (default: ``charts/lr``, the rate the step used; a trainer whose schedule scales a peak rate
+        (default: ``learning_rate``, the rate the step used; a trainer whose schedule scales a peak rate
         passes the peak) after a measured step at a positive rate, else ``rate`` unchanged (a step at
         rate 0, a warm-up's first, carries no information)."""
         self.history.append(row)
@@ -121,7 +121,7 @@ class GapMonitor:
             if kind not in self.warned:
                 self.warned.add(kind)
                 self.on_warning(message)
-        lr = row.get("charts/lr", math.nan)
+        lr = row.get("learning_rate", math.nan)
         rate = lr if rate is None else rate
         if self.adaptive is None or "gap/crit_ratio" not in row or not lr > 0:
             return rate

@@ -7,8 +7,11 @@ RLOO, and REINFORCE with a sampled advantage; epochs > 1 for PPO's inner steps),
 gradient clipping (fused where the device has it), and then one
 extra forward pass over the batch just trained on for the diagnostics of
 rlvrlab.lm.diagnostics (Δμ·η, the realized log-odds change, var±, the critical-step ratio, the
-paper's ‖g_GRPO‖ proxy), together with entropy, lengths, clip fraction and the fraction of groups
-without reward variance.
+paper's ‖g_GRPO‖ proxy), together with the curves every GRPO monitor reads, under the names TRL
+logs them by: reward and reward_std, frac_reward_zero_std (groups without reward variance),
+entropy, grad_norm, clip_ratio/{low,high,region}_mean, completions/{mean,max,min}_length and
+completions/clipped_ratio (truncated completions), advantage_std, learning_rate, loss, and with
+`kl_reference` the KL to the initial model (TRL's k3 estimator, `kl`; one more forward per step).
 
 The step was computed from those very samples, so the in-sample log-ratios overstate how much the
 step moved the policy on responses it did not see: Lemma 3 is exact in expectation only for
@@ -28,8 +31,8 @@ the rule follows: the next rate is `adaptive_fraction` of it, moving at most a f
 and kept in [lr_min, lr_max] (rlvrlab.updates' gap-adaptive rule, with the statistics a trainer
 without enumeration has). While no threshold is in sight the rate grows by `adaptive_growth`.
 
-Run directory: config.json, metrics.parquet (one row per step, `gap/...`, `loss/...`,
-`charts/...`, `eval/...`), checkpoints/latest.pt every `checkpoint_every` steps (model,
+Run directory: config.json, metrics.parquet (one row per step: `gap/...`, TRL's names above,
+`loss/...`, `eval/...`), checkpoints/latest.pt every `checkpoint_every` steps (model,
 optimizer, scheduler, every random state, the metrics so far) and model/ at the end. All
 randomness comes from explicit generators whose states are checkpointed, so a run resumed after
 a kill ends with exactly the weights of an uninterrupted one.
@@ -110,6 +113,10 @@ class GRPOTrainer:
                          f"at most group × {len(self.train_set)} (the training prompts available)")
         self.preset = get_preset(config.preset, epochs=config.epochs, **({"advantage": config.advantage} if config.advantage else {}),
                                  **({"alpha": config.alpha} if config.alpha is not None else {}))
+        self.reference = None  # the initial model, frozen, for the KL to it (one more forward per step: only when asked)
+        if config.kl_reference:
+            self.reference = load_model(config.model)[0].to(self.device).eval().requires_grad_(False)
+            disable_dropout(self.reference)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         fused = self.device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self.params)
         self.opt = torch.optim.Adam(self.params, lr=config.lr, fused=fused or None)  # fused: one kernel for all parameters
@@ -201,12 +208,21 @@ class GRPOTrainer:
         if cfg.schedule != "gap-adaptive":
             self.sched.step()
         lengths = rollout.lengths.float()
-        row = {"step": self.step, "loss/policy": float(loss.detach()), "loss/clipfrac": float(lm["loss/clipfrac"]),
-               "loss/abs_advantage": float(lm["loss/abs_advantage"]), "charts/lr": lr, "charts/grad_norm": grad_norm,
-               "charts/entropy": float(entropy.sum() / rollout.completion_mask.sum()),
-               "charts/length_mean": float(lengths.mean()), "charts/length_max": float(lengths.max()),
-               "charts/truncated": float((~(rollout.completion_ids == self.tokenizer.eos_token_id).any(-1)).float().mean()),
-               "charts/reward": float(reward.mean()), "loss/zero_variance_groups": float(lm["loss/zero_variance_groups"])}
+        # the curves every GRPO monitor reads, under TRL's names (rlwatch, rldoctor, rlprobe and a TRL dashboard read them)
+        row = {"step": self.step, "loss": float(loss.detach()), "learning_rate": lr, "grad_norm": grad_norm,
+               "entropy": float(entropy.sum() / rollout.completion_mask.sum()),
+               "reward": float(reward.mean()), "reward_std": float(reward.std()),
+               "frac_reward_zero_std": float(lm["loss/zero_variance_groups"]), "advantage_std": float(lm["loss/advantage_std"]),
+               "loss/abs_advantage": float(lm["loss/abs_advantage"]), "clip_ratio/region_mean": float(lm["loss/clipfrac"]),
+               "clip_ratio/low_mean": float(lm["loss/clipfrac_low"]), "clip_ratio/high_mean": float(lm["loss/clipfrac_high"]),
+               "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
+               "completions/min_length": float(lengths.min()),
+               "completions/clipped_ratio": float((~(rollout.completion_ids == self.tokenizer.eos_token_id).any(-1)).float().mean())}
+        if self.reference is not None:  # TRL's k3 estimator of KL(π_θ ‖ π_ref), per completion token, before the step
+            with torch.inference_mode():
+                ref, _ = token_logprobs(self.reference, rollout)
+                log_ratio = ref - logp_old  # masked tokens are 0 in both, so their k3 term is 0
+                row["kl"] = float((log_ratio.exp() - log_ratio - 1).sum() / rollout.completion_mask.sum())
         if "loss/advantage_weight" in lm:  # weighted presets (dapo-lowprob, ...): Σ|Ã_t| / Σ|Â|
             row["loss/advantage_weight"] = float(lm["loss/advantage_weight"])
         if cfg.diagnostics:
@@ -225,7 +241,7 @@ class GRPOTrainer:
     def _check_finite(self, row: dict[str, float], lr: float) -> None:
         """Stop a run whose loss, weights or post-step log-probabilities became non-finite, before it
         samples from them."""
-        finite = math.isfinite(row["loss/policy"]) and bool(torch.isfinite(torch.stack(torch._foreach_norm(self.params))).all())
+        finite = math.isfinite(row["loss"]) and bool(torch.isfinite(torch.stack(torch._foreach_norm(self.params))).all())
         if not finite:
             raise self._diverged(f"at step {self.step + 1}", lr)
 

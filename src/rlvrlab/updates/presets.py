@@ -125,8 +125,10 @@ def policy_loss(
     logp, logp_old, mask: (..., B, G, T); reward: (..., B, G) 0/1; weights: (..., B) prompt
     distribution (default uniform); J: (..., B) exact success rates (advantage "exact" only).
     Returns the loss (...) and ``loss/...`` diagnostics (...): clip fraction (over the tokens that
-    count: those of dropped groups and of prompts with weight 0 do not), fraction of groups with
-    zero reward variance, mean |Â| over all B·G responses (the advantage before any weighting);
+    count: those of dropped groups and of prompts with weight 0 do not; in all, and split into
+    the low side, Â < 0, and the high side, Â > 0), fraction of groups with zero reward variance,
+    mean |Â| and the standard deviation of Â over all B·G responses (the advantage before any
+    weighting);
     with a weighting other than "none" also ``loss/advantage_weight`` = Σ|Ã_t| / Σ|Â| over the
     tokens that count, the |Â|-weighted mean token weight (1 where no such token has Â ≠ 0).
     """
@@ -147,10 +149,15 @@ def policy_loss(
     loss = AGGREGATIONS[preset.aggregation](loss_t, mask, weights, norm=preset.norm)
     m = mask.to(logp.dtype) * (weights > 0).to(logp.dtype)[..., None, None]  # tokens that count in the loss
     tokens = m.sum((-1, -2, -3)).clamp(min=1)
+    sign = adv_t if adv_t.dim() == logp.dim() else adv_t.unsqueeze(-1)  # (..., B, G, T or 1)
+    share = lambda where: (where.to(logp.dtype) * m).sum((-1, -2, -3)).detach() / tokens  # noqa: E731
     metrics = {
-        "loss/clipfrac": (clipped.to(logp.dtype) * m).sum((-1, -2, -3)).detach() / tokens,
+        "loss/clipfrac": share(clipped),
+        "loss/clipfrac_low": share(clipped & (sign < 0)),  # TRL's clip_ratio/low_mean: ratio < 1 - eps_low with Â < 0
+        "loss/clipfrac_high": share(clipped & (sign > 0)),  # TRL's clip_ratio/high_mean: ratio > 1 + eps_high with Â > 0
         "loss/zero_variance_groups": flat.to(logp.dtype).mean(-1),
         "loss/abs_advantage": adv.abs().mean((-1, -2)).detach(),
+        "loss/advantage_std": adv.flatten(-2).std(-1).detach(),
     }
     if preset.weighting != "none":
         weighted = (adv_t.abs() * m).sum((-1, -2, -3))
