@@ -37,6 +37,10 @@ VOCABULARY = {"run", "step", "J", "log_odds", "M", "delta_mu", "eta"}
 # lm-grpo needs a model directory: the session's tiny pretrained model (see conftest.py)
 LM_SMALL = ["steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=8", "eval_every=1", "eval_samples=2",
             "tasks=add,countdown"]
+# warning-bench trains a corpus of runs through the LM sweep: the smallest grid whose labels and detectors run
+WB_SMALL = ["tasks=add", "presets=grpo", "lrs=1e-4,3e-2", "seeds=0,1", "tune_seeds=0", "steps=3", "batch_size=8", "group=4",
+            "prompts=20", "max_new_tokens=8", "eval_every=1", "eval_samples=2", "fresh_samples=2", "workers=1"]
+LM = {"lm-grpo": LM_SMALL, "warning-bench": WB_SMALL}
 
 
 PACKAGE = Path(rlvrlab.experiments.__file__).parent
@@ -60,7 +64,7 @@ def test_every_experiment_module_is_registered_as_config_run_plot():
 
 
 def test_small_settings_cover_every_experiment():
-    assert set(SMALL) | {"lm-grpo"} | ANALYSIS == set(names())
+    assert set(SMALL) | set(LM) | ANALYSIS == set(names())
     assert not set(SMALL) & ANALYSIS
 
 
@@ -105,9 +109,9 @@ def test_every_experiment_has_a_section_in_the_report(tmp_path):
         assert f'id="{name}"' in page and get(name).title.split(":")[0] in page, name
 
 
-@pytest.mark.parametrize("name", sorted(SMALL) + ["lm-grpo"])
+@pytest.mark.parametrize("name", sorted(SMALL) + sorted(LM))
 def test_experiment_end_to_end(name, tmp_path, request):
-    settings = SMALL[name] if name in SMALL else LM_SMALL + [f"model={request.getfixturevalue('tiny_base_model')}"]
+    settings = SMALL[name] if name in SMALL else LM[name] + [f"model={request.getfixturevalue('tiny_base_model')}"]
     summary = run_experiment(name, tmp_path, quick=True, settings=settings)
     # The contract: config first, tables, figures, summary last.
     for f in ("config.json", "summary.json", "metrics.parquet"):

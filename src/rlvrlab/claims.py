@@ -119,6 +119,11 @@ CLAIMS: tuple[Claim, ...] = (
           "Steps past the second-order critical size derail learning: an early ratio η/η_crit > 1 marks the runs that lose "
           "accuracy.",
           _refs("lm-grpo", "the critical-step ratio over the first steps warns of the runs that lose accuracy"), on_fail="differs"),
+    Claim("warning-bench", "gap", "App. F (rlvrlab's reading, practice): the early warning against peer monitors",
+          "On a labelled corpus of GRPO runs, the theory's warning (critical-step ratio, realized log-odds change) is ahead of "
+          "the monitors practitioners install (rlwatch, rldoctor, rlprobe) on F1 and on median lead time before the collapse.",
+          _refs("warning-bench", "rlvrlab's best rule is ahead of every peer monitor on F1",
+                "rlvrlab's best rule warns earlier than every peer monitor (median lead time)"), on_fail="differs"),
     Claim("thm6a", "gap", "App. G, Theorem 6(a)",
           "Convergence of J to 1 implies that the cumulative alignment M diverges.",
           untested="an asymptotic statement: no run checks that J → 1 forces M → ∞"),
