@@ -26,6 +26,7 @@ first alarm to the onset) on the scored runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from rlvrlab.io import read_table
 __all__ = ["EXPERIMENT", "WarningBenchConfig", "plot", "run"]
 
 RLVRLAB = ("rlvrlab/current", "rlvrlab/fresh", "rlvrlab/lr_crit", "rlvrlab/log_odds_trend")
+TRL_AGREEMENT = 0.8  # share of the TRL subset whose warning must agree with rlvrlab's trainer's (a stated tolerance:
+# the two trainers sample different batches, so runs near the collapse edge may go either way)
 MIN_SCORED = 5  # collapsed and healthy scored runs each, below which detectors are not compared (quick mode)
 # the per-step columns kept in metrics.parquet: what the detectors, the peers and the figures read
 KEEP = ("step", "eval/accuracy", "learning_rate", "loss", "grad_norm", "entropy", "reward", "reward_std", "frac_reward_zero_std",
@@ -71,6 +74,9 @@ class WarningBenchConfig:
     eval_every: int = setting(5, "steps between held-out evaluations (the resolution of the onset)")
     eval_samples: int = setting(2, "completions per held-out prompt per evaluation")
     fresh_samples: int = setting(4, "completions per prompt never trained on, for the fresh-sample rule (gap_fresh/*)")
+    trl_task: str = setting("add", "the task of the TRL subset: its rate grid × trl_seeds through GapGRPOTrainer (preset grpo), "
+                                   "compared with rlvrlab's trainer on the same settings; empty: no TRL runs")
+    trl_seeds: tuple[int, ...] = setting((0, 1), "seeds of the TRL subset")
     workers: int = setting(2, "runs trained at once (one torch thread each: rlvrlab lm sweep's faster layout on 2 cores)")
 
     def __post_init__(self) -> None:
@@ -82,6 +88,9 @@ class WarningBenchConfig:
                 _checks.fail(name, getattr(self, name), "at least one value")
         if not set(self.tune_seeds) < set(self.seeds) or not self.tune_seeds:
             _checks.fail("tune_seeds", self.tune_seeds, f"a non-empty proper subset of seeds {self.seeds} (the rest are scored)")
+        if self.trl_task and (self.trl_task not in self.tasks or "grpo" not in self.presets or not set(self.trl_seeds) <= set(self.seeds)):
+            _checks.fail("trl_task", self.trl_task, f"empty, or one of tasks {self.tasks} with 'grpo' among the presets and "
+                         "trl_seeds among the seeds (each TRL run is compared with rlvrlab's run of the same settings)")
         from rlvrlab.lm.sweep import expand_grid
 
         expand_grid(self.grid("model"))  # every TrainConfig's own checks, before any run
@@ -89,7 +98,7 @@ class WarningBenchConfig:
     @classmethod
     def quick(cls) -> WarningBenchConfig:
         return cls(tasks=("add",), presets=("grpo",), lrs=(1e-4, 4.2e-4, 1.6e-3), seeds=(0, 1), tune_seeds=(0,), steps=20,
-                   batch_size=32, prompts=120, eval_every=5, eval_samples=2, fresh_samples=2)
+                   batch_size=32, prompts=120, eval_every=5, eval_samples=2, fresh_samples=2, trl_task="")
 
     def grid(self, model: str) -> dict[str, Any]:
         return {"model": model, "steps": self.steps, "batch_size": self.batch_size, "group": self.group, "prompts": self.prompts,
@@ -144,6 +153,19 @@ def _peer_alarms(rows: list[dict[str, float]]) -> tuple[dict[str, list[int]], st
             out[f"{name}:any"] = sorted({s for steps in found.values() for s in steps})
     note = f"not installed (pip install 'rlvrlab[peers]'): {', '.join(missing)}" if missing else ""
     return out, note
+
+
+def _trl_cell(params: dict[str, Any]) -> pa.Table:
+    """One TRL run of the subset (a sweep cell): the TrainConfig ``params`` through GapGRPOTrainer."""
+    import tempfile
+
+    from rlvrlab.integrations.trl_matched import train_matched
+    from rlvrlab.lm.config import TrainConfig
+
+    with tempfile.TemporaryDirectory() as tmp:  # the sweep keeps the cell's table; the run directory is scratch
+        rows = train_matched(TrainConfig(**params), Path(tmp) / "run")
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    return pa.table({k: [float(r.get(k, math.nan)) for r in rows] for k in names})
 
 
 def _score_row(name: str, family: str, setting_: str, scored: list[alarms.ScoredRun]) -> dict[str, Any]:
@@ -224,6 +246,44 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
     on_tune = {key: alarms.score(scored_runs(key, tune), intervals=False) for key in found if family[key][0] == "rlvrlab"}
     best = max(on_tune, key=lambda k: (np.nan_to_num(on_tune[k].f1, nan=-1), np.nan_to_num(on_tune[k].lead_median, nan=-1e9)))
 
+    # the TRL subset: the same settings through GapGRPOTrainer, the same labels and detectors
+    trl_rows, trl_summary = [], {}
+    if config.trl_task:
+        from rlvrlab.integrations.sweep import run_sweep
+        from rlvrlab.lm.sweep import expand_grid
+
+        subset = [c for _, c in expand_grid({**grid, "task": config.trl_task, "preset": "grpo", "seed": list(config.trl_seeds)})]
+        cells = [dataclasses.asdict(c) for c in subset]
+        advance_trl = progress.task(f"{len(cells)} TRL runs (GapGRPOTrainer)", len(cells))
+        table_trl = run_sweep(_trl_cell, cells, workdir / "trl", workers=config.workers, on_cell=advance_trl)
+        mine = {(r["lr"], r["seed"]): r["run"] for r in runs if r["task"] == config.trl_task and r["preset"] == "grpo"}
+        watched = ["rlvrlab/current (default)", best]
+        agree = {"label": 0, **{w: 0 for w in watched}}
+        for c in cells:
+            sel = [i for i, (lr, seed) in enumerate(zip(table_trl.column("lr").to_pylist(), table_trl.column("seed").to_pylist()))
+                   if lr == c["lr"] and seed == c["seed"]]
+            part = table_trl.take(sel).to_pylist()
+            rs = [{k: (math.nan if v is None else float(v)) for k, v in r.items() if k not in c} for r in part]  # not the settings
+            rs.sort(key=lambda r: r["step"])
+            status = "diverged" if rs[-1].get("diverged", math.nan) == 1 else "finished"
+            if status == "diverged":
+                rs = rs[:-1]
+            lab, own = _label(rs, status, config.n_eval), mine[(c["lr"], c["seed"])]
+            row = {"lr": c["lr"], "seed": c["seed"], "status": status, "label_trl": lab.kind, "label_own": labels[own].kind,
+                   "accuracy_start_trl": lab.start, "accuracy_final_trl": lab.final, "accuracy_final_own": labels[own].final}
+            agree["label"] += lab.kind == labels[own].kind
+            for w in watched:
+                name, setting_ = w.rsplit(" (", 1)
+                kw = {} if setting_ == "default)" else tuned_params[name]
+                first_trl = alarms.first_alarm(alarms.DETECTORS[name](**kw), rs)
+                first_own = min(found[w][own]) if found[w][own] else None
+                row[f"first_alarm_trl/{w}"] = math.nan if first_trl is None else float(first_trl)
+                row[f"first_alarm_own/{w}"] = math.nan if first_own is None else float(first_own)
+                agree[w] += (first_trl is None) == (first_own is None)
+            trl_rows.append(row)
+        trl_summary = {"task": config.trl_task, "runs": len(cells),
+                       "agreement": {k: f"{v}/{len(cells)}" for k, v in agree.items()}}
+
     # --- tables ------------------------------------------------------------------------------------
     run_rows = []
     for r in runs:
@@ -269,6 +329,8 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
                         if row["family"] != "peer detector"],
         "best_versus_peers": versus,
     }
+    if trl_summary:
+        summary["trl_subset"] = trl_summary
     checks = [Check("the corpus has at least 25% collapsed and 25% healthy runs",
                     share["collapsed"] >= 0.25 and share["healthy"] >= 0.25,
                     ", ".join(f"{k} {v} ({share[k]:.0%})" for k, v in counts.items()), ">= 25% collapsed and >= 25% healthy",
@@ -292,9 +354,20 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
                   np.nan_to_num(b["lead_median"], nan=-1e9) > worst_lead, f"{ours}; {detail}",
                   "a longer median lead (steps from the first alarm to the onset) than every peer package", "claim"),
         ]
+    if trl_rows:
+        n = len(trl_rows)
+        fires = [(math.isfinite(r[f"first_alarm_trl/{best}"]), math.isfinite(r[f"first_alarm_own/{best}"])) for r in trl_rows]
+        agreed = sum(a == b for a, b in fires)
+        checks.append(Check("in TRL the monitor's best rule warns on the same runs as in rlvrlab's trainer",
+                            agreed >= TRL_AGREEMENT * n,
+                            f"{agreed} of {n} runs ({config.trl_task}, the rate grid x seeds {list(config.trl_seeds)}): warned in both "
+                            f"or in neither; labels agree in {trl_summary['agreement']['label']}",
+                            f"agreement in at least {TRL_AGREEMENT:.0%} of the runs", "claim"))
     tables = {"metrics": pa.concat_tables(metric_parts), "runs": pa.Table.from_pylist(run_rows),
               "scores": pa.Table.from_pylist(score_rows),
               "alarms": pa.Table.from_pylist(alarm_rows) if alarm_rows else pa.table({"run": [], "detector": [], "step": []})}
+    if trl_rows:
+        tables["trl"] = pa.Table.from_pylist(trl_rows)
     return Result(tables, summary, checks)
 
 

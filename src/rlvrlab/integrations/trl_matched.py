@@ -1,0 +1,132 @@
+"""One run of rlvrlab's trainer settings (a TrainConfig) through TRL's GRPOTrainer with the
+Gradient-Gap monitor, measured as rlvrlab's trainer measures its own: the same problems, the same
+held-out split, held-out accuracy every ``eval_every`` steps from the same sampler, and the rows
+of metrics.parquet in the trainer's format (TRL's own metric names, which rlvrlab's trainer also
+uses, beside the monitor's ``gap/*``). What differs is TRL: its batches, sampler and update.
+
+    rows = train_matched(TrainConfig(model=DIR, task="add", lr=3e-4, steps=60), "runs/trl-add")
+
+Used by warning-bench to check that the monitor's warnings in TRL match those of rlvrlab's trainer
+on the same settings. Only the "grpo" preset has a matched TRL configuration (matched_config).
+A run is atomic: metrics.parquet is written at the end, and a run without it starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+
+from rlvrlab import _checks
+from rlvrlab.io import atomic_write_json, read_json, read_table, write_table
+from rlvrlab.lm.config import TrainConfig
+
+__all__ = ["train_matched"]
+
+
+def _accuracy(model, tokenizer, problems, verify, config: TrainConfig, step: int) -> float:
+    """Held-out accuracy as rlvrlab's trainer measures it: eval_samples completions per problem,
+    from a generator seeded by (seed, step)."""
+    from rlvrlab.lm.sampling import completion_texts, sample
+
+    prompts = [tokenizer(p.prompt)["input_ids"] for p in problems]
+    gen = torch.Generator(model.device).manual_seed(config.seed * 7919 + step)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            roll = sample(model, prompts, G=config.eval_samples, max_new_tokens=config.max_new_tokens,
+                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=gen,
+                          temperature=config.temperature)
+    finally:
+        model.train(was_training)
+    texts = completion_texts(tokenizer, roll)
+    G = config.eval_samples
+    return sum(float(verify(t, problems[i // G])) for i, t in enumerate(texts)) / len(texts)
+
+
+def train_matched(config: TrainConfig, out: str | Path) -> list[dict[str, float]]:
+    """Train ``config`` with GapGRPOTrainer into ``out`` and return its rows (also written to
+    out/metrics.parquet): step 0's held-out accuracy, then one row per step with TRL's logged
+    metrics, the monitor's gap/* and, every eval_every steps, eval/accuracy. A finished run in
+    ``out`` is read back, not retrained."""
+    import datasets
+    from transformers import PrinterCallback, TrainerCallback
+
+    from rlvrlab.integrations.trl import GapConfig, GapGRPOTrainer, GapWarning, matched_config
+    from rlvrlab.lm.tasks import load_task
+    from rlvrlab.lm.trainer import load_model
+
+    if config.preset != "grpo" or config.advantage or config.alpha is not None or config.epochs != 1:
+        _checks.fail("preset", config.preset, "grpo with its own advantage, no alpha and epochs 1 (the update matched_config "
+                     "reproduces in TRL)")
+    out = Path(out)
+    done = out / "metrics.parquet"
+    settings = dataclasses.asdict(config)
+    if done.exists() and (out / "config.json").exists():
+        if read_json(out / "config.json").get("settings") == settings:
+            return [{k: (math.nan if v is None else v) for k, v in r.items()} for r in read_table(done).to_pylist()]
+    if out.exists():  # an unfinished or other run: start over
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    task = load_task(config.task)
+    problems = task.sample(config.prompts, seed=config.seed)
+    n_eval = max(1, int(round(config.holdout * len(problems))))
+    heldout = problems[:n_eval]
+    seen = {p.prompt for p in heldout}
+    train = {p.prompt: p for p in problems[n_eval:] if p.prompt not in seen}
+
+    def correct(prompts, completions, **kwargs):
+        return [float(task.verify(c, train[p])) for p, c in zip(prompts, completions)]
+
+    model, tok = load_model(config.model)
+    evals: dict[int, float] = {0: _accuracy(model, tok, heldout, task.verify, config, 0)}
+
+    class Evaluate(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % config.eval_every == 0 or state.global_step == config.steps:
+                evals[state.global_step] = _accuracy(model, tok, heldout, task.verify, config, state.global_step)
+
+    args = matched_config(str(out / "trl"), max_steps=config.steps, per_device_train_batch_size=config.batch_size,
+                          num_generations=config.group, max_completion_length=config.max_new_tokens, learning_rate=config.lr,
+                          temperature=config.temperature, max_grad_norm=config.max_grad_norm, seed=config.seed,
+                          logging_steps=1, disable_dropout=True,
+                          use_cpu=config.device == "cpu" or config.device == "auto" and not torch.cuda.is_available())
+    trainer = GapGRPOTrainer(model=model, args=args, reward_funcs=correct, processing_class=tok,
+                             train_dataset=datasets.Dataset.from_dict({"prompt": list(train)}),
+                             gap=GapConfig(), callbacks=[Evaluate()])
+    trainer.remove_callback(PrinterCallback)
+    diverged = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GapWarning)  # the rows carry what the monitor saw
+        try:
+            trainer.train()
+        except RuntimeError:  # TRL does not stop on non-finite weights; sampling from them fails
+            if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise
+            diverged = True
+    logged: dict[int, dict[str, float]] = {}
+    for entry in trainer.state.log_history:
+        if "step" in entry and "train_runtime" not in entry:
+            logged.setdefault(int(entry["step"]), {}).update({k: float(v) for k, v in entry.items()
+                                                              if isinstance(v, (int, float)) and k not in ("epoch", "step")})
+    rows = [{"step": 0, "eval/accuracy": evals[0], "gap/M": 0.0}]
+    for gap in trainer.gap_history:
+        step = int(gap["step"])
+        row = {**logged.get(step, {}), **gap, "step": step}
+        if step in evals:
+            row["eval/accuracy"] = evals[step]
+        rows.append(row)
+    if diverged:  # the step after the last measured one left non-finite weights
+        rows.append({"step": rows[-1]["step"] + 1, "diverged": 1.0})
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    shutil.rmtree(out / "trl", ignore_errors=True)
+    atomic_write_json(out / "config.json", {"settings": settings, "trainer": "trl"})
+    write_table(done, pa.table({k: [float(r.get(k, math.nan)) for r in rows] for k in names}))
+    return rows

@@ -1,0 +1,49 @@
+"""warning-bench's own pieces: the label of a diverged run, the TRL subset end to end, and the
+matched TRL run's refusals (the detectors and scores are tested in tests/test_alarms.py, the
+peers in tests/test_peers.py, the experiment's contract in tests/test_experiments.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlvrlab.experiments import run_experiment
+from rlvrlab.experiments.warning_bench import _label
+from rlvrlab.io import read_table
+from rlvrlab.lm.config import TrainConfig
+
+
+def test_a_diverged_run_scores_zero_where_it_diverged():
+    rows = [{"step": 0.0, "eval/accuracy": 0.5}, {"step": 1.0, "reward": 0.5}, {"step": 2.0, "eval/accuracy": 0.5}]
+    lab = _label(rows, "diverged", n_eval=400)  # margin 2·√(0.25/400) = 0.05
+    assert lab.kind == "collapsed" and lab.onset == 3 and lab.margin == pytest.approx(0.05)
+    assert _label(rows, "finished", n_eval=400).kind == "stalled"
+
+
+def test_the_trl_subset_runs_the_same_settings_through_trl_and_compares_the_warnings(tiny_base_model, tmp_path):
+    settings = ["tasks=add", "presets=grpo", "lrs=1e-4,3e-2", "seeds=0,1", "tune_seeds=0", "steps=3", "batch_size=8", "group=4",
+                "prompts=20", "max_new_tokens=8", "eval_every=1", "eval_samples=2", "fresh_samples=2", "workers=1",
+                "trl_task=add", "trl_seeds=1", f"model={tiny_base_model}"]
+    summary = run_experiment("warning-bench", tmp_path, quick=True, settings=settings)
+    trl = read_table(tmp_path / "trl.parquet").to_pylist()
+    assert sorted((r["lr"], r["seed"]) for r in trl) == [(1e-4, 1), (3e-2, 1)]
+    assert all(r["label_trl"] in ("collapsed", "stalled", "healthy") and 0 <= r["accuracy_start_trl"] <= 1 for r in trl)
+    runs = {(r["lr"], r["seed"]): r for r in read_table(tmp_path / "runs.parquet").to_pylist()}
+    for r in trl:  # compared with rlvrlab's run of the same settings
+        assert r["label_own"] == runs[(r["lr"], r["seed"])]["label"]
+        assert r["accuracy_start_trl"] == pytest.approx(runs[(r["lr"], r["seed"])]["accuracy_start"])  # one model, one sampler
+        own = runs[(r["lr"], r["seed"])]["first_alarm/rlvrlab/current (default)"]
+        assert r["first_alarm_own/rlvrlab/current (default)"] == own or math.isnan(own) and math.isnan(
+            r["first_alarm_own/rlvrlab/current (default)"])
+    assert summary["headline"]["trl_subset"]["runs"] == 2
+    assert any(c["name"] == "in TRL the monitor's best rule warns on the same runs as in rlvrlab's trainer" for c in summary["checks"])
+
+
+def test_a_matched_trl_run_takes_the_grpo_preset_only(tiny_base_model, tmp_path):
+    pytest.importorskip("trl")
+    from rlvrlab.integrations.trl_matched import train_matched
+
+    with pytest.raises(ValueError, match="preset: got 'dapo'"):
+        train_matched(TrainConfig(model=str(tiny_base_model), preset="dapo"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
