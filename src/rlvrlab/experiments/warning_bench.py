@@ -244,7 +244,9 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
 
     score_rows = [_score_row(key, *family[key], scored_runs(key, scored)) for key in found]
     on_tune = {key: alarms.score(scored_runs(key, tune), intervals=False) for key in found if family[key][0] == "rlvrlab"}
-    best = max(on_tune, key=lambda k: (np.nan_to_num(on_tune[k].f1, nan=-1), np.nan_to_num(on_tune[k].lead_median, nan=-1e9)))
+    ranked = sorted(on_tune, key=lambda k: (np.nan_to_num(on_tune[k].f1, nan=-1), np.nan_to_num(on_tune[k].lead_median, nan=-1e9)))
+    best = ranked[-1]
+    best_trl = [k for k in ranked if not k.startswith("rlvrlab/fresh")][-1]  # TRL runs have no fresh samples
 
     # the TRL subset: the same settings through GapGRPOTrainer, the same labels and detectors
     trl_rows, trl_summary = [], {}
@@ -257,7 +259,7 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
         advance_trl = progress.task(f"{len(cells)} TRL runs (GapGRPOTrainer)", len(cells))
         table_trl = run_sweep(_trl_cell, cells, workdir / "trl", workers=config.workers, on_cell=advance_trl)
         mine = {(r["lr"], r["seed"]): r["run"] for r in runs if r["task"] == config.trl_task and r["preset"] == "grpo"}
-        watched = ["rlvrlab/current (default)", best]
+        watched = list(dict.fromkeys(["rlvrlab/current (default)", best_trl]))
         agree = {"label": 0, **{w: 0 for w in watched}}
         for c in cells:
             sel = [i for i, (lr, seed) in enumerate(zip(table_trl.column("lr").to_pylist(), table_trl.column("seed").to_pylist()))
@@ -281,7 +283,7 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
                 row[f"first_alarm_own/{w}"] = math.nan if first_own is None else float(first_own)
                 agree[w] += (first_trl is None) == (first_own is None)
             trl_rows.append(row)
-        trl_summary = {"task": config.trl_task, "runs": len(cells),
+        trl_summary = {"task": config.trl_task, "runs": len(cells), "rule": best_trl,
                        "agreement": {k: f"{v}/{len(cells)}" for k, v in agree.items()}}
 
     # --- tables ------------------------------------------------------------------------------------
@@ -356,11 +358,11 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
         ]
     if trl_rows:
         n = len(trl_rows)
-        fires = [(math.isfinite(r[f"first_alarm_trl/{best}"]), math.isfinite(r[f"first_alarm_own/{best}"])) for r in trl_rows]
+        fires = [(math.isfinite(r[f"first_alarm_trl/{best_trl}"]), math.isfinite(r[f"first_alarm_own/{best_trl}"])) for r in trl_rows]
         agreed = sum(a == b for a, b in fires)
         checks.append(Check("in TRL the monitor's best rule warns on the same runs as in rlvrlab's trainer",
                             agreed >= TRL_AGREEMENT * n,
-                            f"{agreed} of {n} runs ({config.trl_task}, the rate grid x seeds {list(config.trl_seeds)}): warned in both "
+                            f"{best_trl}: {agreed} of {n} runs ({config.trl_task}, the rate grid x seeds {list(config.trl_seeds)}): warned in both "
                             f"or in neither; labels agree in {trl_summary['agreement']['label']}",
                             f"agreement in at least {TRL_AGREEMENT:.0%} of the runs", "claim"))
     tables = {"metrics": pa.concat_tables(metric_parts), "runs": pa.Table.from_pylist(run_rows),
