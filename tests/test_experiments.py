@@ -30,6 +30,7 @@ SMALL = {
     "phase": ["lengths=1,4", "lr_points=5", "steps=25", "seeds=2", "prompts=8", "bisection=1", "workers=1"],
     "stagnation": ["lrs=1,100", "steps=30", "seeds=1", "prompts=8", "workers=1"],
     "controller": ["lengths=2", "steps=25", "prompts=8", "lrs=1,100", "bisection=1", "workers=1"],
+    "success-scaling": ["J_grid=0.5,0.9,0.98", "prompts=8", "eta_points=29", "bisection=10", "J0s=0.8,0.95", "lr_points=5", "steps=15", "lr_bisection=1"],
 }
 VOCABULARY = {"run", "step", "J", "log_odds", "M", "delta_mu", "eta"}
 

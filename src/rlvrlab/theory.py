@@ -14,6 +14,8 @@ Two places where this module departs from the printed text, both checked numeric
 - App. F prints the second-order term as (Var+ - Var-)·eta²; the Taylor expansion of the log-MGFs
   of Lemma 3 gives half of that (plus a curvature term that vanishes for softmax policies with
   logits linear in theta). We implement the expansion; see `log_odds_change_second_order`.
+One place where the printed text is right but its proof does not show it: Theorem 6(b)'s constant
+2·L_o (see `gradient_norm_sq_bound`).
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ __all__ = [
     "collapse_delta",
     "collapse_window_token",
     "collapse_window_trajectory",
+    "critical_lr_drgrpo",
+    "critical_lr_grpo",
     "effective_step_drgrpo",
     "effective_step_grpo",
     "eta_crit_second_order",
+    "gradient_norm_sq_bound",
     "grpo_plateau",
     "lemma1_band",
     "lemma2_penalty",
@@ -55,6 +60,10 @@ __all__ = [
     "stagnation_ceiling",
     "step_condition_token",
     "step_condition_trajectory",
+    "theorem6_alignment_floor",
+    "theorem6_error_bound",
+    "theorem6_gradient_term",
+    "theorem6_gradient_term_proof",
     "theory_step_cap",
 ]
 
@@ -264,6 +273,74 @@ def collapse_alignment_bound(eta: Number, G: Number, T_inf: int | None = None) -
     return _out(bound, eta, G)
 
 
+# --- Theorem 6 and Remark 1 (App. G) ----------------------------------------------------------
+
+
+def theorem6_alignment_floor(J0: Number, J: Number) -> Number:
+    """The least cumulative alignment M(K) with which J(K) = J can be reached from J(0) = J0 under
+    Theorem 6's step condition (61), from the first lines of its proof of (a):
+
+        log-odds(K) - log-odds(0) <= Σ Delta_mu·eta + (L_o + 8 G_o²) Σ eta² <= (3/2)·M(K)
+
+    (Lemma 1's upper side, then (L_o + 8 G_o²)·eta_k <= [Delta_mu]_+/2 by (61)), so
+
+        M(K) >= (2/3)·(logit J - logit J0),
+
+    which grows like (2/3)·log(1/(1 - J)) as J -> 1: J -> 1 forces M -> inf (Theorem 6(a)).
+    """
+    _checks.probability("J0", J0)
+    _checks.probability("J", J)
+    return _out(2 * (_logit(_t(J)) - _logit(_t(J0))) / 3, J0, J)
+
+
+def theorem6_error_bound(J0: Number, M: Number) -> Number:
+    """b(M) = (1 - J0) / (1 - J0 + J0·exp(M/2)), the bound on 1 - J(k) that (13b) gives after a
+    cumulative alignment M = M(k), and the summand of Theorem 6(b). Computed as
+    sigmoid(-(logit J0 + M/2)), so that it keeps its relative precision when it is tiny."""
+    _checks.probability("J0", J0)
+    return _out(torch.sigmoid(-(_logit(_t(J0)) + _t(M) / 2)), J0, M)
+
+
+def theorem6_gradient_term(J0: Number, M: Number, L_o: Number) -> Number:
+    """One term of Theorem 6(b)'s printed bound, 2·L_o·b(M(k)):
+
+        Σ_k ‖∇J(θ_k)‖² < 2 L_o Σ_k (1 - J0) / (1 - J0 + J0·exp(M(k)/2))     under (61).
+
+    The printed constant is right, though the printed proof does not show it (it shows
+    ``theorem6_gradient_term_proof``); the step it misses is ``gradient_norm_sq_bound``.
+    """
+    _checks.finite_nonneg("L_o", L_o)
+    return _out(2 * _t(L_o) * _t(theorem6_error_bound(J0, _t(M))), J0, M, L_o)
+
+
+def theorem6_gradient_term_proof(J0: Number, M: Number, G_o: Number) -> Number:
+    """What Theorem 6(b)'s printed proof gives per term: from (9) and ‖g±‖ <= G_o,
+    ‖∇J‖ = J(1 - J)‖g+ - g-‖ <= 2 G_o (1 - J) <= 2 G_o·b(M(k)), hence the term 4 G_o²·b(M(k))².
+    It does not imply the printed 2·L_o·b(M(k)) (for a softmax 4 G_o² = 16 L_o, so it is larger
+    wherever b > 1/8); both sums are finite once M grows linearly."""
+    _checks.finite_nonneg("G_o", G_o)
+    return _out(4 * _t(G_o) ** 2 * _t(theorem6_error_bound(J0, _t(M))) ** 2, J0, M, G_o)
+
+
+def gradient_norm_sq_bound(J: Number, L_o: Number) -> Number:
+    """‖∇J‖² <= L_o·J(1 - J) for every policy under Assumption 1 (derived here; not in the paper).
+
+    With s = ∇log π and u any unit vector, eq. (4) with the exact baseline gives
+    u·∇J = Cov(r, u·s) <= sqrt(Var r · Var(u·s)) = sqrt(J(1 - J)·uᵀF u), F = E[s sᵀ] the Fisher
+    information (E s = 0); the information identity F = -E[∇²log π] and the Lipschitz score of
+    Assumption 1 (‖∇²log π‖ <= L_o) give uᵀF u <= L_o. Take u = ∇J/‖∇J‖.
+
+    This is what Theorem 6(b)'s printed constant needs: under (61), 1 - J(k) <= b(M(k)) by (13b),
+    so Σ‖∇J_k‖² <= L_o Σ J_k(1 - J_k) <= L_o Σ b(M(k)) < 2 L_o Σ b(M(k)). So the printed 2·L_o is
+    not a typo (unlike Theorem 1(a)'s sign): it holds, with a factor 2 to spare. It is tight: on
+    App. E's two-response softmax (L_o = 1/2, ‖∇J‖² = 2J²(1 - J)²) equality holds at J = 1/2.
+    """
+    _checks.probability("J", J)
+    _checks.finite_nonneg("L_o", L_o)
+    Jt = _t(J)
+    return _out(_t(L_o) * Jt * (1 - Jt), J, L_o)
+
+
 # --- GRPO and Dr. GRPO (Section 4, eq. 17-18) --------------------------------------------------
 
 
@@ -301,6 +378,29 @@ def grpo_plateau(alpha: Number, c: Number) -> Number:
     """
     _checks.finite_nonneg("alpha", alpha)
     return _out(1 / (1 + (_t(alpha) / _t(c)) ** 2), alpha, c)
+
+
+def critical_lr_grpo(J: Number) -> Number:
+    """The learning rate at which GRPO's effective step (17), alpha·Delta_mu·sqrt(J(1-J))/T_psi1,
+    meets the cap (18), Delta_mu·(1-J)/T_psi1, up to the constants (17)-(18) hide:
+
+        alpha* = sqrt((1 - J)/J),
+
+    which falls like (1 - J)^(1/2) as J -> 1 (log-log slope against 1 - J: 1/(2J)). The step along
+    the unit direction, eta, has the cap's exponent 1 whatever the preset; GRPO's division by
+    sigma = sqrt(J(1-J)) takes 1/2 of it back, since its update's norm falls only like (1-J)^(1/2).
+    """
+    _checks.probability("J", J)
+    Jt = _t(J)
+    return _out(torch.sqrt((1 - Jt) / Jt), J)
+
+
+def critical_lr_drgrpo(J: Number, T_psi1: Number = 1.0) -> Number:
+    """As ``critical_lr_grpo`` for Dr. GRPO and REINFORCE, whose effective step (17) is
+    alpha·Delta_mu·J(1-J): alpha* = 1/(J·T_psi1), flat as J -> 1 (log-log slope (1 - J)/J -> 0):
+    the update's norm falls like (1 - J), as fast as the cap."""
+    _checks.probability("J", J)
+    return _out(1 / (_t(J) * _t(T_psi1)), J, T_psi1)
 
 
 # --- Response length (Assumption 3) ------------------------------------------------------------

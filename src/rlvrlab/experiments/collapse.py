@@ -14,6 +14,16 @@ T·eta·G²/60 (F.2). The proofs give J(k) in closed form; the simulation must m
 On the same instances, the Gradient Gap direction with a step inside (13a) (F.1) or (15a) (F.2)
 converges, above the logistic lower bound (13b)/(15b).
 
+Remark 1 (App. G) on the collapse runs, with the exact ‖∇J(θ_k)‖ recorded at every step beside M:
+M(K) grows without bound (at least K·eta·(the proof's alignment bound)) while J -> 0, and
+Σ_k ‖∇J_k‖² stays finite, its tail after K at most 4G_o²·c^{-2T}·r^K/(1 - r) with
+c = 2cosh(eta·G/6), r = exp(-2δ·eta·G·T/6), from ‖∇J‖ = J(1-J)‖g+ - g-‖ <= 2G_o·J (eq. 9) and
+the proof's closed form J(k) <= (c·e^{δ·eta·G·k/6})^{-T}: gradient norms vanish as they would at
+a success. On the converging arm, where every step also satisfies Theorem 6's condition (61),
+Theorem 6(a) (M(K) >= (2/3)·log-odds gain) and 6(b)'s printed bound are checked; and
+‖∇J‖² <= L_o·J(1-J) (theory.gradient_norm_sq_bound, why 6(b)'s constant 2L_o holds) at every step
+of every run.
+
 Lipschitz constants: the paper states L_o = 0 for F.1; the score φ - E_π[φ] depends on theta, and
 we use the valid L = G²/4 (see rlvrlab.policies.softmax). The windows of (52)/(16) are evaluated
 with it; every eta used is inside them.
@@ -31,6 +41,7 @@ import torch
 
 from rlvrlab import plotting, theory
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
+from rlvrlab.gap import alignment_gain
 from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import collapse_direction, collapse_instance, collapse_theta0, simulate
 from rlvrlab.updates import make_step_size
@@ -62,9 +73,50 @@ class CollapseConfig:
         return cls(steps=2_000, T_infs=(1, 2, 4), record_every=10)
 
 
+class _GradTap:
+    """A step-size rule that applies ``rule`` and keeps, at every step k, what App. G sums over:
+    log J(θ_k), log(1 - J(θ_k)), Delta_mu(k), eta_k and the exact ‖∇J(θ_k)‖ (the model's gradient)."""
+
+    NAMES = ("log_J", "log_1mJ", "delta_mu", "eta", "grad_norm")
+
+    def __init__(self, rule):
+        self.rule, self.rows, self.__name__ = rule, [], "grad-tap"
+
+    def __call__(self, ctx, stats, direction):
+        eta = torch.as_tensor(self.rule(ctx, stats, direction), dtype=ctx.theta.dtype).expand(ctx.theta.shape[0])
+        grad = ctx.model.grad_J(ctx.theta, ctx.weights).norm(dim=-1)
+        self.rows.append(torch.stack([stats.log_J, stats.log_1mJ, stats.delta_mu, eta, grad]))
+        return eta
+
+    def steps(self) -> dict[str, torch.Tensor]:
+        """name -> (K, R), one row per step taken."""
+        return dict(zip(self.NAMES, torch.stack(self.rows).unbind(1)))
+
+
+def _theorem6(traj, tap: _GradTap) -> dict[str, torch.Tensor]:
+    """Per-step quantities (M and the partial sums S = Σ_{i<k} ‖∇J_i‖² have K + 1 rows: before each
+    step, then the final state); ‖∇J‖ and S are added to the trajectory's metrics at the recorded rows."""
+    per = tap.steps()
+    zero = torch.zeros_like(per["eta"][:1])
+    M = torch.cat([zero, alignment_gain(per["delta_mu"], per["eta"]).cumsum(0)])  # eq. (12)
+    S = torch.cat([zero, (per["grad_norm"] ** 2).cumsum(0)])
+    rows = traj.step
+    traj.metrics["grad_norm"] = torch.cat([per["grad_norm"][rows[:-1]], torch.full_like(zero, math.nan)])
+    traj.metrics["grad_norm_sq_sum"] = S[rows]
+    log_odds = torch.cat([per["log_J"] - per["log_1mJ"], traj.metrics["log_odds"][-1:]])
+    return {"M": M, "S": S, "log_odds": log_odds, "J": per["log_J"].exp(), "J1mJ": (per["log_J"] + per["log_1mJ"]).exp(), **per}
+
+
+def _fisher_ratio(t6: dict[str, torch.Tensor], L_o: float) -> torch.Tensor:
+    """‖∇J_k‖² / (L_o·J_k(1 - J_k)) where both are well above the floating-point floor."""
+    seen = t6["J1mJ"] > 1e-150
+    return (t6["grad_norm"] ** 2 / (L_o * t6["J1mJ"]))[seen]
+
+
 def run(config: CollapseConfig, progress: Progress, workdir: Path) -> Result:
     G = config.G
     tables, checks, summary = [], [], {"instances": []}
+    fisher: list[torch.Tensor] = []
     settings = [None, *config.T_infs]
     advance = progress.task("collapse: App. F instances", 2 * len(settings) * config.steps)
     for T in settings:
@@ -82,8 +134,11 @@ def run(config: CollapseConfig, progress: Progress, workdir: Path) -> Result:
                    else theory.collapse_window_token(float(q), c.L_p, c.G_p, Tn)) for q in dm_q]
         in_window = all(w.valid and w.low <= float(e) * (1 + 1e-12) and float(e) <= w.high * (1 + 1e-12) for w, e in zip(window, eta))
         theta0 = collapse_theta0(eta)
-        traj = simulate(policy, reward, theta0, steps=config.steps, direction=collapse_direction(delta), step_size=eta,
+        tap = _GradTap(make_step_size("fixed", eta=eta))
+        traj = simulate(policy, reward, theta0, steps=config.steps, direction=collapse_direction(delta), step_size=tap,
                         record_every=config.record_every, on_step=advance)
+        t6 = _theorem6(traj, tap)
+        fisher.append(_fisher_ratio(t6, c.L_o))
         m = traj.metrics
         J = m["J"]
         closed = theory.collapse_J(eta, delta, G, traj.step.to(torch.float64).unsqueeze(1), T)  # (S, R)
@@ -106,13 +161,20 @@ def run(config: CollapseConfig, progress: Progress, workdir: Path) -> Result:
                   bool((dm >= proof_bound * (1 - 1e-12)).all() and (proof_bound >= dm_q).all()),
                   f"min Delta_mu / bound = {(dm / proof_bound).min().item():.3f}", ">= 1"),
         ]
+        checks += _remark1_checks(label, t6, eta, delta, G, Tn, c.G_o, proof_bound, config.steps)
         tables.append(trajectory_table(traj, {"instance": [name] * len(eta), "T_inf": [Tn] * len(eta), "arm": ["collapse"] * len(eta),
                                               "eta_fraction": list(config.eta_fractions), "delta_mu_bound": proof_bound}))
 
         # The converging arm: w along the Gradient Gap, eta_k inside (13a) / (15a).
         rule = make_step_size("condition-13a") if T is None else make_step_size("condition-15a", T_psi1="uniform")
-        conv = simulate(policy, reward, theta0, steps=config.steps, direction="gap", step_size=rule,
+        tap = _GradTap(rule)
+        conv = simulate(policy, reward, theta0, steps=config.steps, direction="gap", step_size=tap,
                         record_every=config.record_every, on_step=advance)
+        t6c = _theorem6(conv, tap)
+        fisher.append(_fisher_ratio(t6c, c.L_o))
+        inside61 = _premise61(t6c, c.L_o, c.G_o)
+        if bool(inside61.any()):
+            checks += _theorem6_checks(label, t6c, inside61, c.L_o, c.G_o, conv.metrics["J"][0])
         mc = conv.metrics
         bound = theory.logistic_lower_bound(mc["J"][0], mc["M"])
         above = mc["J"] >= bound * (1 - 1e-12)
@@ -126,16 +188,85 @@ def run(config: CollapseConfig, progress: Progress, workdir: Path) -> Result:
             "instance": label, "G": G, "L": c.L_o if T is None else c.L_p, "eta": eta.tolist(),
             "collapse_J_final": J[-1].tolist(), "converge_J_final": mc["J"][-1].tolist(),
             "min_delta_mu_collapse": dm.min(0).values.tolist(),
+            "collapse_M_final": t6["M"][-1].tolist(), "collapse_sum_grad_norm_sq": t6["S"][-1].tolist(),
+            "collapse_sum_grad_norm_sq_limit_upper": (t6["S"][-1] + _collapse_tail(eta, delta, G, Tn, c.G_o, config.steps)).tolist(),
+            "converge_M_final": t6c["M"][-1].tolist(), "converge_sum_grad_norm_sq": t6c["S"][-1].tolist(),
+            "converge_inside_61": inside61.tolist(),
         })
+    ratio = torch.cat(fisher)
+    checks.append(Check("‖∇J‖² <= L_o·J(1-J) at every step of every run (Cauchy-Schwarz, Fisher information <= L_o): "
+                        "why Theorem 6(b)'s printed 2L_o holds", bool((ratio <= 1 + 1e-9).all()),
+                        f"max ‖∇J‖²/(L_o·J(1-J)) = {ratio.max().item():.4f} over {ratio.numel()} steps", "<= 1"))
     return Result({"metrics": pa.concat_tables(tables, promote_options="permissive")}, summary, checks)
+
+
+def _collapse_tail(eta: torch.Tensor, delta: torch.Tensor, G: float, T: int, G_o: float, K: int | torch.Tensor) -> torch.Tensor:
+    """Bound on Σ_{k>=K} ‖∇J_k‖² on App. F's collapse run: ‖∇J_k‖² <= 4G_o²·J_k² (eq. 9, ‖g±‖ <= G_o)
+    and J_k <= (c·e^{δ·eta·G·k/6})^{-T} with c = 2cosh(eta·G/6) (theory.collapse_J), a geometric series."""
+    a = eta * G / 6
+    c = 2 * torch.cosh(a)
+    r = torch.exp(-2 * delta * a * T)
+    return 4 * G_o**2 * c ** (-2 * T) * r**K / (1 - r)
+
+
+def _remark1_checks(label: str, t6: dict[str, torch.Tensor], eta: torch.Tensor, delta: torch.Tensor, G: float, T: int,
+                    G_o: float, proof_bound: torch.Tensor, steps: int) -> list[Check]:
+    """Remark 1 (App. G) on a collapse run: M -> inf while J -> 0, and Σ‖∇J‖² finite."""
+    K = torch.arange(steps + 1, dtype=eta.dtype).unsqueeze(1)
+    M, S = t6["M"], t6["S"]
+    M_ok = bool((M >= K * eta * proof_bound * (1 - 1e-12)).all())
+    grad_ok = bool((t6["grad_norm"] <= 2 * G_o * t6["J"] * (1 + 1e-9)).all())
+    quarters = [steps // 4, steps // 2, 3 * steps // 4]
+    tail_ok = all(bool((S[-1] - S[q] <= _collapse_tail(eta, delta, G, T, G_o, q) * (1 + 1e-9)).all()) for q in quarters)
+    limit = S[-1] + _collapse_tail(eta, delta, G, T, G_o, steps)
+    return [
+        Check(f"{label}: Remark 1 (App. G): M(K) -> inf, at least K·eta·(the proof's alignment bound), while J -> 0",
+              M_ok and bool((t6["J"][-1] < t6["J"][0]).all()),
+              f"M(K) = {[round(x, 3) for x in M[-1].tolist()]} at K = {steps}, J(K) = {[f'{x:.2e}' for x in t6['J'][-1].tolist()]}",
+              "M(k) >= k·eta·bound at every step"),
+        Check(f"{label}: Remark 1 (App. G): Σ‖∇J‖² converges while J -> 0: its tail after K is below 4G_o²c^(-2T)r^K/(1-r)",
+              grad_ok and tail_ok,
+              f"Σ‖∇J‖² in {[f'[{a:.4g}, {b:.4g}]' for a, b in zip(S[-1].tolist(), limit.tolist())]}",
+              "‖∇J_k‖ <= 2G_o·J_k at every step; Σ_{K<=k<end} ‖∇J_k‖² <= bound(K) at K = end/4, end/2, 3end/4"),
+    ]
+
+
+def _premise61(t6: dict[str, torch.Tensor], L_o: float, G_o: float) -> torch.Tensor:
+    """(R,) whether every step satisfied Theorem 6's condition (61):
+    eta_k <= [Delta_mu(k)]_+ / (2(L_o + 8G_o²)) and eta_k <= 1/(2 sqrt L_o)."""
+    eta, dm = t6["eta"], t6["delta_mu"]
+    ok = (eta <= theory.step_condition_trajectory(dm, L_o, G_o) * (1 + 1e-12)) & (eta <= theory.smoothness_step_cap(L_o) * (1 + 1e-12))
+    return ok.all(0)
+
+
+def _theorem6_checks(label: str, t6: dict[str, torch.Tensor], inside: torch.Tensor, L_o: float, G_o: float,
+                     J0: torch.Tensor) -> list[Check]:
+    """Theorem 6(a) and 6(b) as printed on the converging runs whose every step satisfied (61)."""
+    lo_gain = (t6["log_odds"] - t6["log_odds"][0])[:, inside]
+    M = t6["M"][:, inside]
+    floor_ok = bool((M >= 2 * lo_gain / 3 - 1e-9).all())
+    J0 = J0[inside]
+    S = t6["S"][1:, inside]
+    printed = theory.theorem6_gradient_term(J0, M[:-1], L_o).cumsum(0)
+    proof = theory.theorem6_gradient_term_proof(J0, M[:-1], G_o).cumsum(0)
+    premise = f"{int(inside.sum())} of {inside.numel()} runs inside (61)"
+    return [
+        Check(f"{label}: Theorem 6(a) (App. G), gap direction inside (61): M(K) >= (2/3)(log-odds(K) - log-odds(0))", floor_ok,
+              f"{premise}; M(K) = {[round(x, 3) for x in M[-1].tolist()]}, (2/3)·gain = {[round(2 * x / 3, 3) for x in lo_gain[-1].tolist()]}",
+              "at every K"),
+        Check(f"{label}: Theorem 6(b) as printed (App. G), gap direction inside (61): Σ‖∇J‖² < 2L_o·Σ_k b(M(k))",
+              bool((S < printed).all()),
+              f"{premise}; at K: Σ‖∇J‖² = {[f'{x:.4g}' for x in S[-1].tolist()]} vs printed {[f'{x:.4g}' for x in printed[-1].tolist()]}"
+              f" (the proof's 4G_o²·Σb² = {[f'{x:.4g}' for x in proof[-1].tolist()]})", "< at every horizon K"),
+    ]
 
 
 def plot(out: Path) -> list[str]:
     t = read_table(out / "metrics.parquet")
-    cols = columns(t, ("run", "step", "T_inf", "J", "delta_mu", "delta_mu_bound", "M", "eta_fraction"))
+    cols = columns(t, ("run", "step", "T_inf", "J", "delta_mu", "delta_mu_bound", "M", "eta_fraction", "grad_norm_sq_sum"))
     inst = np.asarray(t.column("instance").to_pylist())
     arm = np.asarray(t.column("arm").to_pylist())
-    fig, (a1, a2, a3) = plotting.panels(3)
+    fig, (a1, a2, a3, a4) = plotting.panels(4)
     groups = sorted({(i, int(T)) for i, T in zip(inst, cols["T_inf"])})
     cmap = plotting.plt.get_cmap("viridis")
     for gi, (name, T) in enumerate(groups):
@@ -146,6 +277,8 @@ def plot(out: Path) -> list[str]:
         top = np.nanmax(cols["eta_fraction"][col_sel])
         sel = col_sel & (cols["eta_fraction"] == top)
         a1.semilogy(cols["step"][sel], cols["J"][sel], color=color, label=label)
+        a4.plot(cols["step"][sel], cols["M"][sel], color=color, label=label)
+        a4.plot(cols["step"][sel], cols["grad_norm_sq_sum"][sel], color=color, ls="--")
         ok = sel & np.isfinite(cols["delta_mu"])
         a2.plot(cols["step"][ok], cols["delta_mu"][ok] / cols["delta_mu_bound"][ok], color=color, label=label)
         conv = base & (arm == "converge") & (cols["run"] == cols["run"][sel][0])
@@ -160,7 +293,9 @@ def plot(out: Path) -> list[str]:
     a2.axhline(1, color="k", lw=0.8)
     a3.set_xlabel("cumulative alignment M(k)")
     a3.set_ylabel("J(k), gap direction inside (13a)/(15a)")
-    for ax in (a1, a2, a3):
+    a4.set_xlabel("step k")
+    a4.set_ylabel("collapse: M(k) solid, Σ_{i<k} ‖∇J_i‖² dashed")
+    for ax in (a1, a2, a3, a4):
         ax.legend(fontsize=7)
     fig.suptitle("Theorems 2 and 4: positive alignment, collapse from a large step; convergence inside the condition (dashed: bound)")
     return [plotting.save(fig, out / "collapse.png")]
