@@ -212,7 +212,24 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
     if len(runs) < n_runs:
         failed = [f"{r['run']}: {r['status']} {r['message']}" for r in table.to_pylist() if r["status"] not in ("finished", "diverged")]
         raise RuntimeError(f"{len(failed)} of {n_runs} runs did not end (run again to resume them); first: {failed[0]}")
-    rows = {r["run"]: _rows(workdir / "runs" / r["run"]) for r in runs}
+    table_trl = None
+    if config.trl_task:  # the TRL subset: the same settings through GapGRPOTrainer
+        from rlvrlab.integrations.sweep import run_sweep
+        from rlvrlab.lm.sweep import expand_grid
+
+        subset = [c for _, c in expand_grid({**grid, "task": config.trl_task, "preset": "grpo", "seed": list(config.trl_seeds)})]
+        cells = [dataclasses.asdict(c) for c in subset]
+        advance_trl = progress.task(f"{len(cells)} TRL runs (GapGRPOTrainer)", len(cells))
+        table_trl = run_sweep(_trl_cell, cells, workdir / "trl", workers=config.workers, on_cell=advance_trl)
+    return analyse(config, runs, workdir / "runs", table_trl, model)
+
+
+def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Path, table_trl: pa.Table | None,
+            model: str) -> Result:
+    """Labels, every detector's alarms, the scores and the TRL comparison, from the corpus's run
+    directories under ``run_dir`` (``runs``: their rows of the sweep's runs table) and the TRL
+    subset's rows (``table_trl``, or None)."""
+    rows = {r["run"]: _rows(run_dir / r["run"]) for r in runs}
     labels = {r["run"]: _label(rows[r["run"]], r["status"], config.n_eval) for r in runs}
     tune = [r["run"] for r in runs if r["seed"] in config.tune_seeds]
     scored = [r["run"] for r in runs if r["seed"] not in config.tune_seeds]
@@ -250,14 +267,12 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
 
     # the TRL subset: the same settings through GapGRPOTrainer, the same labels and detectors
     trl_rows, trl_summary = [], {}
-    if config.trl_task:
-        from rlvrlab.integrations.sweep import run_sweep
-        from rlvrlab.lm.sweep import expand_grid
+    if table_trl is not None:
+        from rlvrlab.lm.config import TrainConfig
 
-        subset = [c for _, c in expand_grid({**grid, "task": config.trl_task, "preset": "grpo", "seed": list(config.trl_seeds)})]
-        cells = [dataclasses.asdict(c) for c in subset]
-        advance_trl = progress.task(f"{len(cells)} TRL runs (GapGRPOTrainer)", len(cells))
-        table_trl = run_sweep(_trl_cell, cells, workdir / "trl", workers=config.workers, on_cell=advance_trl)
+        settings = {f.name for f in dataclasses.fields(TrainConfig)}  # a TRL cell's columns that are its settings
+        cells = [dict(zip(("lr", "seed"), key)) for key in
+                 dict.fromkeys(zip(table_trl.column("lr").to_pylist(), table_trl.column("seed").to_pylist()))]
         mine = {(r["lr"], r["seed"]): r["run"] for r in runs if r["task"] == config.trl_task and r["preset"] == "grpo"}
         watched = list(dict.fromkeys(["rlvrlab/current (default)", best_trl]))
         agree = {"label": 0, **{w: 0 for w in watched}}
@@ -265,7 +280,7 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
             sel = [i for i, (lr, seed) in enumerate(zip(table_trl.column("lr").to_pylist(), table_trl.column("seed").to_pylist()))
                    if lr == c["lr"] and seed == c["seed"]]
             part = table_trl.take(sel).to_pylist()
-            rs = [{k: (math.nan if v is None else float(v)) for k, v in r.items() if k not in c} for r in part]  # not the settings
+            rs = [{k: (math.nan if v is None else float(v)) for k, v in r.items() if k not in settings} for r in part]
             rs.sort(key=lambda r: r["step"])
             status = "diverged" if rs[-1].get("diverged", math.nan) == 1 else "finished"
             if status == "diverged":
