@@ -47,3 +47,17 @@ def test_a_matched_trl_run_takes_the_grpo_preset_only(tiny_base_model, tmp_path)
     with pytest.raises(ValueError, match="preset: got 'dapo'"):
         train_matched(TrainConfig(model=str(tiny_base_model), preset="dapo"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_in_time_drops_a_collapsed_runs_alarms_after_its_onset_only():
+    from rlvrlab.analysis.alarms import RunLabel, ScoredRun, score
+    from rlvrlab.experiments.warning_bench import in_time
+
+    collapsed = RunLabel("collapsed", 5, 0.6, 0.0, 0.0, 0.05)
+    healthy = RunLabel("healthy", None, 0.5, 0.8, 0.8, 0.05)
+    runs = [ScoredRun(collapsed, (3, 10)), ScoredRun(collapsed, (8,)), ScoredRun(collapsed, (5,)), ScoredRun(healthy, (2, 40))]
+    kept = in_time(runs)
+    assert [r.alarms for r in kept] == [(3,), (), (5,), (2, 40)]
+    s, w = score(runs, intervals=False), score(kept, intervals=False)
+    assert (s.recall, w.recall) == (1.0, pytest.approx(2 / 3))
+    assert w.f1 == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # TP 2, FP 1 (the healthy run), FN 1 (the late alarm)

@@ -123,6 +123,7 @@ CLAIMS: tuple[Claim, ...] = (
           "On a labelled corpus of GRPO runs, the theory's warning (critical-step ratio, realized log-odds change) is ahead of "
           "the monitors practitioners install (rlwatch, rldoctor, rlprobe) on F1 and on median lead time before the collapse.",
           _refs("warning-bench", "rlvrlab's best rule is ahead of every peer monitor on F1",
+                "rlvrlab's best rule is ahead of every peer monitor on F1 as a warning (alarms at or before the onset)",
                 "rlvrlab's best rule warns earlier than every peer monitor (median lead time)"), on_fail="differs"),
     Claim("thm6a", "gap", "App. G, Theorem 6(a)",
           "Convergence of J to 1 implies that the cumulative alignment M diverges.",
