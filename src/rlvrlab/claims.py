@@ -196,7 +196,11 @@ CLAIMS: tuple[Claim, ...] = (
                 "{} at lr {}: accuracy rises with cumulative gap alignment M (Figure 2)")),
     Claim("grpo-proxy", "gap", "§6.2 (g_GRPO ∝ √(J(1−J))·(g⁺ − g⁻))",
           "‖g_GRPO‖ is a usable proxy for the batch Gap Alignment.",
-          untested="lm-grpo logs gap/grpo_norm_proxy beside the measured Δμ·η, but no check compares the two"),
+          _refs("warning-bench", "the ‖g_GRPO‖ proxy orders steps like the unbiased Gap Alignment it stands for (§6.2)")),
+    Claim("vanishing-gap", "gap", "§3.2.1",
+          "When the Gradient Gap vanishes (groups whose completions all pass or all fail), learning stalls.",
+          _refs("warning-bench", "a vanishing gap stalls learning: more groups without reward variance, less held-out progress "
+                "(§3.2.1)")),
     # --- the Invisible Leash ----------------------------------------------------------------
     Claim("leash-support", "leash", "abstract; METHODS.md §A (support)",
           "RLVR cannot sample solutions to which the base model gives zero probability.",

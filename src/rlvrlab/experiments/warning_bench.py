@@ -19,6 +19,10 @@ A detector with a threshold runs twice: at its default, and tuned (by F1) on the
 `tune_seeds`; every score is measured on the other seeds' runs only. rlvrlab's best rule is the
 one with the best F1 on the tuning runs, so that choosing it does not look at the scored runs.
 
+The same corpus carries two statements of the paper (rlvrlab.analysis.corpus): the ‖g_GRPO‖
+proxy of §6.2 against the unbiased Gap Alignment, and §3.2.1's vanishing gap (groups without
+reward variance) against held-out progress.
+
 A detector is scored twice: as a detector (any alarm on a collapsed run counts, however late) and
 as a warning ("in time": only a collapsed run's alarms at or before its onset count).
 
@@ -50,6 +54,7 @@ __all__ = ["EXPERIMENT", "WarningBenchConfig", "plot", "run"]
 RLVRLAB = ("rlvrlab/current", "rlvrlab/fresh", "rlvrlab/lr_crit", "rlvrlab/log_odds_trend")
 TRL_AGREEMENT = 0.8  # share of the TRL subset whose warning must agree with rlvrlab's trainer's (a stated tolerance:
 # the two trainers sample different batches, so runs near the collapse edge may go either way)
+PROXY_RHO = 0.5  # a proxy "stands for" Δμ when it ranks steps alike: a rank correlation of at least 0.5 (stated, not tuned)
 MIN_SCORED = 5  # collapsed and healthy scored runs each, below which detectors are not compared (quick mode)
 # the per-step columns kept in metrics.parquet: what the detectors, the peers and the figures read
 KEEP = ("step", "eval/accuracy", "learning_rate", "loss", "grad_norm", "entropy", "reward", "reward_std", "frac_reward_zero_std",
@@ -403,6 +408,27 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
                             f"{best_trl}: {agreed} of {n} runs ({config.trl_task}, the rate grid x seeds {list(config.trl_seeds)}): warned in both "
                             f"or in neither; labels agree in {trl_summary['agreement']['label']}",
                             f"agreement in at least {TRL_AGREEMENT:.0%} of the runs", "claim"))
+    # two of the paper's statements read on the same corpus (rlvrlab.analysis.corpus)
+    from rlvrlab.analysis.corpus import proxy_against_gap, vanishing_gap_against_progress
+
+    tasks = {r["run"]: r["task"] for r in runs}
+    fell = {n for n in rows if labels[n].kind == "collapsed"}
+    proxy = proxy_against_gap(rows, tasks)
+    proxy["figure2_without_collapsed"] = proxy_against_gap({n: v for n, v in rows.items() if n not in fell}, tasks)["figure2"]
+    vanishing = vanishing_gap_against_progress(rows, fell)
+    summary["grpo_proxy"], summary["vanishing_gap"] = proxy, vanishing
+    lo, hi = proxy["spearman_pooled_ci"]
+    checks.append(Check("the ‖g_GRPO‖ proxy orders steps like the unbiased Gap Alignment it stands for (§6.2)",
+                        lo > PROXY_RHO, f"Spearman ρ = {proxy['spearman_pooled']:.2f} [{lo:.2f}, {hi:.2f}] over {proxy['steps']} steps "
+                        f"(median per run {proxy['spearman_median_per_run']:.2f}); proxy / Δμ median {proxy['ratio_median']:.2f}",
+                        f"ρ's 95% CI above {PROXY_RHO} (proxy against Δμ from fresh samples, gap_fresh/delta_mu_eta / η)", "claim"))
+    if math.isfinite(vanishing["spearman"]):
+        lo, hi = vanishing["spearman_ci"]
+        checks.append(Check("a vanishing gap stalls learning: more groups without reward variance, less held-out progress (§3.2.1)",
+                            hi < 0, f"Spearman ρ = {vanishing['spearman']:.2f} [{lo:.2f}, {hi:.2f}] over {vanishing['intervals']} "
+                            f"evaluation intervals of runs that did not collapse; accuracy change {vanishing['change_lowest_quarter']:+.3f} "
+                            f"in the quarter with the fewest such groups, {vanishing['change_highest_quarter']:+.3f} in the quarter "
+                            "with the most", "ρ < 0 with its 95% CI below 0", "claim"))
     tables = {"metrics": pa.concat_tables(metric_parts), "runs": pa.Table.from_pylist(run_rows),
               "scores": pa.Table.from_pylist(score_rows),
               "alarms": pa.Table.from_pylist(alarm_rows) if alarm_rows else pa.table({"run": [], "detector": [], "step": []})}
