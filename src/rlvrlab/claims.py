@@ -127,10 +127,16 @@ CLAIMS: tuple[Claim, ...] = (
                 "rlvrlab's best rule warns earlier than every peer monitor (median lead time)"), on_fail="differs"),
     Claim("thm6a", "gap", "App. G, Theorem 6(a)",
           "Convergence of J to 1 implies that the cumulative alignment M diverges.",
-          untested="an asymptotic statement: no run checks that J → 1 forces M → ∞"),
+          _refs("two-response", "Theorem 6(a) (App. G): under (61), M(K) >= (2/3)(log-odds(K) - log-odds(0)), so M -> inf as J -> 1")
+          + _refs("collapse", "F.1: Theorem 6(a) (App. G), gap direction inside (61): M(K) >= (2/3)(log-odds(K) - log-odds(0))")),
     Claim("thm6b", "gap", "App. G, Theorem 6(b), Remark 1",
           "Σ‖∇J‖² stays finite both when J converges and when it collapses, so gradient norms miss what M shows.",
-          untested="no run records ‖∇J‖ beside M"),
+          _refs("two-response",
+                "Theorem 6(b) as printed (App. G): Σ_k ‖∇J_k‖² < 2L_o·Σ_k (1-J0)/(1-J0+J0·e^{M(k)/2}) under (61)",
+                "Theorem 6(b): Σ‖∇J‖² converges: its tail after K is below L_o(1-J0)/J0·e^{-M(K)/2}/(1-e^{-sqrt2·eta/2})")
+          + _refs("collapse", "F.1: Theorem 6(b) as printed (App. G), gap direction inside (61): Σ‖∇J‖² < 2L_o·Σ_k b(M(k))",
+                  "{}: Remark 1 (App. G): M(K) -> inf, at least K·eta·(the proof's alignment bound), while J -> 0",
+                  "{}: Remark 1 (App. G): Σ‖∇J‖² converges while J -> 0: its tail after K is below 4G_o²c^(-2T)r^K/(1-r)")),
     # --- token level (§4) --------------------------------------------------------------------
     Claim("lemma2", "gap", "§4 eq. (19); Lemma 2 (30b)",
           "At the token level the log-odds gain is at least Δμ·η − (L_p T_∞ + G_p² T_ψ1/(1−J))·η².",
@@ -152,7 +158,9 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("success-rate-scaling", "gap", "abstract; §4 eq. (17)–(18), 'Correction rate'",
           "The critical step size scales with the success rate: (18) allows η ≲ Δμ(1−J)/T_ψ1, GRPO takes "
           "Δμ·√(J(1−J))/T_ψ1.",
-          untested="phase sweeps J0 but fits only the slope in T at each J0; no check on how the critical rate moves with J"),
+          _refs("success-scaling", "one step, {} states, {}: eta_crit/Delta_mu ∝ (1-J)^1 (cap 18)",
+                "one step, {} states, {}: critical learning rate scales with 1-J as (17) meets (18)",
+                "trajectory, {}: critical learning rate scales with 1-J0 as (17) meets (18)")),
     Claim("stagnation", "gap", "abstract; §4 'Correction rate'",
           "With a fixed learning rate GRPO overshoots as J → 1, so its success rate stagnates strictly below 100%.",
           _refs("stagnation", "GRPO at a fixed rate plateaus below 100% (eq. 17-18)")),
@@ -176,7 +184,8 @@ CLAIMS: tuple[Claim, ...] = (
     # --- experiments (§6, App. I) ------------------------------------------------------------
     Claim("fig1a", "gap", "§6.1 Figure 1a",
           "On the contextual bandit, a context's success rate J_x rises logistically with its cumulative alignment M_x.",
-          _refs("contextual", "Figure 1a: J_x increases with the cumulative alignment M_x")),
+          _refs("contextual", "Figure 1a: J_x increases with the cumulative alignment M_x",
+                "Figure 1a: J_x = σ(a + b·M_x) fits as well as any monotone curve of M_x, with b in [1/2, 3/2]")),
     Claim("fig1b", "gap", "§6.1 Figure 1b; App. I.2",
           "Contexts fall into two regimes: fast convergence, or no improvement after overshooting.",
           _refs("contextual", "Figure 1b: two regimes, fast convergence or no improvement")),
