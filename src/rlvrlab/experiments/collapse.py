@@ -43,7 +43,7 @@ from rlvrlab import plotting, theory
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.gap import alignment_gain
 from rlvrlab.io import columns, read_table, trajectory_table
-from rlvrlab.simulate import collapse_direction, collapse_instance, collapse_theta0, simulate
+from rlvrlab.simulate import GradientTap, collapse_direction, collapse_instance, collapse_theta0, simulate
 from rlvrlab.updates import make_step_size
 
 __all__ = ["CollapseConfig", "EXPERIMENT", "plot", "run"]
@@ -73,27 +73,7 @@ class CollapseConfig:
         return cls(steps=2_000, T_infs=(1, 2, 4), record_every=10)
 
 
-class _GradTap:
-    """A step-size rule that applies ``rule`` and keeps, at every step k, what App. G sums over:
-    log J(θ_k), log(1 - J(θ_k)), Delta_mu(k), eta_k and the exact ‖∇J(θ_k)‖ (the model's gradient)."""
-
-    NAMES = ("log_J", "log_1mJ", "delta_mu", "eta", "grad_norm")
-
-    def __init__(self, rule):
-        self.rule, self.rows, self.__name__ = rule, [], "grad-tap"
-
-    def __call__(self, ctx, stats, direction):
-        eta = torch.as_tensor(self.rule(ctx, stats, direction), dtype=ctx.theta.dtype).expand(ctx.theta.shape[0])
-        grad = ctx.model.grad_J(ctx.theta, ctx.weights).norm(dim=-1)
-        self.rows.append(torch.stack([stats.log_J, stats.log_1mJ, stats.delta_mu, eta, grad]))
-        return eta
-
-    def steps(self) -> dict[str, torch.Tensor]:
-        """name -> (K, R), one row per step taken."""
-        return dict(zip(self.NAMES, torch.stack(self.rows).unbind(1)))
-
-
-def _theorem6(traj, tap: _GradTap) -> dict[str, torch.Tensor]:
+def _theorem6(traj, tap: GradientTap) -> dict[str, torch.Tensor]:
     """Per-step quantities (M and the partial sums S = Σ_{i<k} ‖∇J_i‖² have K + 1 rows: before each
     step, then the final state); ‖∇J‖ and S are added to the trajectory's metrics at the recorded rows."""
     per = tap.steps()
@@ -134,7 +114,7 @@ def run(config: CollapseConfig, progress: Progress, workdir: Path) -> Result:
                    else theory.collapse_window_token(float(q), c.L_p, c.G_p, Tn)) for q in dm_q]
         in_window = all(w.valid and w.low <= float(e) * (1 + 1e-12) and float(e) <= w.high * (1 + 1e-12) for w, e in zip(window, eta))
         theta0 = collapse_theta0(eta)
-        tap = _GradTap(make_step_size("fixed", eta=eta))
+        tap = GradientTap(make_step_size("fixed", eta=eta))
         traj = simulate(policy, reward, theta0, steps=config.steps, direction=collapse_direction(delta), step_size=tap,
                         record_every=config.record_every, on_step=advance)
         t6 = _theorem6(traj, tap)
@@ -167,7 +147,7 @@ def run(config: CollapseConfig, progress: Progress, workdir: Path) -> Result:
 
         # The converging arm: w along the Gradient Gap, eta_k inside (13a) / (15a).
         rule = make_step_size("condition-13a") if T is None else make_step_size("condition-15a", T_psi1="uniform")
-        tap = _GradTap(rule)
+        tap = GradientTap(rule)
         conv = simulate(policy, reward, theta0, steps=config.steps, direction="gap", step_size=tap,
                         record_every=config.record_every, on_step=advance)
         t6c = _theorem6(conv, tap)

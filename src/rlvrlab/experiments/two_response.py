@@ -36,7 +36,7 @@ from rlvrlab import plotting, theory
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.gap import alignment_gain
 from rlvrlab.io import columns, read_table, trajectory_table
-from rlvrlab.simulate import simulate, two_response
+from rlvrlab.simulate import GradientTap, simulate, two_response
 from rlvrlab.updates import make_step_size
 
 __all__ = ["EXPERIMENT", "TwoResponseConfig", "plot", "run"]
@@ -60,27 +60,7 @@ class TwoResponseConfig:
         return cls(steps=600)
 
 
-class _GradTap:
-    """A step-size rule that applies ``rule`` and keeps, at every step k, what App. G sums over:
-    log J(θ_k), log(1 - J(θ_k)), Delta_mu(k), eta_k and the exact ‖∇J(θ_k)‖ (the model's gradient)."""
-
-    NAMES = ("log_J", "log_1mJ", "delta_mu", "eta", "grad_norm")
-
-    def __init__(self, rule):
-        self.rule, self.rows, self.__name__ = rule, [], "grad-tap"
-
-    def __call__(self, ctx, stats, direction):
-        eta = torch.as_tensor(self.rule(ctx, stats, direction), dtype=ctx.theta.dtype).expand(ctx.theta.shape[0])
-        grad = ctx.model.grad_J(ctx.theta, ctx.weights).norm(dim=-1)
-        self.rows.append(torch.stack([stats.log_J, stats.log_1mJ, stats.delta_mu, eta, grad]))
-        return eta
-
-    def steps(self) -> dict[str, torch.Tensor]:
-        """name -> (K, R), one row per step taken."""
-        return dict(zip(self.NAMES, torch.stack(self.rows).unbind(1)))
-
-
-def _theorem6(traj, tap: _GradTap, L_o: float, G_o: float) -> dict[str, torch.Tensor]:
+def _theorem6(traj, tap: GradientTap, L_o: float, G_o: float) -> dict[str, torch.Tensor]:
     """Per-step quantities of Theorem 6 (K + 1 rows: before each step, then the final state), and
     ‖∇J‖ with its partial sums added to the trajectory's metrics at the recorded rows."""
     per = tap.steps()
@@ -108,7 +88,7 @@ def run(config: TwoResponseConfig, progress: Progress, workdir: Path) -> Result:
     eta_star = theory.linear_rate_step(math.sqrt(2), c.L_o, c.G_o)
     eta = torch.tensor([g[1] * eta_star for g in grid], dtype=torch.float64)
     logit = theory.log_odds(J0)
-    tap = _GradTap(make_step_size("fixed", eta=eta))
+    tap = GradientTap(make_step_size("fixed", eta=eta))
     traj = simulate(policy, reward, theta0, steps=config.steps, direction="gap", step_size=tap,
                     on_step=progress.task("two-response", config.steps), fast=False)
     t6 = _theorem6(traj, tap, c.L_o, c.G_o)

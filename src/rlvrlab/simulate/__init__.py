@@ -11,8 +11,8 @@ from rlvrlab.simulate.instances import (PROMPT_FLOOR, Curriculum, RandomInstance
                                         predicted_critical_rates, prompt_outcomes, random_instances, token_bandit,
                                         two_response)
 from rlvrlab.simulate.loop import simulate
-from rlvrlab.simulate.record import Trajectory
+from rlvrlab.simulate.record import GradientTap, Trajectory
 
-__all__ = ["PROMPT_FLOOR", "Curriculum", "RandomInstance", "Trajectory", "collapse_direction", "collapse_features",
+__all__ = ["PROMPT_FLOOR", "Curriculum", "GradientTap", "RandomInstance", "Trajectory", "collapse_direction", "collapse_features",
            "collapse_instance", "collapse_theta0", "contextual_bandit", "initial_theta", "predicted_critical_rates",
            "prompt_outcomes", "random_instances", "simulate", "token_bandit", "two_response"]

@@ -9,7 +9,7 @@ import torch
 
 from rlvrlab.policies import Constants
 
-__all__ = ["Recorder", "Trajectory"]
+__all__ = ["GradientTap", "Recorder", "Trajectory"]
 
 # Quantities of the state at step k (before the update); the rest describe the step k -> k+1
 # and do not exist at the final row.
@@ -76,3 +76,24 @@ class Recorder:
 
     def trajectory(self, theta: torch.Tensor, constants: Constants, **info: object) -> Trajectory:
         return Trajectory(torch.tensor(self.rows), self.metrics, self.prompt, theta, constants, dict(info))
+
+
+class GradientTap:
+    """A step-size rule that applies ``rule`` and keeps, at every step k (not only the recorded
+    ones), what App. G sums over: log J(θ_k), log(1 - J(θ_k)), Delta_mu(k), eta_k and the exact
+    ‖∇J(θ_k)‖ (the model's gradient)."""
+
+    NAMES = ("log_J", "log_1mJ", "delta_mu", "eta", "grad_norm")
+
+    def __init__(self, rule):
+        self.rule, self.rows, self.__name__ = rule, [], "grad-tap"
+
+    def __call__(self, ctx, stats, direction):
+        eta = torch.as_tensor(self.rule(ctx, stats, direction), dtype=ctx.theta.dtype).expand(ctx.theta.shape[0])
+        grad = ctx.model.grad_J(ctx.theta, ctx.weights).norm(dim=-1)
+        self.rows.append(torch.stack([stats.log_J, stats.log_1mJ, stats.delta_mu, eta, grad]))
+        return eta
+
+    def steps(self) -> dict[str, torch.Tensor]:
+        """name -> (K, R), one row per step taken."""
+        return dict(zip(self.NAMES, torch.stack(self.rows).unbind(1)))
