@@ -95,7 +95,7 @@ def test_train_config_docs_leave_its_record_unchanged():
     assert list(record) == ["model", "task", "preset", "advantage", "alpha", "prompts", "batch_size", "group",
                             "max_new_tokens", "steps", "lr", "schedule", "adaptive_fraction", "adaptive_smoothing",
                             "adaptive_growth", "lr_min", "lr_max", "epochs", "max_grad_norm", "temperature", "holdout",
-                            "eval_every", "eval_samples", "diagnostics", "fresh_samples", "checkpoint_every",
+                            "eval_every", "eval_samples", "diagnostics", "fresh_samples", "kl_reference", "checkpoint_every",
                             "tensorboard", "device", "seed"]
     assert record["lr"] == 1e-3 and record["schedule"] == "constant" and record["alpha"] is None and record["prompts"] == 400
 

@@ -181,7 +181,8 @@ def test_none_reproduces_the_presets_before_weighting(name):
     assert PRESETS[name].weighting == "none" and PRESETS[name].alpha == 0.0
     loss, metrics = policy_loss(PRESETS[name], logp, logp_old, reward, mask)
     assert torch.equal(loss, _old_policy_loss(PRESETS[name], logp, logp_old, reward, mask))
-    assert set(metrics) == {"loss/clipfrac", "loss/zero_variance_groups", "loss/abs_advantage"}
+    assert set(metrics) == {"loss/clipfrac", "loss/clipfrac_low", "loss/clipfrac_high", "loss/zero_variance_groups",
+                            "loss/abs_advantage", "loss/advantage_std"}
 
 
 @pytest.mark.parametrize("name", WEIGHTED)
