@@ -205,7 +205,9 @@ CLAIMS: tuple[Claim, ...] = (
                 "{} at lr {}: accuracy rises with cumulative gap alignment M (Figure 2)")),
     Claim("grpo-proxy", "gap", "§6.2 (g_GRPO ∝ √(J(1−J))·(g⁺ − g⁻))",
           "‖g_GRPO‖ is a usable proxy for the batch Gap Alignment.",
-          _refs("warning-bench", "the ‖g_GRPO‖ proxy orders steps like the unbiased Gap Alignment it stands for (§6.2)")),
+          _refs("warning-bench", "the ‖g_GRPO‖ proxy orders steps like the unbiased Gap Alignment it stands for (§6.2)")
+          + _refs("success-scaling", "§6.2's proxy identity: T·‖u_GRPO‖ = E_q[σ_q·Delta_mu_q] along GRPO's own direction (eq. 5 with eq. 9)",
+                  "§6.2's proxy T·‖g_GRPO‖/E_q[σ_q] is within a factor 2 of E_q[Delta_mu_q]")),
     Claim("vanishing-gap", "gap", "§3.2.1",
           "When the Gradient Gap vanishes (groups whose completions all pass or all fail), learning stalls.",
           _refs("warning-bench", "a vanishing gap stalls learning: more groups without reward variance, less held-out progress "

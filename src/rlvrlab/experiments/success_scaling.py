@@ -64,7 +64,7 @@ import pyarrow as pa
 import torch
 
 from rlvrlab import _checks, plotting, theory
-from rlvrlab.analysis.stats import critical_rates, loglog_slope
+from rlvrlab.analysis.stats import critical_rates, loglog_slope, spearman
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.gap import combine_prompts
 from rlvrlab.io import columns, read_table, trajectory_table
@@ -80,6 +80,8 @@ STALL_STEPS, STALL_GAIN = 100, 1e-4  # the gap flow has stalled when J gained le
 # An exponent check is seen only if its 95% CI is at most this wide either side: half the gap (1/2)
 # between the exponents the theory gives GRPO and REINFORCE, so that a seen check excludes the other's.
 HALF_WIDTH = 0.25
+PROXY_FACTOR = 2.0  # the proxy stands in for E_q[Delta_mu_q] on Figure 2's axis: within a factor 2 (stated, not tuned)
+PROXY_SHARE = 0.9  # ... at this share of the states
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,8 @@ def _one_step_rows(seed: int, config: SuccessScalingConfig, advance) -> list[dic
                 u = model.expected_update(theta, weights, get_preset(preset))  # (1, d)
                 u_norm = float(u.norm())
                 w = u / u_norm
-                stats = combine_prompts(model.along(theta, w), weights)
+                per_prompt = model.along(theta, w)
+                stats = combine_prompts(per_prompt, weights)
                 eta, lo, hi = one_step_critical(lambda e: log_odds(theta + e[:, None] * w) - lo0, eta_min=config.eta_min,
                                                 eta_max=config.eta_max, points=config.eta_points, bisection=config.bisection)
                 dm = float(stats.delta_mu[0])
@@ -238,9 +241,22 @@ def _one_step_rows(seed: int, config: SuccessScalingConfig, advance) -> list[dic
                              "eta_crit_second_order": float(theory.eta_crit_second_order(stats.delta_mu, stats.var_plus,
                                                                                           stats.var_minus)[0]),
                              "eta_cap_18": float(theory.theory_step_cap(dm, J, config.length)),
-                             "w": w[0]})
+                             "w": w[0], **_proxy(model, theta, weights, per_prompt, u_norm, config.length)})
     advance(1)
     return rows
+
+
+def _proxy(model, theta: torch.Tensor, weights: torch.Tensor, per_prompt, u_norm: float, T: int) -> dict[str, float]:
+    """§6.2's proxy for the batch Gap Alignment, from this update's norm: T·‖u‖ / E_q[σ_q] with
+    σ_q = √(J_q(1−J_q)) (the language-model monitor's gap/grpo_norm_proxy), beside what it stands
+    for, E_q[Δμ_q] along w = u/‖u‖, and E_q[σ_q·Δμ_q]. For GRPO's expected update on responses of
+    length T, eq. (5) with eq. (9) gives u = Σ_q w_q σ_q (g⁺_q − g⁻_q)/T, so w·u = ‖u‖ makes
+    T·‖u‖ = E_q[σ_q·Δμ_q] exactly: the proxy errs by the covariance of σ_q and Δμ_q over prompts."""
+    J = model.masses(theta)[0].exp()  # (1, C)
+    sigma = (J * (1 - J)).sqrt()
+    dm = per_prompt.delta_mu  # (1, C)
+    return {"proxy": T * u_norm / float((weights * sigma).sum()), "delta_mu_prompt_mean": float((weights * dm).sum()),
+            "sigma_delta_mu_mean": float((weights * sigma * dm).sum()), "T_u_norm": T * u_norm}
 
 
 # --- trajectory level ------------------------------------------------------------------------
@@ -318,6 +334,23 @@ def run(config: SuccessScalingConfig, progress: Progress, workdir: Path) -> Resu
         checks.append(Check("REINFORCE and Dr. GRPO move along one direction when every response has length T: equal eta_crit",
                             dw < 1e-12 and de < 1e-9, f"max |w_RF - w_DrGRPO| = {dw:.1e}, max relative eta_crit difference {de:.1e}",
                             "< 1e-12 and < 1e-9"))
+    # §6.2's proxy (issue 15, item 2), on GRPO's exact expected update at every state
+    grpo = [r for r in rows if r["preset"] == "grpo"]
+    if grpo:
+        rel = max(abs(r["T_u_norm"] - r["sigma_delta_mu_mean"]) / abs(r["sigma_delta_mu_mean"]) for r in grpo)
+        checks.append(Check("§6.2's proxy identity: T·‖u_GRPO‖ = E_q[σ_q·Delta_mu_q] along GRPO's own direction (eq. 5 with eq. 9)",
+                            rel < 1e-6, f"max relative difference {rel:.1e} over {len(grpo)} states", "< 1e-6 (exact, but for the advantage's std_eps regularizer)"))
+        ratio = np.array([r["proxy"] / r["delta_mu_prompt_mean"] for r in grpo])
+        inside = float(np.mean((ratio >= 1 / PROXY_FACTOR) & (ratio <= PROXY_FACTOR)))
+        q = np.quantile(ratio, [0.1, 0.5, 0.9])
+        summary["proxy"] = {"states": len(grpo), "ratio_quantiles_10_50_90": q.tolist(), "within_factor": inside,
+                            "spearman_proxy_vs_mean_delta_mu": spearman([r["proxy"] for r in grpo],
+                                                                        [r["delta_mu_prompt_mean"] for r in grpo]),
+                            "ratio_to_batch_delta_mu_median": float(np.median([r["proxy"] / r["delta_mu"] for r in grpo]))}
+        checks.append(Check(f"§6.2's proxy T·‖g_GRPO‖/E_q[σ_q] is within a factor {PROXY_FACTOR:g} of E_q[Delta_mu_q]",
+                            inside >= PROXY_SHARE, f"{inside:.0%} of {len(grpo)} states; proxy / E_q[Delta_mu_q] quantiles "
+                            f"10/50/90%: {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f}", f"at least {PROXY_SHARE:.0%} of the states",
+                            kind="claim"))
     for r in rows:
         del r["w"]
     states = pa.Table.from_pylist(rows)
