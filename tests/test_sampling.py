@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from rlvrlab.lm.logprobs import positions, prefill
+from rlvrlab.lm import sampling
 from rlvrlab.lm.sampling import Rollout, _left_pad, decode, sample
 
 V, EOS, PAD = 29, 1, 0
@@ -81,6 +83,22 @@ def _llama(seed=0, eos=3.0):
     return _boost_eos(LlamaForCausalLM(cfg), eos)
 
 
+def _qwen3(seed=0, eos=3.0):
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=8, max_position_embeddings=128, pad_token_id=PAD, eos_token_id=EOS,
+                      tie_word_embeddings=True)
+    return _boost_eos(Qwen3ForCausalLM(cfg), eos)
+
+
+def _mistral(seed=0, eos=3.0, sliding_window=None):
+    torch.manual_seed(seed)
+    cfg = MistralConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=PAD, eos_token_id=EOS,
+                        tie_word_embeddings=True, sliding_window=sliding_window)
+    return _boost_eos(MistralForCausalLM(cfg), eos)
+
+
 def _gpt2(seed=0, eos=3.0):
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=V, n_positions=128, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
@@ -88,7 +106,8 @@ def _gpt2(seed=0, eos=3.0):
     return _boost_eos(GPT2LMHeadModel(cfg), eos)
 
 
-MODELS = {"qwen2": _qwen2, "llama": _llama, "gpt2": _gpt2}
+MODELS = {"qwen2": _qwen2, "qwen3": _qwen3, "llama": _llama, "mistral": _mistral, "gpt2": _gpt2}
+FAST = {"qwen2", "qwen3", "llama", "mistral"}  # the families whose decoder layers the sampler calls itself
 
 PROMPTS = {
     "padded": [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14]],
@@ -150,3 +169,73 @@ def test_decode_matches_the_reference_loop_when_every_row_ends_early(family, n_m
     assert lengths.max() < 60 and len(set(lengths.tolist())) > 5
     if n_models == 2:
         assert want[1].any() and not want[1].all()
+
+
+# --- the decode step -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_the_layer_step_serves_the_llama_family_and_the_models_own_forward_the_rest(family):
+    model = MODELS[family]()
+    step = sampling._layer_step(model)
+    assert (step is not None) == (family in FAST)
+    if step is not None:
+        assert sampling._verified(model, step)
+
+
+@pytest.mark.parametrize("family", sorted(FAST))
+def test_the_layer_step_gives_the_models_own_logits_bit_for_bit(family):
+    # eager and sdpa attention; rows with and without padding; rows leaving the batch between steps
+    for implementation in ("sdpa", "eager"):
+        model = MODELS[family]()
+        model.set_attn_implementation(implementation)
+        step = sampling._layer_step(model)
+        ids, mask = _left_pad(PROMPTS["padded"], PAD)
+        ref, fast = (prefill(model, ids, mask, 2)[1] for _ in range(2))
+        attn, pos, nxt = mask.repeat_interleave(2, 0).long(), positions(mask.repeat_interleave(2, 0))[:, -1:] + 1, None
+        for t in range(6):
+            if t == 3:  # rows 1 and 4 end
+                keep = torch.tensor([0, 2, 3, 5])
+                ref.batch_select_indices(keep), fast.batch_select_indices(keep)
+                attn, pos = attn[keep], pos[keep]
+            attn = torch.cat([attn, attn.new_ones(len(attn), 1)], 1)
+            nxt = (pos * 7 + t) % V
+            want = sampling._model_step(model)(nxt, attn, pos, ref)
+            assert torch.equal(step(nxt, attn, pos, fast), want), (implementation, t)
+            pos = pos + 1
+        for a, b in zip(ref.layers, fast.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_models_the_layer_step_would_get_wrong_get_their_own_forward():
+    assert sampling._layer_step(_mistral(sliding_window=4)) is None  # a sliding-window mask
+    model = _qwen2()
+    handle = model.model.register_forward_hook(lambda module, args, out: None)  # a hook on a module the step skips
+    assert sampling._layer_step(model) is None
+    handle.remove()
+    assert sampling._layer_step(model) is not None
+
+    class Scaled(Qwen2ForCausalLM):  # a subclass may change forward
+        pass
+
+    assert sampling._layer_step(Scaled(model.config)) is None
+
+
+def test_a_step_that_fails_verification_is_not_used(monkeypatch):
+    model = _qwen2()
+
+    def wrong(model):
+        def step(ids, attn, pos, cache):
+            return sampling._model_step(model)(ids, attn, pos, cache) + 1e-6
+        return step
+
+    monkeypatch.setattr(sampling, "_layer_step", wrong)
+    assert sampling._decode_step(model).__qualname__.startswith("_model_step")
+    gen, ref_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    got = sample(model, PROMPTS["padded"], G=2, max_new_tokens=8, eos_id=EOS, pad_id=PAD, generator=gen)
+
+    def reference_choose(logits):
+        return torch.multinomial(torch.softmax(logits[0].float(), -1), 1, generator=ref_gen).squeeze(1), None
+
+    want = _reference_decode([model], PROMPTS["padded"], G=2, max_new_tokens=8, eos_id=EOS, pad_id=PAD, choose=reference_choose)
+    _same((got, torch.zeros_like(got.completion_mask)), want)
