@@ -214,6 +214,11 @@ def test_models_the_layer_step_would_get_wrong_get_their_own_forward():
     assert sampling._layer_step(model) is None
     handle.remove()
     assert sampling._layer_step(model) is not None
+    model._hf_hook = object()  # what accelerate's dispatch (device_map, offloading) leaves on a module whose forward it wraps
+    assert sampling._layer_step(model) is None
+    del model._hf_hook
+    model.train()  # dropout would draw random numbers in the check
+    assert sampling._layer_step(model) is None
 
     class Scaled(Qwen2ForCausalLM):  # a subclass may change forward
         pass

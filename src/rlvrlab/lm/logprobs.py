@@ -27,6 +27,13 @@ The entropy is for logging and never carries a gradient.
 The G completions of a prompt share it: the prompt runs once, its key/value cache is repeated G
 times, and the completions run on top of it (fewer tokens through the model than running prompt +
 completion for every row, by (G - 1)/G of the prompt tokens).
+
+Completions of one batch differ in length, and a single pass runs every row up to the longest.
+`length_buckets` groups the rows by length so that each group runs only up to its own longest
+(at most 128 new tokens on the benchmark's task: lengths 4 to 33, mean 19, a third of the
+backbone's positions were padding); a group costs one more pass, so a group is split off only
+where it saves 5% of a pass over the batch (BUCKET_MIN_SAVING). The numbers are those of one pass
+up to rounding: the same operations, on batches of other shapes.
 """
 
 from __future__ import annotations

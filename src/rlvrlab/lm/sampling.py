@@ -131,11 +131,13 @@ def _layer_step(model) -> Step | None:
 
 
 def _has_hooks(*modules) -> bool:
+    """Forward hooks of torch (global or on these modules), or accelerate's (device_map dispatch and
+    offloading wrap a module's forward and mark it with _hf_hook)."""
     from torch.nn.modules import module as nn_module
 
     if any(getattr(nn_module, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks")):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook") for m in modules)
 
 
 _VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
