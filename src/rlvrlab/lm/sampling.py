@@ -150,7 +150,7 @@ def _verified(model, step: Step) -> bool:
     key = getattr(model.config, "_attn_implementation", None)
     if _VERIFIED.get(model, {}).get(key) is None:
         device = next(model.parameters()).device
-        V = model.get_output_embeddings().weight.shape[0]
+        V = model.get_input_embeddings().num_embeddings  # token ids the model can read
         ids = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]], device=device) % V
         mask = torch.tensor([[False, False, True, True], [True, True, True, True]], device=device)
         ok = True
