@@ -244,3 +244,45 @@ def test_a_step_that_fails_verification_is_not_used(monkeypatch):
 
     want = _reference_decode([model], PROMPTS["padded"], G=2, max_new_tokens=8, eos_id=EOS, pad_id=PAD, choose=reference_choose)
     _same((got, torch.zeros_like(got.completion_mask)), want)
+
+
+# --- threads while decoding ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_small_decode_steps_run_on_one_thread_and_the_setting_comes_back(two_threads):
+    model = _qwen2()  # 2 · ~30k parameters · 15 rows: far below SINGLE_THREAD_FLOPS
+    assert sampling.decode_threads([model], 15) == 1
+    big = int(sampling.SINGLE_THREAD_FLOPS / (2 * sum(p.numel() for p in model.parameters()))) + 1
+    assert sampling.decode_threads([model], big) is None and sampling.decode_threads([model, model], big // 2 + 1) is None
+    seen = []
+
+    def choose(gen):
+        inner = _choose(gen)
+
+        def spy(logits):
+            seen.append(torch.get_num_threads())
+            return inner(logits)
+        return spy
+
+    kw = dict(G=5, max_new_tokens=10, eos_id=EOS, pad_id=PAD)
+    auto = decode([model], PROMPTS["padded"], choose=choose(torch.Generator().manual_seed(4)), **kw)
+    assert set(seen) == {1} and torch.get_num_threads() == 2
+    seen.clear()
+    kept = decode([model], PROMPTS["padded"], choose=choose(torch.Generator().manual_seed(4)), threads=None, **kw)
+    assert set(seen) == {2} and torch.get_num_threads() == 2
+    _same(auto, kept)  # the same tokens either way (the same kernels, split over fewer threads)
+
+    def failing(logits):
+        raise RuntimeError("a choose that fails")
+
+    with pytest.raises(RuntimeError, match="fails"):
+        decode([model], PROMPTS["padded"], choose=failing, threads=1, **kw)
+    assert torch.get_num_threads() == 2

@@ -27,7 +27,8 @@ import torch
 
 from rlvrlab.lm.logprobs import next_token_logprobs, positions, prefill, token_logprobs
 
-__all__ = ["Rollout", "completion_texts", "decode", "next_token_logprobs", "sample", "token_logprobs"]
+__all__ = ["SINGLE_THREAD_FLOPS", "Rollout", "completion_texts", "decode", "decode_threads", "next_token_logprobs", "sample",
+           "token_logprobs"]
 
 
 @dataclass
@@ -61,16 +62,17 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_id: int, pad_id: int,
-           generator: torch.Generator, temperature: float = 1.0) -> Rollout:
+           generator: torch.Generator, temperature: float = 1.0, threads: int | str | None = "auto") -> Rollout:
     """G completions for each prompt (token id lists), with a KV cache; rows that have ended are
     dropped from the cache, so a step costs in proportion to the completions still running.
-    Tensors live on the model's device; ``generator`` must be on it too."""
+    Tensors live on the model's device; ``generator`` must be on it too. ``threads``: see `decode`."""
 
     def choose(logits: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
         probs = torch.softmax(logits[0].float() / temperature, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1), None
 
-    return decode([model], prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, choose=choose)[0]
+    return decode([model], prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, choose=choose,
+                  threads=threads)[0]
 
 
 Choose = Callable[[list[torch.Tensor]], tuple[torch.Tensor, "torch.Tensor | None"]]
@@ -174,13 +176,47 @@ def _decode_step(model) -> Step:
     return step if step is not None and _verified(model, step) else _model_step(model)
 
 
+# A decode step whose matrix work (about 2 · parameters · running rows FLOPs) is below this is run
+# on one thread: its operations are then too small to split, and each split costs a fork and join
+# of the thread pool. On the 2-core benchmark VM, the benchmark's model (0.35M parameters, 128
+# rows: 0.09 GFLOP) sampled in 33 ms on one thread against 42 ms on two inside the trainer; models
+# of 1.2M parameters and more (0.3 GFLOP) were faster on two.
+SINGLE_THREAD_FLOPS = 1e8
+
+
+def decode_threads(models: list, rows: int) -> int | None:
+    """The intra-op threads for a decode loop over ``rows`` rows on the CPU: 1 where a step is too
+    small to split (SINGLE_THREAD_FLOPS), None (torch's setting) otherwise and on accelerators."""
+    if next(models[0].parameters()).device.type != "cpu" or torch.get_num_threads() == 1:
+        return None
+    flops = sum(2 * sum(p.numel() for p in m.parameters()) * rows for m in models)
+    return 1 if flops < SINGLE_THREAD_FLOPS else None
+
+
 @torch.no_grad()
 def decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_id: int, pad_id: int,
-           choose: Choose) -> tuple[Rollout, torch.Tensor]:
+           choose: Choose, threads: int | str | None = "auto") -> tuple[Rollout, torch.Tensor]:
     """Decode with several models in lockstep (each with its own KV cache over the same tokens):
     at each step ``choose`` gets every model's next-token logits (n, V) for the n running rows and
     returns the tokens (n,) and, optionally, a per-row flag (n,) bool (e.g. "this position was
-    replaced"). Returns the Rollout and the flags (N, T) (False where none were returned)."""
+    replaced"). Returns the Rollout and the flags (N, T) (False where none were returned).
+
+    ``threads``: torch's intra-op threads while decoding (restored after); "auto" picks them by
+    `decode_threads`, None leaves torch's setting alone."""
+    if threads == "auto":
+        threads = decode_threads(models, len(prompts) * G)
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        return _decode(models, prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, choose=choose)
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_id: int, pad_id: int,
+            choose: Choose) -> tuple[Rollout, torch.Tensor]:
     device = next(models[0].parameters()).device
     steps = [_decode_step(m) for m in models]
     ids, mask = (x.to(device) for x in _left_pad(prompts, pad_id))
