@@ -9,9 +9,11 @@ with the EOS token (which belongs to it: the decision to stop is part of the res
 
 Each token costs one forward of the running rows. For the Llama family (Llama, Mistral, Qwen2,
 Qwen3) the step calls the decoder layers itself and skips what the model's forward does around
-them, a tenth of a step at the size of the tests' models; the logits are the model's own, bit for
-bit (checked once per model, with the model's forward as the fallback), so the completions are
-those of the plain loop, token for token.
+them (a tenth of a step on one thread, for the benchmark's 0.3M-parameter model); the logits are
+the model's own, bit for bit (checked once per model, with the model's forward as the fallback).
+On the CPU, a model whose steps are too small to split over threads decodes on one
+(`decode_threads`). The completions are those of the plain loop, token for token
+(tests/test_sampling.py holds that loop).
 
 `token_logprobs` and `next_token_logprobs` (the log-probabilities of completions under a model)
 live in `rlvrlab.lm.logprobs` and are re-exported here.
