@@ -31,8 +31,8 @@ completion for every row, by (G - 1)/G of the prompt tokens).
 Completions of one batch differ in length, and a single pass runs every row up to the longest.
 `length_buckets` groups the rows by length so that each group runs only up to its own longest
 (at most 128 new tokens on the benchmark's task: lengths 4 to about 33, mean 19, so some 40% of
-a single pass's completion positions are padding; two or three groups cut that to 25-35% and the
-forward + backward by about 15%); a group costs one more pass, so a group is split off only where
+a single pass's completion positions are padding; two or three groups run 30-37% fewer
+positions, and the forward + backward took 10-20% less time); a group costs one more pass, so a group is split off only where
 it saves 5% of a pass over the batch (BUCKET_MIN_SAVING; at most 16 new tokens, where most
 completions run to the end, groups neither paid nor cost measurably). The numbers are those of one
 pass up to rounding: the same operations, on batches of other shapes.
