@@ -32,10 +32,10 @@ Completions of one batch differ in length, and a single pass runs every row up t
 `length_buckets` groups the rows by length so that each group runs only up to its own longest
 (at most 128 new tokens on the benchmark's task: lengths 4 to about 33, mean 19, so some 40% of
 a single pass's completion positions are padding; two or three groups run 30-37% fewer
-positions, and the forward + backward took 10-20% less time); a group costs one more pass, so a group is split off only where
-it saves 5% of a pass over the batch (BUCKET_MIN_SAVING; at most 16 new tokens, where most
-completions run to the end, groups neither paid nor cost measurably). The numbers are those of one
-pass up to rounding: the same operations, on batches of other shapes.
+positions, and the forward + backward took 10-20% less time). A group costs one more pass, so a
+group is split off only where it saves 5% of a pass over the batch (BUCKET_MIN_SAVING; at most
+16 new tokens, where most completions run to the end, groups neither paid nor cost measurably).
+The numbers are those of one pass up to rounding: the same operations, on batches of other shapes.
 """
 
 from __future__ import annotations
