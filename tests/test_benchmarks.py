@@ -74,6 +74,26 @@ def test_grpo_vs_trl_benchmark_smoke(tmp_path, tiny_base_model):
         assert 1 <= result["completion_length_mean"][k] <= result["completion_length_longest_mean"][k] <= 16
 
 
+def test_grpo_step_profile_smoke(tmp_path, tiny_base_model):
+    out = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "grpo_step_profile.py"), "--model", str(tiny_base_model), "--prompts", "2",
+         "--group", "4", "--max-new-tokens", "8", "--warmup", "1", "--rounds", "3", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    steps, med = result["steps"], result["seconds_median"]
+    phases = ("sample", "rewards", "forward", "backward", "optimizer", "other")
+    assert len(steps) == 3 and all(s["sample"] > 0 and s["forward"] > 0 and s["backward"] > 0 for s in steps)
+    for s in steps:  # the phases split the step: they add up to it, and only "other" (a difference) could go negative
+        assert sum(s[p] for p in phases) == pytest.approx(s["total"], abs=5e-5)
+    assert med["total"] == pytest.approx(statistics.median(s["total"] for s in steps), abs=1e-5)
+    for p in phases:  # shares of the median step (the medians are rounded to 10 µs, the shares to 1e-4)
+        assert result["share_of_median_step"][p] == pytest.approx(med[p] / med["total"], abs=2e-3)
+    assert 1 <= result["sample_model_calls_median"] <= 8  # prefill and at most 7 decode steps
+    assert 1 <= result["completion_length_mean"] <= result["completion_length_longest_mean"] <= 8
+
+
 def test_trl_monitor_benchmark_smoke(tmp_path, tiny_base_model):
     pytest.importorskip("trl")
     out = tmp_path / "trl_monitor.json"

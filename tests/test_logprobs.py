@@ -3,12 +3,15 @@ time, against the plain full log-softmax of one forward pass over prompt + compl
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from rlvrlab.analysis.tokens import position_stats, token_entropy, token_stats
-from rlvrlab.lm.logprobs import chunk_positions, log_softmax_chunks, next_token_logprobs, token_logprobs
+from rlvrlab.lm import logprobs
+from rlvrlab.lm.logprobs import chunk_positions, length_buckets, log_softmax_chunks, next_token_logprobs, token_logprobs
 from rlvrlab.lm.sampling import Rollout
 
 V = 97
@@ -181,3 +184,63 @@ def test_token_stats_and_entropy_equal_the_unchunked_formula():
             assert float(stats["kl"].max()) > 0.01  # two different models
             per = (ref["entropy_rl"].sum(-1) / mask.sum(-1)).mean()
             assert token_entropy(rl, roll, prompts_per_chunk=prompts, chunk_size=size) == pytest.approx(float(per), rel=1e-5)
+
+
+# --- completions grouped by length -------------------------------------------------------------
+
+
+def _groupings(order: list[int], lengths: list[int]):
+    """Every split of the rows sorted by length into runs that end where the length changes."""
+    cuts = [i for i in range(1, len(order)) if lengths[order[i]] != lengths[order[i - 1]]]
+    for mask in range(2 ** len(cuts)):
+        ends = [c for k, c in enumerate(cuts) if mask >> k & 1] + [len(order)]
+        yield [order[a:b] for a, b in zip([0] + ends[:-1], ends)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_length_buckets_are_the_cheapest_grouping(seed):
+    gen = torch.Generator().manual_seed(seed)
+    N = int(torch.randint(1, 12, (1,), generator=gen))
+    lengths = torch.randint(1, 9, (N,), generator=gen).tolist()
+    saving = [0.0, 0.02, 0.05, 0.2, 1.0][seed % 5]
+    groups = length_buckets(lengths, min_saving=saving)
+    assert sorted(i for g in groups for i in g) == list(range(N)) and all(g == sorted(g) for g in groups)
+    longest = [max(lengths[i] for i in g) for g in groups]
+    assert longest == sorted(longest) and all(min(lengths[i] for i in g) > prev for g, prev in zip(groups[1:], longest))
+
+    def cost(gs):
+        return sum(len(g) * max(lengths[i] for i in g) for g in gs) + (len(gs) - 1) * saving * N * max(lengths)
+
+    order = sorted(range(N), key=lambda i: lengths[i])
+    assert cost(groups) == pytest.approx(min(cost(gs) for gs in _groupings(order, lengths)))
+    if saving == 0.0:  # free passes: a group per distinct length
+        assert len(groups) == len(set(lengths))
+    assert length_buckets([], min_saving=saving) == []
+
+
+@pytest.mark.parametrize("make", [_qwen, lambda: _qwen(tie=False), _gpt2, lambda: Wrapped(_qwen())],
+                         ids=["qwen2", "qwen2-untied", "gpt2", "not-split"])
+def test_grouped_passes_give_the_log_probs_entropy_and_gradients_of_one_pass(make, monkeypatch):
+    model = make()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for k, (B, G, P, T) in enumerate([(2, 3, 4, 9), (3, 4, 5, 16), (1, 6, 3, 12)]):
+        roll = _rollout(B, G, P, T, seed=20 + k)
+        assert len(length_buckets(roll.lengths.tolist())) >= 2  # these rollouts are grouped
+        weight = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(k))
+        logp, ent = token_logprobs(model, roll, entropy=True, chunk_size=5)
+        grads = torch.autograd.grad((logp * weight).sum(), params)
+        with monkeypatch.context() as m:
+            m.setattr(logprobs, "BUCKET_MIN_SAVING", math.inf)  # one pass over the batch, as before grouping
+            one, one_ent = token_logprobs(model, roll, entropy=True, chunk_size=5)
+            one_grads = torch.autograd.grad((one * weight).sum(), params)
+            with torch.no_grad():
+                ref, ref_ent = _reference(model, roll)
+        # the same numbers up to rounding (other batch shapes, other summation orders); masked positions exactly 0
+        torch.testing.assert_close(logp, one, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ent, one_ent, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logp, ref, atol=1e-5, rtol=1e-5)
+        assert (logp[~roll.completion_mask] == 0).all() and (ent[~roll.completion_mask] == 0).all()
+        for g, g1 in zip(grads, one_grads):
+            assert float((g - g1).abs().max()) <= 1e-5 * (float(g1.abs().max()) + 1e-12) + 1e-9
+        where = torch.cat([w for w, _ in log_softmax_chunks(model, roll, chunk_size=4)])
+        assert torch.equal(where, roll.completion_mask.flatten().nonzero().squeeze(1))  # row-major, as documented
