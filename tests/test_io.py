@@ -108,3 +108,14 @@ def test_prompt_table_long_format(trajectories, tmp_path):
     sub = io.prompt_table(traj, prompts=[1])
     assert sub.num_rows == R * S and set(sub.column("prompt").to_pylist()) == {1}
     assert sub.column("J").to_pylist() == traj.prompt_metrics["J"][:, :, 1].T.reshape(-1).tolist()
+
+
+def test_rows_table_fills_missing_keys_with_nan_and_table_rows_reads_them_back():
+    import math
+
+    from rlvrlab.io import rows_table, table_rows
+
+    t = rows_table([{"step": 0, "a": 1.5}, {"step": 1, "b": 2.0}])
+    assert t.column_names == ["step", "a", "b"]
+    back = table_rows(t)
+    assert back[0]["a"] == 1.5 and math.isnan(back[0]["b"]) and math.isnan(back[1]["a"]) and back[1] == {**back[1], "step": 1.0}

@@ -30,6 +30,8 @@ __all__ = [
     "prompt_table",
     "read_json",
     "read_table",
+    "rows_table",
+    "table_rows",
     "trajectory_table",
     "write_table",
 ]
@@ -87,6 +89,17 @@ def write_table(path: str | Path, table: pa.Table) -> None:
 
 def read_table(path: str | Path) -> pa.Table:
     return pq.read_table(path)
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts) as a table: a column per key any row has, NaN where a row lacks it."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.table({k: [row.get(k, math.nan) for row in rows] for k in names})
+
+
+def table_rows(table: pa.Table) -> list[dict[str, float]]:
+    """A table of numbers as rows (dicts of floats), nulls as NaN: the inverse of ``rows_table``."""
+    return [{k: (math.nan if v is None else float(v)) for k, v in row.items()} for row in table.to_pylist()]
 
 
 def columns(table: pa.Table, names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ from rlvrlab import _checks, plotting
 from rlvrlab.analysis import alarms
 from rlvrlab.analysis.stats import bootstrap_ci
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
-from rlvrlab.io import read_table
+from rlvrlab.io import read_table, rows_table, table_rows
 
 __all__ = ["EXPERIMENT", "WarningBenchConfig", "plot", "run"]
 
@@ -125,8 +125,7 @@ class WarningBenchConfig:
 
 
 def _rows(run_dir: Path) -> list[dict[str, float]]:
-    table = read_table(run_dir / "metrics.parquet").to_pylist()
-    return [{k: (math.nan if v is None else float(v)) for k, v in r.items()} for r in table]
+    return table_rows(read_table(run_dir / "metrics.parquet"))
 
 
 def _label(rows: list[dict[str, float]], status: str, n_eval: int) -> alarms.RunLabel:
@@ -172,9 +171,7 @@ def _trl_cell(params: dict[str, Any]) -> pa.Table:
     from rlvrlab.lm.config import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:  # the sweep keeps the cell's table; the run directory is scratch
-        rows = train_matched(TrainConfig(**params), Path(tmp) / "run")
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    return pa.table({k: [float(r.get(k, math.nan)) for r in rows] for k in names})
+        return rows_table(train_matched(TrainConfig(**params), Path(tmp) / "run"))
 
 
 def in_time(scored: list[alarms.ScoredRun]) -> list[alarms.ScoredRun]:

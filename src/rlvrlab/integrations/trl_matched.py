@@ -14,16 +14,14 @@ A run is atomic: metrics.parquet is written at the end, and a run without it sta
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import warnings
 from pathlib import Path
 
-import pyarrow as pa
 import torch
 
 from rlvrlab import _checks
-from rlvrlab.io import atomic_write_json, read_json, read_table, write_table
+from rlvrlab.io import atomic_write_json, read_json, read_table, rows_table, table_rows, write_table
 from rlvrlab.lm.config import TrainConfig
 
 __all__ = ["train_matched"]
@@ -70,7 +68,7 @@ def train_matched(config: TrainConfig, out: str | Path) -> list[dict[str, float]
     settings = dataclasses.asdict(config)
     if done.exists() and (out / "config.json").exists():
         if read_json(out / "config.json").get("settings") == settings:
-            return [{k: (math.nan if v is None else v) for k, v in r.items()} for r in read_table(done).to_pylist()]
+            return table_rows(read_table(done))
     if out.exists():  # an unfinished or other run: start over
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -125,8 +123,7 @@ def train_matched(config: TrainConfig, out: str | Path) -> list[dict[str, float]
         rows.append(row)
     if diverged:  # the step after the last measured one left non-finite weights
         rows.append({"step": rows[-1]["step"] + 1, "diverged": 1.0})
-    names = list(dict.fromkeys(k for r in rows for k in r))
     shutil.rmtree(out / "trl", ignore_errors=True)
     atomic_write_json(out / "config.json", {"settings": settings, "trainer": "trl"})
-    write_table(done, pa.table({k: [float(r.get(k, math.nan)) for r in rows] for k in names}))
+    write_table(done, rows_table(rows))
     return rows

@@ -30,6 +30,7 @@ import torch
 
 from rlvrlab import _checks
 from rlvrlab.gap import alignment_gain
+from rlvrlab.io import rows_table
 from rlvrlab.lm.diagnostics import GapAdaptiveRate, critical_rate, step_diagnostics
 
 __all__ = ["GapMonitor", "GapWarning", "gap_warnings"]
@@ -129,8 +130,7 @@ class GapMonitor:
 
     def table(self) -> pa.Table:
         """The history as a table, a column per key any row has (NaN where a row lacks it)."""
-        names = list(dict.fromkeys(k for row in self.history for k in row))
-        return pa.table({k: [row.get(k, math.nan) for row in self.history] for k in names})
+        return rows_table(self.history)
 
     def start(self, prefixes: tuple[str, ...] = ("gap/",)) -> dict[str, float]:
         """M = 0 for each prefix, for a run's step-0 row."""
