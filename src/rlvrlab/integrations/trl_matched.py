@@ -29,11 +29,12 @@ __all__ = ["train_matched"]
 
 def _accuracy(model, tokenizer, problems, verify, config: TrainConfig, step: int) -> float:
     """Held-out accuracy as rlvrlab's trainer measures it: eval_samples completions per problem,
-    from a generator seeded by (seed, step)."""
+    from its held-out generator (rlvrlab.lm.trainer.heldout_generator)."""
     from rlvrlab.lm.sampling import completion_texts, sample
+    from rlvrlab.lm.trainer import heldout_generator
 
     prompts = [tokenizer(p.prompt)["input_ids"] for p in problems]
-    gen = torch.Generator(model.device).manual_seed(config.seed * 7919 + step)
+    gen = heldout_generator(config.seed, step, model.device)
     was_training = model.training
     model.eval()
     try:

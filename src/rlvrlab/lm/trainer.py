@@ -85,6 +85,12 @@ def disable_dropout(model: torch.nn.Module) -> int:
     return n
 
 
+def heldout_generator(seed: int, step: int, device: torch.device | str) -> torch.Generator:
+    """The held-out evaluation's own generator after ``step`` steps: it leaves the training RNG
+    alone, and any trainer evaluating the same model at the same step samples the same completions."""
+    return torch.Generator(device).manual_seed(seed * 7919 + step)
+
+
 class GRPOTrainer:
     """Trains ``config.model`` on ``config.task`` into ``out`` (see the module docstring)."""
 
@@ -262,7 +268,7 @@ class GRPOTrainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Held-out accuracy: the mean over eval_samples completions of every held-out prompt."""
-        gen = torch.Generator(self.device).manual_seed(self.config.seed * 7919 + self.step)  # leaves the training RNG alone
+        gen = heldout_generator(self.config.seed, self.step, self.device)
         return float(self._rollout(self.heldout, self.config.eval_samples, gen)[1].mean())
 
     # --- run, checkpoint, resume -----------------------------------------------------------------
