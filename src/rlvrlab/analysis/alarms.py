@@ -52,8 +52,8 @@ from rlvrlab import _checks
 from rlvrlab.analysis.stats import bootstrap_ci
 
 __all__ = ["DETECTORS", "GRIDS", "Detector", "EntropyDrop", "LogOddsTrend", "LrCritBelow", "OvershootStreak", "RewardDrop",
-           "RunLabel", "Score", "ScoredRun", "Spike", "ZeroStd", "alarm_steps", "detector", "evals_from_rows", "first_alarm",
-           "label_counts", "label_run", "meets_label_mix", "param_grid", "score", "scored_runs", "tune"]
+           "RunLabel", "Score", "ScoredRun", "Spike", "ZeroStd", "alarm_steps", "detector", "evals_from_rows", "f1_score",
+           "first_alarm", "label_counts", "label_run", "meets_label_mix", "param_grid", "score", "scored_runs", "tune"]
 
 Row = Mapping[str, Any]
 KINDS = ("collapsed", "stalled", "healthy")
@@ -495,8 +495,9 @@ def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
-def _f1(alarmed_collapsed: np.ndarray, alarmed_healthy: np.ndarray, axis: int = -1) -> np.ndarray:
-    """2TP/(2TP + FP + FN) = 2TP/(TP + #collapsed + FP), vectorized over resamples."""
+def f1_score(alarmed_collapsed: np.ndarray, alarmed_healthy: np.ndarray, axis: int = -1) -> np.ndarray:
+    """F1 = 2TP/(2TP + FP + FN) = 2TP/(TP + #collapsed + FP) from whether each collapsed and each
+    healthy run alarmed (0/1 arrays), vectorized over a trailing resample axis."""
     tp = alarmed_collapsed.sum(axis)
     return 2 * tp / (tp + alarmed_collapsed.shape[axis] + alarmed_healthy.sum(axis))
 
@@ -552,7 +553,7 @@ def score(runs: Sequence[ScoredRun], *, intervals: bool = True, confidence: floa
     ac, ah = np.asarray(collapsed, dtype=float), np.asarray(healthy, dtype=float)
     hits = np.asarray([1.0] * tp + [0.0] * fp)  # per alarmed run: did it collapse?
     return replace(out, recall_ci=_ci(np.mean, ac, **kw), false_alarm_ci=_ci(np.mean, ah, **kw),
-                   precision_ci=_ci(np.mean, hits, **kw), f1_ci=_ci(_f1, ac, ah, **kw),
+                   precision_ci=_ci(np.mean, hits, **kw), f1_ci=_ci(f1_score, ac, ah, **kw),
                    lead_median_ci=_ci(np.median, np.asarray(leads, dtype=float), **kw))
 
 

@@ -204,8 +204,7 @@ def _f1_difference_ci(a: list[alarms.ScoredRun], b: list[alarms.ScoredRun]) -> t
 
     def diff(ic: np.ndarray, ih: np.ndarray, axis: int = -1) -> np.ndarray:
         ic, ih = ic.astype(int), ih.astype(int)
-        f1 = lambda c, h: 2 * c.sum(axis) / (c.sum(axis) + c.shape[axis] + h.sum(axis))  # noqa: E731 (alarms.score's F1)
-        return f1(ca[ic], ha[ih]) - f1(cb[ic], hb[ih])
+        return alarms.f1_score(ca[ic], ha[ih], axis) - alarms.f1_score(cb[ic], hb[ih], axis)
 
     return bootstrap_ci(diff, idx_c, idx_h, method="percentile")
 
@@ -253,12 +252,14 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
     found: dict[str, dict[str, list[int]]] = {}  # detector (with setting) -> run -> alarm steps
     family: dict[str, tuple[str, str]] = {}
     tuned_params: dict[str, dict[str, Any]] = {}
+    made_as: dict[str, tuple[str, dict[str, Any]]] = {}  # rlvrlab's and the literature's keys -> (detector, parameters)
     for name, factory in alarms.DETECTORS.items():
         fam = "rlvrlab" if name in RLVRLAB else "literature"
         params = alarms.tune(factory, alarms.GRIDS[name], [rows[n] for n in tune], [labels[n] for n in tune])
         tuned_params[name] = params
         for setting_, kw in (("default", {}), ("tuned", params)):
             key = f"{name} ({setting_})"
+            made_as[key] = (name, kw)
             found[key] = {n: alarms.alarm_steps(factory(**kw), rows[n]) for n in rows}
             family[key] = (fam, setting_ if setting_ == "default" else "tuned: " + ", ".join(f"{k}={v}" for k, v in kw.items()))
     peer_found: dict[str, dict[str, list[int]]] = {}
@@ -286,35 +287,32 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
         from rlvrlab.lm.config import TrainConfig
 
         settings = {f.name for f in dataclasses.fields(TrainConfig)}  # a TRL cell's columns that are its settings
-        cells = [dict(zip(("lr", "seed"), key)) for key in
-                 dict.fromkeys(zip(table_trl.column("lr").to_pylist(), table_trl.column("seed").to_pylist()))]
+        by_cell: dict[tuple[float, int], list[dict[str, float]]] = {}
+        for r in table_trl.to_pylist():
+            by_cell.setdefault((r["lr"], r["seed"]), []).append(
+                {k: (math.nan if v is None else float(v)) for k, v in r.items() if k not in settings})
         mine = {(r["lr"], r["seed"]): r["run"] for r in runs if r["task"] == config.trl_task and r["preset"] == "grpo"}
         watched = list(dict.fromkeys(["rlvrlab/current (default)", best_trl]))
         agree = {"label": 0, **{w: 0 for w in watched}}
-        for c in cells:
-            sel = [i for i, (lr, seed) in enumerate(zip(table_trl.column("lr").to_pylist(), table_trl.column("seed").to_pylist()))
-                   if lr == c["lr"] and seed == c["seed"]]
-            part = table_trl.take(sel).to_pylist()
-            rs = [{k: (math.nan if v is None else float(v)) for k, v in r.items() if k not in settings} for r in part]
+        for (lr, seed), rs in by_cell.items():
             rs.sort(key=lambda r: r["step"])
             status = "diverged" if rs[-1].get("diverged", math.nan) == 1 else "finished"
             if status == "diverged":
                 rs = rs[:-1]
-            lab, own = _label(rs, status, config.n_eval), mine[(c["lr"], c["seed"])]
-            row = {"lr": c["lr"], "seed": c["seed"], "status": status, "label_trl": lab.kind, "label_own": labels[own].kind,
+            lab, own = _label(rs, status, config.n_eval), mine[(lr, seed)]
+            row = {"lr": lr, "seed": seed, "status": status, "label_trl": lab.kind, "label_own": labels[own].kind,
                    "accuracy_start_trl": lab.start, "accuracy_final_trl": lab.final, "accuracy_final_own": labels[own].final}
             agree["label"] += lab.kind == labels[own].kind
             for w in watched:
-                name, setting_ = w.rsplit(" (", 1)
-                kw = {} if setting_ == "default)" else tuned_params[name]
+                name, kw = made_as[w]
                 first_trl = alarms.first_alarm(alarms.DETECTORS[name](**kw), rs)
                 first_own = min(found[w][own]) if found[w][own] else None
                 row[f"first_alarm_trl/{w}"] = math.nan if first_trl is None else float(first_trl)
                 row[f"first_alarm_own/{w}"] = math.nan if first_own is None else float(first_own)
                 agree[w] += (first_trl is None) == (first_own is None)
             trl_rows.append(row)
-        trl_summary = {"task": config.trl_task, "runs": len(cells), "rule": best_trl,
-                       "agreement": {k: f"{v}/{len(cells)}" for k, v in agree.items()}}
+        trl_summary = {"task": config.trl_task, "runs": len(by_cell), "rule": best_trl,
+                       "agreement": {k: f"{v}/{len(by_cell)}" for k, v in agree.items()}}
 
     # --- tables ------------------------------------------------------------------------------------
     run_rows = []
