@@ -25,7 +25,7 @@ import numpy as np
 
 from rlvrlab.analysis.stats import spearman, spearman_ci
 
-__all__ = ["proxy_against_gap", "vanishing_gap_against_progress"]
+__all__ = ["figure2_relation", "proxy_against_gap", "vanishing_gap_against_progress"]
 
 Row = Mapping[str, float]
 
@@ -36,19 +36,12 @@ def _col(rows: Sequence[Row], key: str) -> np.ndarray:
 
 def proxy_against_gap(runs: Mapping[str, Sequence[Row]], groups: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The proxy against the unbiased Δμ over every step of every run, and Figure 2's relation
-    with each. Returns: ``steps`` compared; ``spearman_pooled`` (over all steps) with its 95% CI;
-    ``spearman_median_per_run`` (runs with at least 10 such steps); ``ratio_median`` (proxy / Δμ
-    over steps with Δμ > 0); and per group of runs (``groups``: run → group, e.g. its task; one
-    group by default) Spearman's ρ of held-out accuracy against each cumulative alignment over
-    all the group's evaluations pooled — Σ[proxy·η]₊, the unbiased gap_fresh/M and the in-sample
-    gap/M (``figure2``). Within one run any cumulative sum orders the evaluations by step, so only
-    runs pooled can tell the three apart."""
+    with each (``figure2``: ``figure2_relation``). Returns: ``steps`` compared;
+    ``spearman_pooled`` (over all steps) with its 95% CI; ``spearman_median_per_run`` (runs with
+    at least 10 such steps); ``ratio_median`` (proxy / Δμ over steps with Δμ > 0)."""
     xs, ys, per_run, ratios = [], [], [], []
-    pooled: dict[str, dict[str, list[np.ndarray]]] = {}
-    for name, rows in runs.items():
-        proxy, eta = _col(rows, "gap/grpo_norm_proxy"), _col(rows, "gap/eta")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fresh = _col(rows, "gap_fresh/delta_mu_eta") / eta
+    for rows in runs.values():
+        proxy, fresh = _col(rows, "gap/grpo_norm_proxy"), _delta_mu_fresh(rows)
         ok = np.isfinite(proxy) & np.isfinite(fresh)
         xs.append(proxy[ok])
         ys.append(fresh[ok])
@@ -56,16 +49,37 @@ def proxy_against_gap(runs: Mapping[str, Sequence[Row]], groups: Mapping[str, st
             per_run.append(spearman(proxy[ok], fresh[ok]))
         pos = ok & (fresh > 0)
         ratios.append(proxy[pos] / fresh[pos])
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return {
+        "steps": int(len(x)), "spearman_pooled": spearman(x, y), "spearman_pooled_ci": list(spearman_ci(x, y)),
+        "spearman_median_per_run": float(np.nanmedian(per_run)) if per_run else math.nan,
+        "ratio_median": float(np.median(np.concatenate(ratios))) if sum(map(len, ratios)) else math.nan,
+        "figure2": figure2_relation(runs, groups),
+    }
+
+
+def _delta_mu_fresh(rows: Sequence[Row]) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _col(rows, "gap_fresh/delta_mu_eta") / _col(rows, "gap/eta")
+
+
+def figure2_relation(runs: Mapping[str, Sequence[Row]], groups: Mapping[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """Per group of runs (``groups``: run → group, e.g. its task; one group "all" by default)
+    Spearman's ρ of held-out accuracy against each cumulative alignment over all the group's
+    evaluations pooled: Σ[proxy·η]₊ (``spearman_proxy``), the unbiased gap_fresh/M
+    (``spearman_unbiased``) and the in-sample gap/M (``spearman_in_sample``). Within one run any
+    cumulative sum orders the evaluations by step, so only runs pooled can tell the three apart."""
+    pooled: dict[str, dict[str, list[np.ndarray]]] = {}
+    for name, rows in runs.items():
         acc = _col(rows, "eval/accuracy")
         ev = np.isfinite(acc)
-        step_proxy = proxy * eta
+        step_proxy = _col(rows, "gap/grpo_norm_proxy") * _col(rows, "gap/eta")
         cumulative = {"proxy": np.cumsum(np.where(np.isfinite(step_proxy), np.maximum(step_proxy, 0), 0.0)),
                       "unbiased": _col(rows, "gap_fresh/M"), "in_sample": _col(rows, "gap/M")}
         group = pooled.setdefault((groups or {}).get(name, "all"), {"accuracy": [], **{k: [] for k in cumulative}})
         group["accuracy"].append(acc[ev])
         for k, m in cumulative.items():
             group[k].append(m[ev])
-    x, y = np.concatenate(xs), np.concatenate(ys)
     figure2 = {}
     for g, cols in pooled.items():
         acc = np.concatenate(cols["accuracy"])
@@ -74,12 +88,7 @@ def proxy_against_gap(runs: Mapping[str, Sequence[Row]], groups: Mapping[str, st
             m = np.concatenate(cols[k])
             ok = np.isfinite(m)
             figure2[g][f"spearman_{k}"] = spearman(m[ok], acc[ok]) if ok.sum() >= 4 else math.nan
-    return {
-        "steps": int(len(x)), "spearman_pooled": spearman(x, y), "spearman_pooled_ci": list(spearman_ci(x, y)),
-        "spearman_median_per_run": float(np.nanmedian(per_run)) if per_run else math.nan,
-        "ratio_median": float(np.median(np.concatenate(ratios))) if sum(map(len, ratios)) else math.nan,
-        "figure2": figure2,
-    }
+    return figure2
 
 
 def vanishing_gap_against_progress(runs: Mapping[str, Sequence[Row]], collapsed: set[str] | frozenset[str] = frozenset()

@@ -404,12 +404,12 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
                             f"or in neither; labels agree in {trl_summary['agreement']['label']}",
                             f"agreement in at least {TRL_AGREEMENT:.0%} of the runs", "claim"))
     # two of the paper's statements read on the same corpus (rlvrlab.analysis.corpus)
-    from rlvrlab.analysis.corpus import proxy_against_gap, vanishing_gap_against_progress
+    from rlvrlab.analysis.corpus import figure2_relation, proxy_against_gap, vanishing_gap_against_progress
 
     tasks = {r["run"]: r["task"] for r in runs}
     fell = {n for n in rows if labels[n].kind == "collapsed"}
     proxy = proxy_against_gap(rows, tasks)
-    proxy["figure2_without_collapsed"] = proxy_against_gap({n: v for n, v in rows.items() if n not in fell}, tasks)["figure2"]
+    proxy["figure2_without_collapsed"] = figure2_relation({n: v for n, v in rows.items() if n not in fell}, tasks)
     vanishing = vanishing_gap_against_progress(rows, fell)
     summary["grpo_proxy"], summary["vanishing_gap"] = proxy, vanishing
     lo, hi = proxy["spearman_pooled_ci"]
