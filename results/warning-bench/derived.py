@@ -2,7 +2,7 @@
 
     python results/warning-bench/derived.py
 
-1. how abrupt the collapses are: per collapsed run, the first step whose training reward is below
+1. the labels by rate and by task, the collapses' onsets, and how abrupt they are: per collapsed run, the first step whose training reward is below
    half of step 1's, counted by step;
 2. per task, preset grpo (issue 14's oracle, part 1(a)): final held-out accuracy per rate (mean over
    seeds ± 1.96 SE), the seeds whose accuracy never fell below start − margin, and the median over
@@ -24,6 +24,9 @@ m = read_table(HERE / "metrics.parquet")
 run = np.asarray(m.column("run").to_pylist())
 col = columns(m, ("step", "reward", "eval/accuracy", "gap/lr_crit", "gap_fresh/lr_crit"))
 
+print("labels by rate:", {lr: dict(collections.Counter(r["label"] for r in runs if r["lr"] == lr)) for lr in sorted({r["lr"] for r in runs})})
+print("collapsed runs by onset step:", dict(collections.Counter(r["onset"] for r in runs if r["label"] == "collapsed")))
+print("labels by task:", {t: dict(collections.Counter(r["label"] for r in runs if r["task"] == t)) for t in dict.fromkeys(r["task"] for r in runs)})
 halved = collections.Counter()
 for r in runs:
     if r["label"] == "collapsed":
