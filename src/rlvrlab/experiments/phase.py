@@ -17,6 +17,22 @@ The cells of one (preset, T, instance) differ only in J0 and are computed togeth
 their grids in one batched simulate, their bisections advancing together, each step's runs in one
 simulate that keeps only where they end; the results are those of the cells one at a time.
 
+Predicted against measured (issue 14): in every cell the critical rate is also predicted from the
+run's own statistics (rlvrlab.simulate.critical.predict_critical_rate): along `predict_steps` steps
+of the cross-prompt controller on the cell's instance (a safe rate: half the smallest per-prompt
+critical step at each step; the preset's expected update, whichever `update` trains), each
+prompt's exact critical step along the update — the step at which its log-odds gain turns
+negative — is recorded, and the prediction is
+
+    min    the smallest over the prompts and the steps (the issue's definition)
+    tolerant  the (m + 1)-th smallest over the prompts, m = ⌊C·(1 − target_J)⌋ the prompts the
+           criterion can lose, minimized over the steps
+
+beside the second-order prediction at the start (rlvrlab.simulate.instances.predicted_critical_rates,
+prompt level). "Measured" is the critical rate above (the convergence window's upper edge: final
+mean J >= target_J after `steps` steps at a fixed rate). Each prediction's ratio to it, per cell
+with a finite measurement, and the share of cells within 1.5× and 2× are reported either way.
+
 The theory's prediction (eq. 17 vs 18): with T_psi1 ∝ T, REINFORCE's and Dr. GRPO's effective
 step grows like T relative to what (15a)/(18) allow, so their critical rate should fall like
 1/T; GRPO divides by |o| and its critical rate should be roughly flat in T. We fit the slope of
@@ -41,8 +57,9 @@ from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_
 from rlvrlab.integrations.sweep import run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import Trajectory, simulate
-from rlvrlab.simulate.instances import initial_theta, token_bandit
-from rlvrlab.updates import PRESETS, make_direction
+from rlvrlab.simulate.critical import predict_critical_rate
+from rlvrlab.simulate.instances import initial_theta, predicted_critical_rates, token_bandit
+from rlvrlab.updates import PRESETS, get_preset, make_direction
 
 __all__ = ["EXPERIMENT", "PhaseConfig", "phase_cell", "phase_cells", "phase_group", "phase_groups", "plot", "run"]
 
@@ -68,6 +85,8 @@ class PhaseConfig:
     drgrpo_norm: float = setting(0.0, "Dr. GRPO's constant normalizer; 0 means the largest T of the grid")
     target_J: float = setting(0.9, "a run converges when its final mean J reaches this")
     bisection: int = setting(5, "bisection steps refining each critical rate")
+    predict_steps: int = setting(10, "steps of the safe (cross-prompt) run the critical rate is predicted from; 0: no prediction")
+    predict_fraction: float = setting(0.5, "the safe run's step: this fraction of the smallest per-prompt critical step")
     backend: Literal["local", "ray"] = setting("local", "sweep backend")
     workers: int = setting(2, "sweep worker processes")
 
@@ -77,6 +96,9 @@ class PhaseConfig:
         check_positive_int("vocab", self.vocab, 2)
         check_positive_int("G", self.G, 2)
         check_positive_int("bisection", self.bisection, 0)
+        check_positive_int("predict_steps", self.predict_steps, 0)
+        if not 0 < self.predict_fraction <= 1:
+            raise ValueError(f"predict_fraction: got {self.predict_fraction}; allowed: a number in (0, 1]")
         check_positive_floats("lr_min/lr_max", (self.lr_min, self.lr_max))
         if self.lr_max <= self.lr_min:
             raise ValueError(f"lr_max: got {self.lr_max}; allowed: a number > lr_min = {self.lr_min}")
@@ -96,7 +118,7 @@ class PhaseConfig:
 
     @classmethod
     def quick(cls) -> PhaseConfig:
-        return cls(lengths=(1, 4, 16), J0s=(0.3,), lr_points=9, steps=60, seeds=2, prompts=24, bisection=3)
+        return cls(lengths=(1, 4, 16), J0s=(0.3,), lr_points=9, steps=60, seeds=2, prompts=24, bisection=3, predict_steps=3)
 
 
 def _direction(params: dict):
@@ -174,14 +196,42 @@ def phase_group(params: dict) -> dict[str, pa.Table]:
         return flags
 
     crits = critical_rates(lrs, ok, refine, bisection=params["bisection"])
-    tables: dict[str, list[pa.Table]] = {"trajectories": [], "grid": [], "critical": []}
+    predicted = [_predict(params, policy.bind(reward), theta0[c : c + 1]) for c in range(len(J0s))]
+    tables: dict[str, list[pa.Table]] = {"trajectories": [], "grid": [], "critical": [], "prediction": []}
     for c, runs, traj in grids:
         cell = {"trajectories": trajectory_table(_runs(traj, runs), {"lr": lrs}),
                 "grid": pa.table({"lr": lrs, "final_J": final[c].tolist(), "converged": ok[c].tolist()}),
-                "critical": pa.table({"lr": [crits[c].rate], "lr_crit_low": [crits[c].low], "lr_crit_high": [crits[c].high]})}
+                "critical": pa.table({"lr": [crits[c].rate], "lr_crit_low": [crits[c].low], "lr_crit_high": [crits[c].high],
+                                      **{k: [v] for k, v in predicted[c][0].items()}}),
+                "prediction": predicted[c][1]}
         for name, t in cell.items():
             tables[name].append(t.add_column(0, "J0", pa.array([J0s[c]] * t.num_rows)))
     return {name: pa.concat_tables(parts) for name, parts in tables.items()}
+
+
+def tolerated_prompts(prompts: int, target_J: float) -> int:
+    """m = ⌊C·(1 − target_J)⌋: how many prompts a run can lose entirely and still reach target_J."""
+    return math.floor(prompts * (1 - target_J) + 1e-9)
+
+
+def _predict(params: dict, model, theta0: torch.Tensor) -> tuple[dict[str, float], pa.Table]:
+    """The cell's predicted critical rates (pred_min, pred_tolerant, pred_second_order) and the safe
+    run's record per step (k, J, eta, m_min, m_tolerant); nan and no rows where predict_steps = 0."""
+    K = params["predict_steps"]
+    preset = get_preset(params["preset"], **({"norm": params["drgrpo_norm"]} if params["preset"] == "dr-grpo" else {}))
+    second = predicted_critical_rates(model, theta0, preset)[1] if K else math.nan
+    if K == 0:
+        return ({"pred_min": math.nan, "pred_tolerant": math.nan, "pred_second_order": second},
+                pa.table({"k": pa.array([], pa.int64()), "J": pa.array([], pa.float64()), "eta": pa.array([], pa.float64()),
+                          "m_min": pa.array([], pa.float64()), "m_tolerant": pa.array([], pa.float64())}))
+    direction = make_direction("expected", preset=params["preset"],
+                               **({"norm": params["drgrpo_norm"]} if params["preset"] == "dr-grpo" else {}))
+    pred = predict_critical_rate(model, theta0, direction, steps=K, fraction=params["predict_fraction"], eta_max=params["lr_max"])
+    m = tolerated_prompts(params["prompts"], params["target_J"])
+    rates = {"pred_min": pred.rate(), "pred_tolerant": pred.rate(tolerated=m), "pred_second_order": second}
+    steps = pa.table({"k": list(range(K)), "J": pred.J.tolist(), "eta": pred.eta.tolist(), "m_min": pred.per_step().tolist(),
+                      "m_tolerant": pred.per_step(tolerated=m).tolist()})
+    return rates, steps
 
 
 def phase_cell(params: dict) -> dict[str, pa.Table]:
@@ -194,7 +244,7 @@ def phase_cells(config: PhaseConfig) -> list[dict]:
     """The sweep's cells: one per (preset, T, J0, instance), with every setting a cell needs."""
     norm = config.drgrpo_norm or float(max(config.lengths))
     base = {k: getattr(config, k) for k in ("lr_min", "lr_max", "lr_points", "steps", "prompts", "dim", "vocab", "rho",
-                                              "update", "G", "target_J", "bisection")}
+                                              "update", "G", "target_J", "bisection", "predict_steps", "predict_fraction")}
     return [dict(base, preset=p, T=T, J0=J0, seed=s, drgrpo_norm=norm)
             for p in config.presets for T in config.lengths for J0 in config.J0s for s in range(config.seeds)]
 
@@ -242,7 +292,50 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
                                 f"95% CI contains {expected:g}", kind="claim"))
     summary = {"slopes": slopes, "criterion": f"critical rate = upper edge of the rates whose final mean J reaches {config.target_J}",
                "update": config.update, "drgrpo_norm": norm, "cells": len(cells)}
-    return Result({"metrics": tables["trajectories"], "grid": tables["grid"], "critical": tables["critical"]}, summary, checks)
+    if config.predict_steps:
+        crit = columns(tables["critical"], ("lr", "lr_crit_low", "lr_crit_high", *PREDICTORS))
+        summary["prediction"] = {p: prediction_stats(crit[p], crit["lr"], crit["lr_crit_low"]) for p in PREDICTORS}
+        summary["prediction"]["measured"] = (f"phase's critical rate: the upper edge of the fixed rates whose final mean J after "
+                                             f"{config.steps} steps reaches {config.target_J} (bisection {config.bisection})")
+        summary["prediction"]["tolerated_prompts"] = tolerated_prompts(config.prompts, config.target_J)
+        for p, what in (("pred_min", "the smallest per-prompt critical step"),
+                        ("pred_tolerant", f"the {tolerated_prompts(config.prompts, config.target_J) + 1}-th smallest per-prompt critical step")):
+            st = summary["prediction"][p]
+            checks.append(Check(f"predicted from a short safe run ({p}): the critical rate within 1.5x of the measured in >= 90% of cells",
+                                st["cells_predicted"] == st["cells"] and st["within_1.5x"] >= 0.9,
+                                f"{what} over {config.predict_steps} safe steps: within 1.5x in {st['within_1.5x']:.0%}, 2x in "
+                                f"{st['within_2x']:.0%} of {st['cells_measured']} measured cells, predicted/measured "
+                                f"{st['ratio_min']:.3g}-{st['ratio_max']:.3g} (median {st['ratio_median']:.3g}); a prediction in "
+                                f"{st['cells_predicted']} of {st['cells']} cells",
+                                "a finite prediction in every cell, within 1.5x of the measured in >= 90%", kind="claim"))
+    return Result({"metrics": tables["trajectories"], "grid": tables["grid"], "critical": tables["critical"],
+                   "prediction": tables["prediction"]}, summary, checks)
+
+
+PREDICTORS = ("pred_min", "pred_tolerant", "pred_second_order")
+
+
+def prediction_stats(predicted: np.ndarray, measured: np.ndarray, measured_low: np.ndarray) -> dict:
+    """How predicted critical rates (n,) compare with measured ones (n,; nan where censored): ratios
+    predicted/measured where the measurement is finite, the share of those cells within 1.5x and 2x
+    (a cell without a finite prediction counts as outside), and for the cells censored above the
+    grid (measured nan, low finite) how many predictions lie at or above low / 1.5."""
+    ok = np.isfinite(measured)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = predicted[ok] / measured[ok]
+    finite = ratio[np.isfinite(ratio) & (ratio > 0)]
+
+    def share(band: float) -> float:
+        return float(np.mean((ratio >= 1 / band) & (ratio <= band))) if ok.any() else math.nan
+
+    above = ~ok & np.isfinite(measured_low)
+    return {"cells": int(len(measured)), "cells_measured": int(ok.sum()), "cells_predicted": int(np.isfinite(predicted).sum()),
+            "within_1.5x": share(1.5), "within_2x": share(2.0),
+            "ratio_min": float(finite.min()) if len(finite) else math.nan, "ratio_max": float(finite.max()) if len(finite) else math.nan,
+            "ratio_median": float(np.median(finite)) if len(finite) else math.nan,
+            "ratio_log10_sd": float(np.log10(finite).std()) if len(finite) else math.nan,
+            "censored_above_grid": int(above.sum()),
+            "censored_consistent": int((predicted[above] >= measured_low[above] / 1.5).sum())}
 
 
 def plot(out: Path) -> list[str]:
@@ -296,7 +389,44 @@ def plot(out: Path) -> list[str]:
     ax.set_title("critical rate vs T (solid: fit; dotted: theory's slope)", fontsize=9)
     ax.legend(fontsize=6)
     files.append(plotting.save(fig, out / "phase_critical.png"))
+    if "pred_min" in crit.column_names and np.isfinite(columns(crit, ("pred_min",))["pred_min"]).any():
+        files.append(plot_prediction(crit, out / "phase_prediction.png"))
     return files
+
+
+def plot_prediction(crit: pa.Table, path: Path) -> str:
+    """Predicted against measured critical rate, one point per cell, the 1.5x and 2x bands drawn;
+    cells censored above the grid at their lower bound (▷), infinite predictions at the top (▲)."""
+    c = columns(crit, ("lr", "lr_crit_low", *PREDICTORS))
+    labels = {"pred_min": "safe run: smallest per-prompt critical step", "pred_tolerant": "safe run: tolerating the prompts J can lose",
+              "pred_second_order": "second order at the start (prompt level)"}
+    fig, axes = plotting.panels(len(PREDICTORS), width=4.3, height=4.0)
+    x_all = np.where(np.isfinite(c["lr"]), c["lr"], c["lr_crit_low"])
+    for ax, p in zip(axes, PREDICTORS):
+        y = c[p]
+        finite_y = y[np.isfinite(y) & (y > 0)]
+        lo = min(x_all[np.isfinite(x_all)].min(), finite_y.min() if len(finite_y) else np.inf) / 3
+        hi = max(x_all[np.isfinite(x_all)].max(), finite_y.max() if len(finite_y) else 0) * 3
+        line = np.array([lo, hi])
+        ax.fill_between(line, line / 2, line * 2, color="0.9", label="2x")
+        ax.fill_between(line, line / 1.5, line * 1.5, color="0.78", label="1.5x")
+        ax.loglog(line, line, "k-", lw=0.8)
+        meas, cens = np.isfinite(c["lr"]), ~np.isfinite(c["lr"]) & np.isfinite(c["lr_crit_low"])
+        fin = np.isfinite(y) & (y > 0)
+        ax.loglog(c["lr"][meas & fin], y[meas & fin], "o", ms=4, alpha=0.7, label="measured")
+        ax.loglog(c["lr_crit_low"][cens & fin], y[cens & fin], ">", ms=5, alpha=0.7, label="censored above the grid")
+        top = ~fin & np.isfinite(x_all)
+        ax.loglog(x_all[top], np.full(top.sum(), hi / 1.5), "^", ms=5, color="r", label="no finite prediction")
+        ratio = y[meas] / c["lr"][meas]
+        inside = float(np.mean((ratio >= 1 / 1.5) & (ratio <= 1.5))) if meas.any() else math.nan
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel("measured critical rate (fixed-rate runs)")
+        ax.set_ylabel("predicted critical rate")
+        ax.set_title(f"{labels[p]}\n{inside:.0%} of measured cells within 1.5x", fontsize=8)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle("Predicted against measured critical rate (one point per cell)")
+    return plotting.save(fig, path)
 
 
 EXPERIMENT = Experiment(

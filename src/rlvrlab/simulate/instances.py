@@ -52,7 +52,7 @@ from rlvrlab import theory
 from rlvrlab.gap import combine_prompts
 from rlvrlab.policies import EnumerablePolicy, FeatureSoftmax, LinearContextualSoftmax, TabularSoftmax, TokenSoftmax
 from rlvrlab.policies.independent import CountReward, IndependentSoftmax
-from rlvrlab.updates import get_preset, make_direction
+from rlvrlab.updates import Preset, get_preset, make_direction
 
 __all__ = ["PROMPT_FLOOR", "Curriculum", "RandomInstance", "collapse_direction", "collapse_features", "collapse_instance",
            "collapse_theta0", "contextual_bandit", "initial_theta", "predicted_critical_rates", "prompt_outcomes",
@@ -134,14 +134,15 @@ def prompt_outcomes(traj) -> dict[str, list[int]]:
             "never_started_prompts": (lost & (Jc0 < PROMPT_FLOOR)).sum(1).tolist()}
 
 
-def predicted_critical_rates(model, theta: torch.Tensor, preset: str = "grpo") -> tuple[float, float]:
-    """Second-order critical step sizes of ``preset``'s expected update at θ (1, d), prompts weighted
-    equally: (objective, prompt level). The objective's uses the prompts' statistics combined; the
+def predicted_critical_rates(model, theta: torch.Tensor, preset: str | Preset = "grpo") -> tuple[float, float]:
+    """Second-order critical step sizes of ``preset``'s expected update at θ (1, d) (a preset name, or
+    a Preset with its settings, e.g. Dr. GRPO's normalizer), prompts weighted equally: (objective,
+    prompt level). The objective's uses the prompts' statistics combined; the
     prompt level is the smallest over the prompts whose alignment Δμ_c is positive (a prompt the
     step does not help has no step to overshoot). inf where the second order predicts no threshold
     (Var− <= Var+)."""
     weights = torch.full((1, model.n_prompts), 1.0 / model.n_prompts, dtype=torch.float64)
-    w = model.expected_update(theta, weights, get_preset(preset))
+    w = model.expected_update(theta, weights, get_preset(preset) if isinstance(preset, str) else preset)
     per = model.along(theta, w)  # per prompt, batch shape (1, C)
     obj = combine_prompts(per, weights)
     crit_obj = float(theory.eta_crit_second_order(obj.delta_mu, obj.var_plus, obj.var_minus))
