@@ -9,10 +9,16 @@ instance), lengths T and initial J0, for a fixed number of steps with exact expe
     gap-adaptive     GRPO's direction, eta_k = fraction · the second-order critical step along it,
                      capped by (18): one setting for every cell, no retuning
     prompt-adaptive  §7: each prompt's contribution scaled to its own critical step, typical rate
+    cross-prompt     GRPO's direction, the whole step scaled so that no prompt in the batch is pushed
+                     past its own threshold: eta_k = fraction · the smallest over the prompts the step
+                     helps of the exact step at which the prompt's log-odds gain turns negative
+                     (rlvrlab.simulate.critical.cross_prompt_step_size), capped at the grid's largest rate
 
 Outcomes per run: final J, the first step with J >= `target_J` (∞ if never), the number of
 prompts collapsed onto a wrong token during training (J_c ends below 0.01 from above it) and of
-prompts that never started (J_c below 0.01 throughout). And per cell, the critical rate of fixed-rate
+prompts that never started (J_c below 0.01 throughout). Each adaptive contender is compared with the
+oracle cell by cell: the same final J (within 0.01) and steps to `target_J` within 1.5x of the
+oracle's. And per cell, the critical rate of fixed-rate
 GRPO measured as in `phase` (upper edge of the rates whose final J reaches `target_J`, on a log grid
 spanning `lrs`; rlvrlab.analysis.critical_rate), against the rate the second-order analysis predicts
 at the start (rlvrlab.simulate.instances.predicted_critical_rates): the step at which the objective's
@@ -37,12 +43,14 @@ from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_
 from rlvrlab.integrations.sweep import BACKENDS, run_sweep
 from rlvrlab.io import columns, read_table, trajectory_table
 from rlvrlab.simulate import simulate
+from rlvrlab.simulate.critical import cross_prompt_step_size
 from rlvrlab.simulate.instances import initial_theta, predicted_critical_rates, prompt_outcomes, token_bandit
 from rlvrlab.updates import make_direction, make_step_size
 
 __all__ = ["CONTENDERS", "ControllerConfig", "EXPERIMENT", "controller_cell", "plot", "run"]
 
-CONTENDERS = ("grpo-best", "grpo-typical", "dr-grpo", "gap-adaptive", "prompt-adaptive")
+CONTENDERS = ("grpo-best", "grpo-typical", "dr-grpo", "gap-adaptive", "prompt-adaptive", "cross-prompt")
+ADAPTIVE = ("gap-adaptive", "prompt-adaptive", "cross-prompt")
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class ControllerConfig:
     lrs: tuple[float, ...] = setting((1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0), "GRPO's grid for grpo-best")
     typical_lr: float = setting(10.0, "the one rate of grpo-typical, dr-grpo and prompt-adaptive")
     adaptive_fraction: float = setting(0.5, "gap-adaptive and prompt-adaptive: fraction of the critical step")
+    cross_fraction: float = setting(0.5, "cross-prompt: fraction of the smallest per-prompt critical step")
     target_J: float = setting(0.95, "success rate a run should reach")
     prompts: int = setting(40, "prompts sharing the parameters")
     dim: int = setting(5, "context dimension")
@@ -70,6 +79,8 @@ class ControllerConfig:
         check_positive_int("bisection", self.bisection, 0)
         check_positive_floats("lrs", self.lrs)
         check_positive_floats("typical_lr", (self.typical_lr,))
+        if not 0 < self.cross_fraction <= 1:
+            raise ValueError(f"cross_fraction: got {self.cross_fraction}; allowed: a number in (0, 1]")
         for T in self.lengths:
             check_positive_int("lengths", T)
         for J0 in self.J0s:
@@ -120,6 +131,7 @@ def controller_cell(params: dict) -> dict[str, pa.Table]:
     add("gap-adaptive", [math.nan], train(grpo, make_step_size("gap-adaptive", fraction=params["adaptive_fraction"])))
     add("prompt-adaptive", [typical], train(make_direction("prompt-adaptive", preset="grpo", lr=typical,
                                                            fraction=params["adaptive_fraction"]), typical))
+    add("cross-prompt", [math.nan], train(grpo, cross_prompt_step_size(fraction=params["cross_fraction"], eta_max=max(params["lrs"]))))
     # grpo-best: the grid's best final J (ties: fewer steps to the target)
     grid = [i for i, c in enumerate(rows["contender"]) if c == "grpo-grid"]
     best = min(grid, key=lambda i: (-rows["final_J"][i], rows["steps_to_target"][i]))
@@ -141,8 +153,8 @@ def controller_cell(params: dict) -> dict[str, pa.Table]:
 
 
 def run(config: ControllerConfig, progress: Progress, workdir: Path) -> Result:
-    base = {k: getattr(config, k) for k in ("steps", "typical_lr", "adaptive_fraction", "target_J", "prompts", "dim",
-                                              "vocab", "rho", "bisection")}
+    base = {k: getattr(config, k) for k in ("steps", "typical_lr", "adaptive_fraction", "cross_fraction", "target_J", "prompts",
+                                              "dim", "vocab", "rho", "bisection")}
     base.update(lrs=list(config.lrs), norm=float(max(config.lengths)))
     cells = [dict(base, T=T, J0=J0, seed=s) for T in config.lengths for J0 in config.J0s for s in range(config.seeds)]
     tables = run_sweep(controller_cell, cells, workdir / "sweep", backend=config.backend, workers=config.workers,
@@ -161,6 +173,19 @@ def run(config: ControllerConfig, progress: Progress, workdir: Path) -> Result:
                     "runs_with_collapsed_prompts": float((cols["collapsed_prompts"][sel] > 0).mean()),
                     "runs_with_prompts_never_started": float((cols["never_started_prompts"][sel] > 0).mean())}
     one = who == "grpo-best"  # one row per cell
+    oracle_J, oracle_steps = cols["final_J"][one], cols["steps_to_target"][one]
+    vs_oracle = {}
+    for c in ADAPTIVE:
+        sel = who == c  # one row per cell, in the oracle's cell order (controller_cell writes each once)
+        dJ = cols["final_J"][sel] - oracle_J
+        with np.errstate(invalid="ignore"):
+            ratio = np.where(np.isfinite(oracle_steps), cols["steps_to_target"][sel] / oracle_steps, np.nan)
+        same_J = dJ >= -0.01
+        fast = np.isfinite(ratio) & (ratio <= 1.5)
+        vs_oracle[c] = {"final_J_minus_oracle": dJ.tolist(), "steps_over_oracle": ratio.tolist(),
+                        "cells_same_final_J": float(same_J.mean()), "cells_steps_within_1.5x": float(fast.mean()),
+                        "cells_both": float((same_J & fast).mean()),
+                        "median_steps_over_oracle": float(np.median(np.where(np.isfinite(ratio), ratio, np.inf)))}
 
     def ratio(pred: np.ndarray) -> np.ndarray:  # measured / predicted where both are finite
         meas = cols["measured_crit"][one]
@@ -171,7 +196,8 @@ def run(config: ControllerConfig, progress: Progress, workdir: Path) -> Result:
     ratio_prompt = ratio(cols["predicted_crit_prompt"][one])
     no_prediction = int((~np.isfinite(cols["predicted_crit_objective"][one])).sum())
     no_measurement = int((~np.isfinite(cols["measured_crit"][one])).sum())
-    ad, best, typ = stats["gap-adaptive"], stats["grpo-best"], stats["grpo-typical"]
+    ad, best, typ, cp = stats["gap-adaptive"], stats["grpo-best"], stats["grpo-typical"], stats["cross-prompt"]
+    vs = vs_oracle["cross-prompt"]
     checks = [
         Check("gap-adaptive (one setting) matches the best fixed rate chosen per cell", ad["mean_final_J"] >= best["mean_final_J"] - 0.01,
               f"mean final J: gap-adaptive {ad['mean_final_J']:.3f}, grpo-best {best['mean_final_J']:.3f}, grpo-typical {typ['mean_final_J']:.3f}",
@@ -188,7 +214,15 @@ def run(config: ControllerConfig, progress: Progress, workdir: Path) -> Result:
               f"{np.round(ratio_prompt[np.isfinite(ratio_prompt)], 1).tolist()}",
               "a finite prediction within 0.1x-10x in every cell", kind="claim"),
     ]
-    summary = {"contenders": stats, "critical_rate_ratio_objective": ratio_obj.tolist(),
+    checks.append(Check(
+        "cross-prompt (no prompt pushed past its threshold) matches the best fixed rate per cell: the same final J and steps "
+        f"to J = {config.target_J} within 1.5x of the oracle's",
+        vs["cells_both"] == 1.0,
+        f"cells with final J within 0.01 of the oracle's: {vs['cells_same_final_J']:.0%}; steps within 1.5x: "
+        f"{vs['cells_steps_within_1.5x']:.0%} (median {vs['median_steps_over_oracle']:.3g}x); mean final J cross-prompt "
+        f"{cp['mean_final_J']:.3f}, oracle {best['mean_final_J']:.3f}; median steps {cp['median_steps_to_target']:g} vs "
+        f"{best['median_steps_to_target']:g}", "both in every cell", kind="claim"))
+    summary = {"contenders": stats, "vs_oracle": vs_oracle, "critical_rate_ratio_objective": ratio_obj.tolist(),
                "critical_rate_ratio_prompt_level": ratio_prompt.tolist(), "cells_without_predicted_threshold": no_prediction,
                "cells_without_measured_threshold": no_measurement, "cells": len(cells)}
     return Result({"metrics": tables["trajectories"], "outcomes": table}, summary, checks)
