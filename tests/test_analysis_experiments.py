@@ -152,7 +152,7 @@ def test_descendant_training_prompts_are_the_trainer_s(tiny_base_model, tmp_path
 
 @pytest.mark.parametrize("name", ["leash", "direction"])
 def test_configs_resolve_tasks_like_the_trainer(name, tmp_path):
-    message = r"^task: got 'x.csv'; allowed: a task name \(add, arith, countdown\) or a .jsonl / .parquet question-answer file$"
+    message = r"^task: got 'x.csv'; allowed: a task name \(add, arith, countdown\), optionally with integer options \(add:repeat=4\), or a .jsonl / .parquet question-answer file$"
     with pytest.raises(ValueError, match=message):
         resolve_config(name, settings=["task=x.csv"])
     path = tmp_path / "qa.jsonl"

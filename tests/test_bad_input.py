@@ -245,7 +245,7 @@ def test_decoding_library_refuses_nan_tau(models):
 @pytest.mark.parametrize(("option", "message"), [
     ("--preset", "--preset: got 'nope'; allowed: dapo, dapo-dominate, dapo-lowprob, dapo-ppl, dr-grpo, grpo, gspo, reinforce, rloo"),
     ("--schedule", "--schedule: got 'nope'; allowed: constant, cosine, gap-adaptive"),
-    ("--task", "--task: got 'nope'; allowed: a task name (add, arith, countdown) or a .jsonl / .parquet question-answer file"),
+    ("--task", "--task: got 'nope'; allowed: a task name (add, arith, countdown), optionally with integer options (add:repeat=4), or a .jsonl / .parquet question-answer file"),
 ])
 def test_lm_train_checks_choices_before_loading_the_model(option, message, tmp_path):
     refused(["lm", "train", "--model", "/nowhere/model", "--out", str(tmp_path / "run"), option, "nope"], message)

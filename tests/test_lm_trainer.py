@@ -283,7 +283,7 @@ def test_bad_settings(kw, message):
 
 
 def test_unknown_task_and_empty_data_file(tiny_model, tmp_path):
-    with pytest.raises(ValueError, match=r"^task: got 'sudoku'; allowed: a task name \(add, arith, countdown\) or a .jsonl"):
+    with pytest.raises(ValueError, match=r"^task: got 'sudoku'; allowed: a task name \(add, arith, countdown\), optionally with integer options \(add:repeat=4\), or a .jsonl"):
         GRPOTrainer(_config(tiny_model, task="sudoku"), tmp_path)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

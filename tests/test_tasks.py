@@ -568,7 +568,32 @@ def test_load_task_resolves_names_and_files(tmp_path):
 @pytest.mark.parametrize("spec, got", [("x.csv", "'x.csv'"), ("gsm8k", "'gsm8k'"), ("missing.jsonl", "'missing.jsonl \\(no such file\\)'"),
                                        (3, "3")])
 def test_unknown_tasks_list_the_names_and_the_file_formats(spec, got):
-    message = rf"^task: got {got}; allowed: a task name \(add, arith, countdown\) or a .jsonl / .parquet question-answer file$"
+    message = (rf"^task: got {got}; allowed: a task name \(add, arith, countdown\), optionally with integer options "
+               r"\(add:repeat=4\), or a .jsonl / .parquet question-answer file$")
     for resolve in (check_task_spec, load_task):
         with pytest.raises(ValueError, match=message):
             resolve(spec)
+
+
+def test_add_repeat_writes_the_same_worked_solution_k_times_and_is_named_by_a_task_spec():
+    from rlvrlab.lm.tasks import AdditionTask, load_task, parse_task_spec
+
+    task = load_task("add:repeat=3:min_digits=2:max_digits=2")
+    p = Problem("57+68=", "125", {})
+    assert task.solution(p) == "7+8=15,5+6+1=12," * 3 + "#125"
+    assert task.verify(task.solution(p), p) == 1
+    assert parse_task_spec("add:repeat=3") == ("add", {"repeat": 3})
+    assert parse_task_spec("data.jsonl") is None
+    # repeat=1 keeps the repr the model cache hashes (cached tiny models keep their names); others name it
+    assert repr(AdditionTask()) == "AdditionTask(min_digits=2, max_digits=4)"
+    assert repr(AdditionTask(repeat=2)) == "AdditionTask(min_digits=2, max_digits=4, repeat=2)"
+
+
+@pytest.mark.parametrize("spec, message", [("add:repeat=0", "repeat"), ("add:colour=1", "min_digits, max_digits, repeat"),
+                                           ("add:repeat", "key=integer"), ("add:repeat=x", "key=integer"),
+                                           ("add:repeat=2:repeat=3", "each key once"), ("sub:repeat=2", "a task name")])
+def test_bad_task_specs_are_refused_naming_what_is_allowed(spec, message):
+    from rlvrlab.lm.tasks import check_task_spec
+
+    with pytest.raises(ValueError, match=message):
+        check_task_spec(spec)

@@ -33,7 +33,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlvrlab import _checks
 from rlvrlab.lm.sampling import completion_texts, sample
-from rlvrlab.lm.tasks import make_task
+from rlvrlab.lm.tasks import load_task
 from rlvrlab.lm.tokenizer import char_tokenizer
 
 __all__ = ["PretrainConfig", "cache_root", "evaluate_success", "model_dir", "pretrain"]
@@ -78,13 +78,13 @@ class PretrainConfig:
         if not 0 < self.target_success < 1:
             _checks.fail("target_success", self.target_success, "a number in (0, 1)")
         for t in self.tasks:
-            make_task(t)  # unknown names fail here, listing the valid ones
+            load_task(t, name="tasks")  # unknown names and options fail here, listing the valid ones
         if len(self.mix) != len(self.tasks) or not all(isinstance(m, (int, float)) and m > 0 for m in self.mix):
             _checks.fail("mix", self.mix, f"{len(self.tasks)} positive numbers, one per task of {self.tasks}")
 
     def key(self) -> str:
         """Hash of the settings and of the tasks' own settings (a changed task default retrains)."""
-        spec = {"settings": dataclasses.asdict(self), "tasks": [repr(make_task(t)) for t in self.tasks]}
+        spec = {"settings": dataclasses.asdict(self), "tasks": [repr(load_task(t)) for t in self.tasks]}
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -137,7 +137,7 @@ def pretrain(config: PretrainConfig, root: Path | None = None, *, on_step: Calla
         return final
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    tasks = {name: make_task(name) for name in config.tasks}
+    tasks = {name: load_task(name) for name in config.tasks}
     tokenizer = char_tokenizer("".join("".join(t.alphabet) for t in tasks.values()))
     evals = {name: t.sample(config.eval_prompts, seed=10_000 + config.seed) for name, t in tasks.items()}
     held_out = {p.prompt for ps in evals.values() for p in ps}

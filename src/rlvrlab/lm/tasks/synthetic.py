@@ -94,15 +94,28 @@ class AdditionTask(_Synthetic):
     ``max_digits`` digits (uniform, no leading zero), so a problem with d columns has a solution
     of 7d + 1 to 10d + 2 characters (15 to 42 at the defaults, 2 to 4 digits); meta: ``a``, ``b``, ``digits``
     (the number of columns), ``carries``.
+
+    ``repeat`` writes the column steps that many times before the answer (``repeat=2``:
+    ``7+8=15,5+6+1=12,7+8=15,5+6+1=12,#125``): a longer worked solution of the same problem, the
+    response-length axis of the paper's §4 (the critical step against T) with the difficulty held
+    fixed. Named in a task spec as ``add:repeat=4`` (rlvrlab.lm.tasks.parse_task_spec).
     """
 
     name: ClassVar[str] = "add"
     symbols: ClassVar[str] = "+=,"
     min_digits: int = 2
     max_digits: int = 4
+    repeat: int = 1
 
     def __post_init__(self) -> None:
         _check_range("min_digits", self.min_digits, "max_digits", self.max_digits, 1)
+        _check_range("repeat", self.repeat, "repeat", self.repeat, 1)
+
+    def __repr__(self) -> str:
+        # repeat=1 is left out so that the tiny models cached before it existed keep their names
+        # (rlvrlab.lm.pretrain hashes the tasks' reprs)
+        extra = f", repeat={self.repeat}" if self.repeat != 1 else ""
+        return f"AdditionTask(min_digits={self.min_digits}, max_digits={self.max_digits}{extra})"
 
     def _operand(self, rng: random.Random) -> int:
         d = rng.randint(self.min_digits, self.max_digits)
@@ -120,7 +133,7 @@ class AdditionTask(_Synthetic):
             _checks.fail("problem.prompt", problem.prompt, "'<a>+<b>=' with non-negative integers a, b")
         a, b = int(m[1]), int(m[2])
         steps, _ = _column_steps(a, b)
-        return "".join(s + "," for s in steps) + f"#{a + b}"
+        return "".join(s + "," for s in steps) * self.repeat + f"#{a + b}"
 
 
 def _column_steps(a: int, b: int) -> tuple[list[str], int]:
