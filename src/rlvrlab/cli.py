@@ -292,6 +292,43 @@ def lm_train(
     out_console.print(f"results: {out}", highlight=False)
 
 
+@lm_app.command("probe")
+@_user_errors
+def lm_probe(
+    model: str = typer.Option(..., "--model", help="Directory of a Hugging Face causal LM and its tokenizer."),
+    task: str = typer.Option("add", "--task", help=_TASK_HELP),
+    preset: str = typer.Option("grpo", "--preset", help=f"Update rule of the run to come: {', '.join(PRESETS)}."),
+    out: Path = typer.Option(Path("runs/lm-probe"), "--out", help="Directory for probe.json and probe.parquet (the scan)."),
+    steps: int = typer.Option(4, "--steps", help="Probe steps of the run's own update at --lr-probe (1 to 10)."),
+    fresh: int = typer.Option(4, "--fresh", help="Completions per prompt and scanned rate (>= 2)."),
+    lr_probe: float = typer.Option(1e-5, "--lr-probe", help="Rate of the probe steps, far below any threshold."),
+    lr_low: float = typer.Option(1e-5, "--lr-low", help="Lowest rate scanned."),
+    lr_high: float = typer.Option(1e-1, "--lr-high", help="Highest rate scanned."),
+    points: int = typer.Option(25, "--points", help="Rates scanned (geometric grid, >= 3)."),
+    settings: list[str] | None = typer.Option(None, "--set", help="Any other TrainConfig setting of the run to come: "
+                                              "--set key=value (batch_size, group, max_new_tokens, seed, ...)."),
+    _: bool = _help_settings(TrainConfig, "TrainConfig", "rlvrlab lm probe"),
+) -> None:
+    """Recommend a learning rate before training: the critical rate of the run's first steps, read
+    off a scan of the success rate along them (rlvrlab.lm.probe)."""
+    from rlvrlab.experiments.base import apply_settings
+    from rlvrlab.lm.probe import probe
+
+    _checks.writable_dir("--out", out)
+    _checks.choose("--preset", preset, PRESETS)
+    _check_task("--task", task)
+    config = apply_settings(TrainConfig(model=model, task=task, preset=preset), settings or [])
+    result = probe(config, out, steps=steps, fresh=fresh, lr_probe=lr_probe, lr_low=lr_low, lr_high=lr_high, points=points)
+    table = Table("learning rate", "success rate after the first steps", "± se")
+    for row in result.rows():
+        table.add_row(f"{row['lr']:.3g}", f"{row['J']:.3f}", f"{row['se_J']:.3f}")
+    out_console.print(table)
+    out_console.print(f"success rate at the start {result.J0:.3f}; predicted critical rate {result.critical_rate:.3g} "
+                      f"(where {steps} steps stop raising it); recommended rate {result.recommended_rate:.3g} (half of it); "
+                      f"second-order estimate from the first step {result.second_order_rate:.3g}")
+    out_console.print(f"results: {out}", highlight=False)
+
+
 @lm_app.command("sweep")
 @_user_errors
 def lm_sweep(

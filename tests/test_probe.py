@@ -1,0 +1,93 @@
+"""rlvrlab.lm.probe: the scan's reading (a worked example), the extrapolation it rests on (Adam's
+first step is linear in the rate), and the probe end to end against a plain reference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlvrlab.io import read_table
+from rlvrlab.lm.config import TrainConfig
+from rlvrlab.lm.probe import crossing, probe
+
+
+def test_crossing_reads_the_peak_and_the_first_fall_to_zero_interpolated_in_log_rate():
+    rates = [1.0, 2.0, 4.0, 8.0]
+    critical, peak = crossing(rates, [0.1, 0.3, 0.1, -0.1])
+    assert peak == 2.0
+    assert critical == pytest.approx(4 * math.sqrt(2))  # halfway from 4 to 8 in log rate: the gain goes 0.1 -> -0.1
+    assert crossing(rates, [0.1, 0.2, 0.3, 0.4]) == (math.inf, 8.0)  # no fall within the grid
+    assert crossing(rates, [-0.1, -0.2, -0.3, -0.4]) == (0.0, 1.0)  # every rate loses
+    critical, peak = crossing(rates, [0.1, math.nan, 0.2, -0.2])  # NaN (not scanned) is skipped
+    assert (peak, critical) == (4.0, pytest.approx(4 * math.sqrt(2)))
+    assert crossing(rates, [0.2, 0.0, 0.1, -0.1])[0] == 2.0  # exactly zero counts as the fall
+
+
+def _parity(completion: str, problem) -> int:
+    return int(len(completion) % 2 == 0)  # reward variance from a random model's noise
+
+
+def _params(trainer) -> torch.Tensor:
+    return torch.nn.utils.parameters_to_vector(trainer.params).detach().clone()
+
+
+def test_adams_first_step_is_linear_in_the_rate_so_one_probe_step_prices_every_rate(tiny_model, tmp_path):
+    from rlvrlab.lm.trainer import GRPOTrainer
+
+    torch.manual_seed(0)
+    steps = {}
+    for lr in (1e-5, 3e-4):
+        cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, lr=lr,
+                          diagnostics=False, seed=3)
+        trainer = GRPOTrainer(cfg, tmp_path / f"lr{lr}", reward_fn=_parity)
+        theta0 = _params(trainer)
+        trainer.train_step()
+        steps[lr] = (theta0, _params(trainer))
+    (theta0, small), (_, large) = steps[1e-5], steps[3e-4]
+    U, V = (small - theta0) / 1e-5, (large - theta0) / 3e-4  # displacement per unit rate at each rate
+    # Adam's first step is lr·g/(|g| + ε) per coordinate: at most 1 per unit rate, whatever the gradient's scale
+    # (up to float32's rounding of θ, about 1e-7 absolute, which a step of 1e-5 sees as 1e-2 per unit rate)
+    assert float(U.abs().max()) == pytest.approx(1.0, abs=2e-2)
+    assert float(V.abs().max()) == pytest.approx(1.0, abs=1e-3)
+    assert torch.allclose(V, U, atol=2e-2, rtol=0)
+    assert float(torch.nn.functional.cosine_similarity(U, V, dim=0)) > 0.9999
+
+
+def test_probe_end_to_end_scan_from_the_start_and_files(tiny_model, tmp_path):
+    from rlvrlab.lm.trainer import GRPOTrainer
+
+    model_files = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in tiny_model.iterdir() if p.is_file()}
+    cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, seed=5)
+    r = probe(cfg, tmp_path / "probe", steps=2, fresh=3, lr_low=1e-4, lr_high=10.0, points=6, reward_fn=_parity)
+
+    # the start, by hand: the prompts of the run's first two batches, 3 completions each, from the scan's stream
+    ref = GRPOTrainer(cfg, tmp_path / "ref", reward_fn=_parity)
+    problems = []
+    for b in range(2):
+        ref.step = b
+        problems += ref._batch()
+    reward = ref._rollout(problems, 3, torch.Generator().manual_seed(cfg.seed + 2_000_003))[1]
+    assert r.J0 == pytest.approx(float(reward.float().mean()))
+    assert r.completions_per_rate == len(problems) * 3 == 24
+    assert list(r.rates) == pytest.approx(list(np.geomspace(1e-4, 10.0, 6)[: len(r.rates)]))
+    assert all(0 <= j <= 1 for j in r.J)
+    assert r.recommended_rate == r.critical_rate / 2
+    table = read_table(tmp_path / "probe" / "probe.parquet").to_pylist()
+    assert [row["gain"] for row in table] == pytest.approx([j - r.J0 for j in r.J])
+    saved = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert saved["probe"]["steps"] == 2 and saved["settings"]["seed"] == 5
+    assert {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in tiny_model.iterdir() if p.is_file()} == model_files
+
+
+@pytest.mark.parametrize("kw, message", [({"steps": 11}, "at most 10"), ({"fresh": 1}, "fresh"), ({"lr_high": 1e-6}, "lr_high"),
+                                         ({"points": 2}, "points"), ({"lr_probe": 0.0}, "lr_probe")])
+def test_probe_refuses_bad_settings_before_any_work(tiny_model, tmp_path, kw, message):
+    cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40)
+    with pytest.raises(ValueError, match=message):
+        probe(cfg, tmp_path / "p", **kw)
+    assert not (tmp_path / "p").exists()
