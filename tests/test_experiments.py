@@ -327,3 +327,48 @@ def test_phase_refuses_a_J0_given_twice():
 
     with pytest.raises(ValueError, match=r"^J0s: got \[0.2, 0.5, 0.2\]; allowed: distinct numbers in \(0, 1\)$"):
         PhaseConfig(J0s=(0.2, 0.5, 0.2))
+
+
+def test_phase_tolerates_the_prompts_the_target_can_lose():
+    from rlvrlab.experiments.phase import tolerated_prompts
+
+    assert tolerated_prompts(40, 0.9) == 4  # 36/40 = 0.9 still converges; 40·0.1 rounds above 4 in floating point
+    assert tolerated_prompts(24, 0.9) == 2
+    assert tolerated_prompts(8, 0.95) == 0
+
+
+def test_phase_prediction_stats_by_hand():
+    from rlvrlab.experiments.phase import prediction_stats
+
+    measured = np.array([100.0, 100.0, 100.0, 100.0, math.nan, math.nan])
+    low = np.array([90.0, 90.0, 90.0, 90.0, 1e5, 1e5])
+    predicted = np.array([140.0, 60.0, 30.0, math.inf, 8e4, 1e3])  # ratios 1.4, 0.6, 0.3, none; two censored cells
+    st = prediction_stats(predicted, measured, low)
+    assert st["cells"] == 6 and st["cells_measured"] == 4 and st["cells_predicted"] == 5
+    assert st["within_1.5x"] == 0.25 and st["within_2x"] == 0.5  # 1.4 | 1.4 and 0.6; inf counts as outside
+    assert math.isclose(st["ratio_min"], 0.3) and math.isclose(st["ratio_max"], 1.4) and math.isclose(st["ratio_median"], 0.6)
+    assert st["censored_above_grid"] == 2 and st["censored_consistent"] == 1  # 8e4 >= 1e5/1.5; 1e3 is not
+
+
+def test_phase_refuses_a_bad_predict_fraction():
+    from rlvrlab.experiments.phase import PhaseConfig
+
+    with pytest.raises(ValueError, match=r"^predict_fraction: got 0; allowed: a number in \(0, 1\]$"):
+        PhaseConfig(predict_fraction=0)
+
+
+def test_controller_compares_each_adaptive_contender_with_the_oracle_cell_by_cell(tmp_path):
+    from rlvrlab.experiments.controller import ADAPTIVE
+
+    summary = run_experiment("controller", tmp_path / "run", quick=True, settings=SMALL["controller"])
+    out = read_table(tmp_path / "run" / "outcomes.parquet")
+    who = np.asarray(out.column("contender").to_pylist())
+    cols = columns(out, ("final_J", "steps_to_target"))
+    best_J, best_steps = cols["final_J"][who == "grpo-best"], cols["steps_to_target"][who == "grpo-best"]
+    for c in ADAPTIVE:
+        vs = summary["headline"]["vs_oracle"][c]
+        np.testing.assert_allclose(vs["final_J_minus_oracle"], cols["final_J"][who == c] - best_J)
+        steps = cols["steps_to_target"][who == c]
+        within = [s <= 1.5 * b for s, b in zip(steps, best_steps)]  # inf <= inf: neither reaches the target
+        assert vs["cells_steps_within_1.5x"] == float(np.mean(within))
+    assert "cross-prompt" in set(who.tolist())

@@ -115,6 +115,18 @@ CLAIMS: tuple[Claim, ...] = (
           "The second-order terms set the step size past which the log-odds gain turns negative.",
           _refs("controller", "the second-order analysis at the start predicts GRPO's critical rate within a factor 10"),
           on_fail="differs"),
+    Claim("crit-prediction", "gap", "App. F, §7 (rlvrlab's reading: thresholds from the run's own statistics)",
+          "The critical learning rate of fixed-rate training is the smallest step, along a short safe run, at which some "
+          "prompt's exact log-odds gain turns negative: within 1.5x in at least 90% of cells.",
+          _refs("phase", "predicted from a short safe run (pred_min): the critical rate within 1.5x of the measured in >= 90% of cells",
+                "predicted from a short safe run (pred_tolerant): the critical rate within 1.5x of the measured in >= 90% of cells"),
+          on_fail="differs"),
+    Claim("cross-prompt-step", "gap", "§7 (rlvrlab's reading: the batch-level step)",
+          "Scaling the whole step so that no prompt in the batch is pushed past its own threshold matches the best fixed rate "
+          "per cell: the same final J, and steps to the target within 1.5x of the oracle's.",
+          _refs("controller", "cross-prompt (no prompt pushed past its threshold) matches the best fixed rate per cell: the same "
+                "final J and steps to J = {} within 1.5x of the oracle's"),
+          on_fail="differs"),
     Claim("appF-warning", "gap", "App. F (rlvrlab's reading, language models)",
           "Steps past the second-order critical size derail learning: an early ratio η/η_crit > 1 marks the runs that lose "
           "accuracy.",

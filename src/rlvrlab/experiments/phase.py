@@ -298,6 +298,16 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
         summary["prediction"]["measured"] = (f"phase's critical rate: the upper edge of the fixed rates whose final mean J after "
                                              f"{config.steps} steps reaches {config.target_J} (bisection {config.bisection})")
         summary["prediction"]["tolerated_prompts"] = tolerated_prompts(config.prompts, config.target_J)
+        # the same predictions from fewer safe steps: does looking further along the run help?
+        per_step = columns(tables["prediction"], ("m_min", "m_tolerant"))
+        by_steps = {}
+        for K in sorted({1, min(3, config.predict_steps), config.predict_steps}):
+            for p in ("m_min", "m_tolerant"):
+                m = per_step[p].reshape(len(cells), config.predict_steps)[:, :K].min(1)
+                st = prediction_stats(m, crit["lr"], crit["lr_crit_low"])
+                by_steps[f"{p.replace('m_', 'pred_')}, K={K}"] = {k: st[k] for k in ("within_1.5x", "within_2x", "ratio_median",
+                                                                                     "ratio_min", "ratio_max")}
+        summary["prediction"]["by_safe_steps"] = by_steps
         for p, what in (("pred_min", "the smallest per-prompt critical step"),
                         ("pred_tolerant", f"the {tolerated_prompts(config.prompts, config.target_J) + 1}-th smallest per-prompt critical step")):
             st = summary["prediction"][p]
