@@ -52,11 +52,12 @@ def test_help_lists_every_value_of_every_choice():
     from rlvrlab.updates import PRESETS
 
     choices = {("lm", "train"): {"--preset": PRESETS, "--schedule": SCHEDULES, "--task": TASKS},
+               ("lm", "probe"): {"--preset": PRESETS, "--task": TASKS},
                ("generate",): {"--mode": MODES, "--criterion": CRITERIA},
                ("analyze", "leash"): {"--task": TASKS}, ("analyze", "direction"): {"--task": TASKS},
                ("run",): {"name": names()}}
     commands = dict(_commands())
-    assert len(PRESETS) == 9 and len(SCHEDULES) == 3
+    assert len(PRESETS) == 9 and len(SCHEDULES) == 4
     for path, options in choices.items():
         params = {p.opts[0] if p.param_type_name == "option" else p.name: p for p in commands[path].params}
         for option, values in options.items():
@@ -87,17 +88,25 @@ def test_help_settings_prints_every_field_with_type_default_and_doc(command, con
     assert typed[1] in rows[typed[0]]  # the type, as --set parses it
 
 
-def test_train_config_docs_leave_its_record_unchanged():
-    """Checkpoints and cached descendants compare dataclasses.asdict(TrainConfig): docs live in metadata only."""
-    from rlvrlab.lm.config import TrainConfig
+def test_train_config_docs_leave_its_record_unchanged_and_a_run_is_named_by_its_non_default_settings():
+    """Checkpoints, run directories and cached descendants compare TrainConfig.identity(): the settings
+    that differ from the defaults (docs live in metadata only), so that a setting added later, at its
+    default, leaves every earlier run what it was."""
+    from rlvrlab.lm.config import TrainConfig, nondefault_settings
 
     record = dataclasses.asdict(TrainConfig())
     assert list(record) == ["model", "task", "preset", "advantage", "alpha", "prompts", "batch_size", "group",
                             "max_new_tokens", "steps", "lr", "schedule", "adaptive_fraction", "adaptive_smoothing",
-                            "adaptive_growth", "lr_min", "lr_max", "epochs", "max_grad_norm", "temperature", "holdout",
-                            "eval_every", "eval_samples", "diagnostics", "fresh_samples", "kl_reference", "checkpoint_every",
-                            "tensorboard", "device", "seed"]
+                            "adaptive_growth", "probe_every", "probe_steps", "probe_fresh", "lr_min", "lr_max", "epochs",
+                            "max_grad_norm", "temperature", "holdout", "eval_every", "eval_samples", "diagnostics",
+                            "fresh_samples", "kl_reference", "checkpoint_every", "tensorboard", "device", "seed"]
     assert record["lr"] == 1e-3 and record["schedule"] == "constant" and record["alpha"] is None and record["prompts"] == 400
+    assert TrainConfig().identity() == {}
+    config = TrainConfig(model="m", lr=3e-4, seed=2)
+    assert config.identity() == {"model": "m", "lr": 3e-4, "seed": 2}
+    before_probe = {k: v for k, v in dataclasses.asdict(config).items() if not k.startswith("probe_")}  # an older config.json
+    assert nondefault_settings(before_probe) == config.identity()
+    assert nondefault_settings({**before_probe, "probe_every": 5}) != config.identity()
 
 
 def test_list_verbose_shows_settings_and_defaults():

@@ -71,7 +71,7 @@ def test_probe_end_to_end_scan_from_the_start_and_files(tiny_model, tmp_path):
     for b in range(2):
         ref.step = b
         problems += ref._batch()
-    reward = ref._rollout(problems, 3, torch.Generator().manual_seed(cfg.seed + 2_000_003))[1]
+    reward = ref._rollout(problems, 3, torch.Generator().manual_seed(cfg.seed * 1_000_003 + 2_000_003))[1]
     assert r.J0 == pytest.approx(float(reward.float().mean()))
     assert r.completions_per_rate == len(problems) * 3 == 24
     assert list(r.rates) == pytest.approx(list(np.geomspace(1e-4, 10.0, 6)[: len(r.rates)]))
@@ -91,3 +91,42 @@ def test_probe_refuses_bad_settings_before_any_work(tiny_model, tmp_path, kw, me
     with pytest.raises(ValueError, match=message):
         probe(cfg, tmp_path / "p", **kw)
     assert not (tmp_path / "p").exists()
+
+
+def test_a_scan_in_the_middle_of_a_run_leaves_the_run_as_it_was(tiny_model, tmp_path):
+    from rlvrlab.lm.probe import scan
+    from rlvrlab.lm.trainer import GRPOTrainer
+
+    cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, lr=1e-3, seed=2,
+                      fresh_samples=2, schedule="cosine", steps=3)
+    plain, probed = GRPOTrainer(cfg, tmp_path / "a", reward_fn=_parity), GRPOTrainer(cfg, tmp_path / "b", reward_fn=_parity)
+    rows = {"plain": [], "probed": []}
+    for name, trainer in (("plain", plain), ("probed", probed)):
+        for k in range(3):
+            if name == "probed" and k == 1:
+                r = scan(trainer, steps=2, fresh=2, lr_low=1e-4, lr_high=1.0, points=4)
+                assert r.steps == 2 and len(r.J) >= 1
+            rows[name].append(trainer.train_step())
+            trainer.step += 1
+    assert torch.equal(_params(plain), _params(probed))
+    for a, b in zip(rows["plain"], rows["probed"]):
+        assert a.keys() == b.keys()
+        assert all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+def test_schedule_probe_aims_at_the_scans_recommended_rate_moving_at_most_2x_a_step(tiny_model, tmp_path):
+    from rlvrlab.lm.trainer import GRPOTrainer
+
+    cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, lr=1e-6, seed=1,
+                      schedule="probe", probe_every=3, probe_steps=1, probe_fresh=2, lr_min=1e-4, lr_max=1.0, steps=5, eval_every=5,
+                      eval_samples=1)
+    rows = GRPOTrainer(cfg, tmp_path / "run", reward_fn=_parity).train()[1:]
+    scans = [r for r in rows if "probe/recommended_rate" in r]
+    assert [r["step"] for r in scans] == [1, 4]  # before the first step and before step 3 + 1
+    lrs = [r["learning_rate"] for r in rows]
+    assert lrs[0] == pytest.approx(1e-4)  # the start (1e-6) below the aim, raised to lr_min, never above the aim
+    target = min(max(scans[0]["probe/recommended_rate"], 1e-4), 1.0)  # no fall within the scan (inf): lr_max
+    for prev, cur in zip(lrs[:3], lrs[1:3]):
+        assert cur == pytest.approx(min(max(target, prev / 2), 2 * prev))
+    for r in scans:
+        assert r["probe/recommended_rate"] == r["probe/critical_rate"] / 2 or math.isnan(r["probe/critical_rate"])

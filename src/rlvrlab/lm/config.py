@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,7 +14,7 @@ from rlvrlab.lm.tasks import TASKS, check_task_spec
 from rlvrlab.updates import PRESETS, get_preset
 from rlvrlab.updates.advantages import ADVANTAGES
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "nondefault_settings"]
 
 
 def _doc(default: Any, help: str) -> Any:
@@ -40,11 +43,15 @@ class TrainConfig:
     max_new_tokens: int = _doc(48, "Longest completion, in tokens (sampling stops there or at EOS).")
     steps: int = _doc(100, "Optimizer steps (each on one batch).")
     lr: float = _doc(1e-3, "Adam's learning rate (the initial one under cosine and gap-adaptive).")
-    schedule: Literal["constant", "cosine", "gap-adaptive"] = _doc(
-        "constant", "Learning-rate schedule; gap-adaptive follows adaptive_fraction of the measured critical rate.")
+    schedule: Literal["constant", "cosine", "gap-adaptive", "probe"] = _doc(
+        "constant", "Learning-rate schedule; gap-adaptive follows adaptive_fraction of the measured critical rate; "
+                    "probe follows the recommended rate of rlvrlab.lm.probe, scanned before the first step (and every probe_every).")
     adaptive_fraction: float = _doc(0.5, "gap-adaptive: the next rate is this fraction of the smoothed critical rate, in (0, 1].")
     adaptive_smoothing: float = _doc(0.8, "gap-adaptive: weight on the past in the running mean of the critical rate, in [0, 1).")
     adaptive_growth: float = _doc(1.1, "gap-adaptive: factor the rate grows by while no critical rate is in sight, in [1, 2].")
+    probe_every: int = _doc(0, "probe: scan again every this many steps (0: only before the first step).")
+    probe_steps: int = _doc(4, "probe: the scan's steps at a tiny rate, from 1 to 10 (rlvrlab.lm.probe).")
+    probe_fresh: int = _doc(4, "probe: completions per prompt and scanned rate (>= 2).")
     lr_min: float = _doc(1e-6, "gap-adaptive: the lowest rate the rule may set.")
     lr_max: float = _doc(1e-1, "gap-adaptive: the highest rate the rule may set.")
     epochs: int = _doc(1, "Optimizer passes over each batch (PPO's inner steps; > 1 makes the clipped surrogate bite).")
@@ -83,7 +90,12 @@ class TrainConfig:
             sampled = [n for n, p in PRESETS.items() if p.advantage != "exact"]
             _checks.fail("preset", self.preset, f"{', '.join(sampled)}, or {self.preset} with an advantage set "
                          "(its exact advantage r - J needs the exact J of a simulator; e.g. advantage=none)")
-        _checks.choose("schedule", self.schedule, ("constant", "cosine", "gap-adaptive"))
+        _checks.choose("schedule", self.schedule, ("constant", "cosine", "gap-adaptive", "probe"))
+        if isinstance(self.probe_every, bool) or not isinstance(self.probe_every, int) or self.probe_every < 0:
+            _checks.fail("probe_every", self.probe_every, "an integer >= 0 (0: scan only before the first step)")
+        from rlvrlab.lm.probe import check_probe
+
+        check_probe(self.probe_steps, self.probe_fresh, 1e-5, 1e-5, 1e-1, 25, prefix="probe_")
         for name in ("lr", "lr_min", "lr_max", "temperature", "max_grad_norm"):
             _checks.positive(name, getattr(self, name))
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:") and self.device[5:].isdigit()):
@@ -101,5 +113,22 @@ class TrainConfig:
     @property
     def prompts_per_step(self) -> int:
         return self.batch_size // self.group
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that differ from the defaults, as JSON holds them: what names a run. Two
+        configs with equal identities are the same run, whatever settings later versions add (a
+        run made before a setting existed ran with what is now its default)."""
+        return nondefault_settings(dataclasses.asdict(self))
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def nondefault_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` (a TrainConfig's, e.g. read back from a run's config.json) without those at
+    their default, as JSON holds them; a key TrainConfig does not know is kept."""
+    plain = json.loads(json.dumps(dict(settings)))
+    defaults = json.loads(json.dumps(_DEFAULTS))
+    return {k: v for k, v in plain.items() if k not in defaults or v != defaults[k]}
 
 

@@ -32,6 +32,7 @@ measured against the critical rates of learning-rate sweeps (experiment ``lr-ora
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -49,7 +50,7 @@ from rlvrlab.lm.config import TrainConfig
 from rlvrlab.lm.diagnostics import critical_ratio
 from rlvrlab.lm.logprobs import token_logprobs
 
-__all__ = ["MAX_PROBE_STEPS", "ProbeResult", "crossing", "probe", "probe_curve"]
+__all__ = ["MAX_PROBE_STEPS", "ProbeResult", "check_probe", "crossing", "probe", "probe_curve", "scan"]
 
 MAX_PROBE_STEPS = 10  # issue 14: a probe spends at most 10 optimizer steps
 
@@ -116,6 +117,85 @@ def probe_curve(rate_J: Callable[[float], tuple[float, float]], rates: np.ndarra
     return J, se
 
 
+def check_probe(steps: int, fresh: int, lr_probe: float, lr_low: float, lr_high: float, points: int, *, prefix: str = "") -> None:
+    """The probe's settings, as a caller names them (``prefix`` + steps, fresh, ...)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_PROBE_STEPS:
+        _checks.fail(f"{prefix}steps", steps, f"an integer from 1 to {MAX_PROBE_STEPS} (a probe spends at most {MAX_PROBE_STEPS} steps)")
+    if isinstance(fresh, bool) or not isinstance(fresh, int) or fresh < 2:
+        _checks.fail(f"{prefix}fresh", fresh, "an integer >= 2 (completions per prompt and rate, never trained on)")
+    for name, value in (("lr_probe", lr_probe), ("lr_low", lr_low), ("lr_high", lr_high)):
+        _checks.positive(f"{prefix}{name}", value)
+    if not lr_high > lr_low:
+        _checks.fail(f"{prefix}lr_high", lr_high, f"a rate above lr_low ({lr_low})")
+    if isinstance(points, bool) or not isinstance(points, int) or points < 3:
+        _checks.fail(f"{prefix}points", points, "an integer >= 3 (rates on the grid)")
+
+
+def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5, lr_low: float = 1e-5, lr_high: float = 1e-1,
+         points: int = 25) -> ProbeResult:
+    """The probe from a trainer's current state (rlvrlab.lm.trainer.GRPOTrainer, at its current step):
+    its next ``steps`` batches, its own optimizer state (a run's first steps start from none), and
+    everything put back afterwards (parameters, optimizer, schedule, random streams, step), so that
+    the run goes on as if the probe had not been there."""
+    check_probe(steps, fresh, lr_probe, lr_low, lr_high, points)
+    start = time.perf_counter()
+    params, config, step0 = trainer.params, trainer.config, trainer.step
+    theta0 = torch.nn.utils.parameters_to_vector(params).detach().clone()
+    saved = (copy.deepcopy(trainer.opt.state_dict()), copy.deepcopy(trainer.sched.state_dict()), trainer.gen.get_state(),
+             trainer.fresh_gen.get_state())
+    seed = config.seed * 1_000_003 + step0 + 2_000_003  # the scan's random numbers: one stream, restarted at every rate
+    U = torch.zeros_like(theta0)
+
+    def rate_J(lr: float) -> tuple[float, float]:
+        torch.nn.utils.vector_to_parameters(theta0 + lr * U, params)
+        try:
+            r = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))[1]
+        except Exception:  # a forward that overflows solves nothing (the trainer calls this divergence)
+            return 0.0, 0.0
+        per_prompt = r.float().mean(-1)  # prompts are independent; their completions are not
+        return float(per_prompt.mean()), float(per_prompt.std() / math.sqrt(len(per_prompt)))
+
+    try:
+        trainer.config = dataclasses.replace(config, diagnostics=False, fresh_samples=0, kl_reference=False)
+        problems = []
+        for b in range(steps):  # the prompts of the run's next `steps` batches
+            trainer.step = step0 + b
+            problems += trainer._batch()
+        J0, se0 = rate_J(0.0)
+        # the run's own next steps at a rate far below any threshold; the first one's second-order ratio on
+        # completions drawn at θ0 (the scan's at rate 0, never trained on)
+        torch.nn.utils.vector_to_parameters(theta0.clone(), params)  # a copy: the steps below write into the parameters
+        measured = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))
+        with torch.inference_mode():
+            old = token_logprobs(trainer.model, measured[0])[0]
+        trainer._set_lr(lr_probe)
+        second_order = math.nan
+        for b in range(steps):
+            trainer.step = step0 + b
+            trainer.train_step()
+            if b == 0:
+                with torch.inference_mode():
+                    delta = (token_logprobs(trainer.model, measured[0])[0] - old).sum(-1)[None]
+                stats = gap_stats_mc(measured[1].reshape(1, -1), proj=delta)
+                ratio = float(critical_ratio(stats.delta_mu, stats.var_plus, stats.var_minus)[0])
+                second_order = math.nan if math.isnan(ratio) else math.inf if ratio == 0 else lr_probe / ratio
+        U = (torch.nn.utils.parameters_to_vector(params).detach() - theta0) / lr_probe
+        rates = np.geomspace(lr_low, lr_high, points)
+        J, se = probe_curve(rate_J, rates, J0, se0)
+    finally:
+        torch.nn.utils.vector_to_parameters(theta0.clone(), params)
+        trainer.opt.load_state_dict(saved[0])
+        trainer.sched.load_state_dict(saved[1])
+        trainer.gen.set_state(saved[2])
+        trainer.fresh_gen.set_state(saved[3])
+        trainer.config, trainer.step = config, step0
+    scanned = np.isfinite(J)
+    critical, peak = crossing(rates, J - J0)
+    return ProbeResult(critical, critical / 2, peak, second_order, steps, tuple(map(float, rates[scanned])),
+                       tuple(map(float, J[scanned])), tuple(map(float, se[scanned])), J0, len(problems) * fresh,
+                       time.perf_counter() - start)
+
+
 def probe(config: TrainConfig, out: str | Path, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5,
           lr_low: float = 1e-5, lr_high: float = 1e-1, points: int = 25,
           reward_fn: Callable[[str, Any], float] | None = None) -> ProbeResult:
@@ -131,70 +211,10 @@ def probe(config: TrainConfig, out: str | Path, *, steps: int = 4, fresh: int = 
     """
     from rlvrlab.lm.trainer import GRPOTrainer
 
-    _checks.integer("steps", steps)
-    if steps > MAX_PROBE_STEPS:
-        _checks.fail("steps", steps, f"an integer from 1 to {MAX_PROBE_STEPS} (a probe spends at most {MAX_PROBE_STEPS} steps)")
-    if not (isinstance(fresh, int) and not isinstance(fresh, bool) and fresh >= 2):
-        _checks.fail("fresh", fresh, "an integer >= 2 (completions per prompt and rate, never trained on)")
-    for name, value in (("lr_probe", lr_probe), ("lr_low", lr_low), ("lr_high", lr_high)):
-        _checks.positive(name, value)
-    if not lr_high > lr_low:
-        _checks.fail("lr_high", lr_high, f"a rate above lr_low ({lr_low})")
-    _checks.integer("points", points)
-    if points < 3:
-        _checks.fail("points", points, "an integer >= 3 (rates on the grid)")
-    start = time.perf_counter()
-    cfg = dataclasses.replace(config, lr=lr_probe, schedule="constant", diagnostics=False, fresh_samples=0, kl_reference=False,
-                              steps=steps, tensorboard=False)
+    check_probe(steps, fresh, lr_probe, lr_low, lr_high, points)
+    cfg = dataclasses.replace(config, schedule="constant", diagnostics=False, fresh_samples=0, kl_reference=False, tensorboard=False)
     trainer = GRPOTrainer(cfg, out, reward_fn=reward_fn, on_warning=lambda message: None)
-    params = trainer.params
-    theta0 = torch.nn.utils.parameters_to_vector(params).detach().clone()
-    problems = []
-    for b in range(steps):  # the prompts of the run's first `steps` batches
-        trainer.step = b
-        problems += trainer._batch()
-    seed = config.seed + 2_000_003  # the scan's random numbers: one stream, restarted at every rate
-
-    def rate_J(lr: float) -> tuple[float, float]:
-        torch.nn.utils.vector_to_parameters(theta0 + lr * U, params)
-        gen = torch.Generator(trainer.device).manual_seed(seed)
-        try:
-            r = trainer._rollout(problems, fresh, gen)[1]
-        except Exception:  # a forward that overflows solves nothing (the trainer calls this divergence)
-            return 0.0, 0.0
-        per_prompt = r.float().mean(-1)  # prompts are independent; their completions are not
-        return float(per_prompt.mean()), float(per_prompt.std() / math.sqrt(len(per_prompt)))
-
-    U = torch.zeros_like(theta0)
-    J0, se0 = rate_J(0.0)
-
-    # the run's own first steps at a rate far below any threshold; the first one's second-order ratio
-    # on completions drawn at θ0 (the scan's at rate 0, never trained on)
-    torch.nn.utils.vector_to_parameters(theta0.clone(), params)  # a copy: the steps below write into the parameters
-    measured = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))
-    with torch.inference_mode():
-        old = token_logprobs(trainer.model, measured[0])[0]
-    second_order = math.nan
-    for b in range(steps):
-        trainer.step = b
-        trainer.train_step()
-        if b == 0:
-            with torch.inference_mode():
-                delta = (token_logprobs(trainer.model, measured[0])[0] - old).sum(-1)[None]
-            stats = gap_stats_mc(measured[1].reshape(1, -1), proj=delta)
-            ratio = float(critical_ratio(stats.delta_mu, stats.var_plus, stats.var_minus)[0])
-            second_order = math.nan if math.isnan(ratio) else math.inf if ratio == 0 else lr_probe / ratio
-    U = (torch.nn.utils.parameters_to_vector(params).detach() - theta0) / lr_probe
-    rates = np.geomspace(lr_low, lr_high, points)
-    try:
-        J, se = probe_curve(rate_J, rates, J0, se0)
-    finally:
-        torch.nn.utils.vector_to_parameters(theta0.clone(), params)
-    scanned = np.isfinite(J)
-    critical, peak = crossing(rates, J - J0)
-    result = ProbeResult(critical, critical / 2, peak, second_order, steps, tuple(map(float, rates[scanned])),
-                         tuple(map(float, J[scanned])), tuple(map(float, se[scanned])), J0, len(problems) * fresh,
-                         time.perf_counter() - start)
+    result = scan(trainer, steps=steps, fresh=fresh, lr_probe=lr_probe, lr_low=lr_low, lr_high=lr_high, points=points)
     out = Path(out)
     write_table(out / "probe.parquet", rows_table(result.rows()))
     atomic_write_json(out / "probe.json", {"settings": dataclasses.asdict(config), "probe": {

@@ -53,7 +53,7 @@ import torch
 
 from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, write_table
-from rlvrlab.lm.config import TrainConfig
+from rlvrlab.lm.config import TrainConfig, nondefault_settings
 from rlvrlab.lm.diagnostics import GapAdaptiveRate
 from rlvrlab.lm.models import check_prompts, load_model, resolve_device
 from rlvrlab.lm.monitor import GapMonitor, GapWarning, gap_warnings
@@ -128,11 +128,12 @@ class GRPOTrainer:
         self.opt = torch.optim.Adam(self.params, lr=config.lr, fused=fused or None)  # fused: one kernel for all parameters
         K = config.steps
         shape = {"constant": lambda s: 1.0, "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, K) / K)),
-                 "gap-adaptive": lambda s: 1.0}[config.schedule]
+                 "gap-adaptive": lambda s: 1.0, "probe": lambda s: 1.0}[config.schedule]
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, shape)
         self.gen = torch.Generator(self.device).manual_seed(config.seed)
         self.fresh_gen = torch.Generator(self.device).manual_seed(config.seed + 1_000_003)
         self.step = 0
+        self.probe_target = math.nan  # schedule "probe": the rate it aims at, from the last scan
         rule = GapAdaptiveRate(config.adaptive_fraction, config.adaptive_smoothing, config.adaptive_growth,
                                config.lr_min, config.lr_max) if config.schedule == "gap-adaptive" else None
         self.monitor = GapMonitor(adaptive=rule, on_warning=self.on_warning)
@@ -211,7 +212,7 @@ class GRPOTrainer:
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
             self.opt.step()
-        if cfg.schedule != "gap-adaptive":
+        if cfg.schedule not in ("gap-adaptive", "probe"):  # those two set the rate themselves
             self.sched.step()
         lengths = rollout.lengths.float()
         # the curves every GRPO monitor reads, under TRL's names (rlwatch, rldoctor, rlprobe and a TRL dashboard read them)
@@ -261,6 +262,28 @@ class GRPOTrainer:
         """Every row so far (step 0's evaluation, then one per step): the monitor's history."""
         return self.monitor.history
 
+    def _probe_schedule(self) -> dict[str, float]:
+        """Schedule "probe": before the first step (and every probe_every steps) scan for the critical
+        rate of the next steps (rlvrlab.lm.probe.scan) and aim at its recommended rate; the rate moves
+        toward the aim by at most a factor 2 a step, and the first step is never above it (a start far
+        above the threshold damages the model before any rule can react)."""
+        from rlvrlab.lm.probe import scan
+
+        cfg, row = self.config, {}
+        lr = self.opt.param_groups[0]["lr"]
+        if self.step == 0 or cfg.probe_every and self.step % cfg.probe_every == 0:
+            decades = math.log10(cfg.lr_max / cfg.lr_min)
+            r = scan(self, steps=cfg.probe_steps, fresh=cfg.probe_fresh, lr_probe=cfg.lr_min * 10, lr_low=cfg.lr_min,
+                     lr_high=cfg.lr_max, points=max(3, round(6 * decades) + 1))
+            if not math.isnan(r.recommended_rate):
+                self.probe_target = min(max(r.recommended_rate, cfg.lr_min), cfg.lr_max)
+            row = {"probe/critical_rate": r.critical_rate, "probe/recommended_rate": r.recommended_rate, "probe/J": r.J0,
+                   "probe/seconds": r.seconds}
+        if not math.isnan(self.probe_target):
+            lr = min(lr, self.probe_target) if self.step == 0 else min(max(self.probe_target, lr / 2), 2 * lr)
+            self._set_lr(min(max(lr, cfg.lr_min), cfg.lr_max))
+        return row
+
     def _set_lr(self, lr: float) -> None:
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -279,7 +302,7 @@ class GRPOTrainer:
         state = {"step": self.step, "monitor": self.monitor.state_dict(),
                  "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "generator": self.gen.get_state(), "fresh_generator": self.fresh_gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "settings": dataclasses.asdict(self.config)}
+                 "torch_rng": torch.get_rng_state(), "settings": dataclasses.asdict(self.config), "probe_target": self.probe_target}
         tmp = path.with_name(".latest.pt.tmp")
         torch.save(state, tmp)
         tmp.replace(path)
@@ -289,7 +312,7 @@ class GRPOTrainer:
         if not path.exists():
             return
         state = torch.load(path, weights_only=False, map_location="cpu")  # RNG states are CPU tensors; load_state_dict moves the rest
-        if state["settings"] != dataclasses.asdict(self.config):
+        if nondefault_settings(state["settings"]) != self.config.identity():
             _checks.fail("--out", str(self.out), "a directory whose checkpoint has the same settings, or --force to start over")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
@@ -298,6 +321,7 @@ class GRPOTrainer:
         self.fresh_gen.set_state(state["fresh_generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
+        self.probe_target = state.get("probe_target", math.nan)
         self.monitor.load_state_dict(state["monitor"])
 
     def _write_metrics(self) -> None:
@@ -313,8 +337,9 @@ class GRPOTrainer:
             prefixes = ("gap/", "gap_fresh/") if self.config.fresh_samples else ("gap/",)
             self.monitor.record({"step": 0, "eval/accuracy": self.evaluate()} | self.monitor.start(prefixes))
         while self.step < self.config.steps:
+            scanned = self._probe_schedule() if self.config.schedule == "probe" else {}
             try:
-                row = self.train_step()
+                row = self.train_step() | scanned
             except DivergedError:
                 self._write_metrics()  # the rows so far (the last checkpoint stays the last good state)
                 raise
@@ -347,7 +372,7 @@ def descendant(config: TrainConfig, root: Path | None = None, *, on_step: Callab
     does for the base: ``<cache>/grpo-<hash of the settings>``, resumable) and found there after."""
     from rlvrlab.lm.pretrain import cache_root
 
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps(config.identity(), sort_keys=True).encode()).hexdigest()[:12]
     out = (root or cache_root()) / f"grpo-{key}"
     if not (out / "model" / "config.json").exists():
         GRPOTrainer(config, out, on_step=on_step, on_warning=lambda message: None).train()
