@@ -41,7 +41,12 @@ LM_SMALL = ["steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=
 # warning-bench trains a corpus of runs through the LM sweep: the smallest grid whose labels and detectors run
 WB_SMALL = ["tasks=add", "presets=grpo", "lrs=1e-4,3e-2", "seeds=0,1", "tune_seeds=0", "steps=3", "batch_size=8", "group=4",
             "prompts=20", "max_new_tokens=8", "eval_every=1", "eval_samples=2", "fresh_samples=2", "workers=1"]
-LM = {"lm-grpo": LM_SMALL, "warning-bench": WB_SMALL}
+# lr-oracle: both grids on the session's tiny model, two rates, one probe step, one adaptive start
+LO_SMALL = ["tasks=add", "lrs=1e-4,1e-3,3e-2", "seeds=0,1", "steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=8",
+            "eval_every=1", "eval_samples=2", "fresh_samples=0", "repeats=1,2", "length_presets=grpo", "length_seeds=0",
+            "length_steps=3", "probe_steps=1", "probe_fresh=2", "probe_tuned_on=1", "adaptive_starts=3e-2", "probe_every=2",
+            "workers=1"]
+LM = {"lm-grpo": LM_SMALL, "warning-bench": WB_SMALL, "lr-oracle": LO_SMALL}
 
 
 PACKAGE = Path(rlvrlab.experiments.__file__).parent
@@ -210,7 +215,7 @@ def test_lm_grpo_takes_task_names_and_files(tmp_path):
     assert resolve_config("lm-grpo", settings=[f"tasks=arith,{path}"]).tasks == ("arith", str(path))
     with pytest.raises(ValueError, match=r"^tasks: got .*; allowed: tasks with distinct names \(a file is named by its stem\)"):
         resolve_config("lm-grpo", settings=[f"tasks=add,{path}"])
-    with pytest.raises(ValueError, match=r"^task: got 'x.csv'; allowed: a task name \(add, arith, countdown\) or a .jsonl"):
+    with pytest.raises(ValueError, match=r"^task: got 'x.csv'; allowed: a task name \(add, arith, countdown\), optionally with integer options \(add:repeat=4\), or a .jsonl"):
         resolve_config("lm-grpo", settings=["tasks=add,x.csv"])
 
 

@@ -12,12 +12,12 @@ __all__ = ["experiments", "get", "names"]
 
 @cache
 def experiments() -> dict[str, Experiment]:
-    from rlvrlab.experiments import (bounds, collapse, contextual, controller, direction, leash, lm_grpo, mab, phase, stagnation,
+    from rlvrlab.experiments import (bounds, collapse, contextual, controller, direction, leash, lm_grpo, lr_oracle, mab, phase, stagnation,
                                      success_scaling, two_response, warning_bench)
 
     found = [mab.EXPERIMENT, contextual.EXPERIMENT, two_response.EXPERIMENT, collapse.EXPERIMENT, bounds.EXPERIMENT,
              phase.EXPERIMENT, stagnation.EXPERIMENT, controller.EXPERIMENT, lm_grpo.EXPERIMENT, leash.EXPERIMENT,
-             direction.EXPERIMENT, warning_bench.EXPERIMENT, success_scaling.EXPERIMENT]
+             direction.EXPERIMENT, warning_bench.EXPERIMENT, success_scaling.EXPERIMENT, lr_oracle.EXPERIMENT]
     return {e.name: e for e in found}
 
 
