@@ -3,6 +3,7 @@ first step is linear in the rate), and the probe end to end against a plain refe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -62,7 +63,8 @@ def test_probe_end_to_end_scan_from_the_start_and_files(tiny_model, tmp_path):
     from rlvrlab.lm.trainer import GRPOTrainer
 
     model_files = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in tiny_model.iterdir() if p.is_file()}
-    cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, seed=5)
+    cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, seed=5, lr=1e-2,
+                      schedule="cosine", steps=4)  # the run's own rate and schedule must not reach the probe's steps
     r = probe(cfg, tmp_path / "probe", steps=2, fresh=3, lr_low=1e-4, lr_high=10.0, points=6, reward_fn=_parity)
 
     # the start, by hand: the prompts of the run's first two batches, 3 completions each, from the scan's stream
@@ -81,6 +83,14 @@ def test_probe_end_to_end_scan_from_the_start_and_files(tiny_model, tmp_path):
     assert [row["gain"] for row in table] == pytest.approx([j - r.J0 for j in r.J])
     saved = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert saved["probe"]["steps"] == 2 and saved["settings"]["seed"] == 5
+    # the probe's steps are the run's first two steps at lr_probe (whatever the run's own rate and schedule): a plain
+    # trainer at that rate takes the same two steps
+    plain = GRPOTrainer(dataclasses.replace(cfg, lr=1e-5, schedule="constant", diagnostics=False), tmp_path / "plain", reward_fn=_parity)
+    theta0 = _params(plain)
+    for b in range(2):
+        plain.step = b
+        plain.train_step()
+    assert r.displacement == pytest.approx(float((_params(plain) - theta0).norm()) / 1e-5, rel=1e-4)  # float32 sums
     assert {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in tiny_model.iterdir() if p.is_file()} == model_files
 
 

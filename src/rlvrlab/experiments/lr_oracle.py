@@ -113,9 +113,9 @@ class LrOracleConfig:
 
     @classmethod
     def quick(cls) -> LrOracleConfig:
-        return cls(tasks=("add",), lrs=(1e-4, 4.2e-4, 1.6e-3), seeds=(0, 1), steps=15, batch_size=32, prompts=120, fresh_samples=2,
-                   repeats=(1, 2), length_presets=("grpo", "rloo"), length_seeds=(0,), length_steps=15, probe_steps=2,
-                   probe_tuned_on=(1,), adaptive_starts=(1.6e-3,), probe_every=10)
+        return cls(tasks=("add",), lrs=(1e-4, 4.2e-4, 1.6e-3), seeds=(0, 1), steps=10, batch_size=32, prompts=120, fresh_samples=2,
+                   repeats=(1, 2), length_presets=("grpo",), length_seeds=(0,), length_steps=10, probe_steps=2,
+                   probe_tuned_on=(1,), adaptive_starts=(1.6e-3,), probe_every=0)
 
     def grid_a(self, model: str) -> dict[str, Any]:
         return {"model": model, "steps": self.steps, "batch_size": self.batch_size, "group": self.group, "prompts": self.prompts,

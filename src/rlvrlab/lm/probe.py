@@ -68,6 +68,7 @@ class ProbeResult:
     J: tuple[float, ...]  # (L,) success rate at θ0 + lr·U
     se_J: tuple[float, ...]  # (L,)
     J0: float  # the success rate at θ0 (the same completions' random numbers)
+    displacement: float  # ‖U‖ = ‖θ_steps - θ0‖ / lr_probe: the probe steps' displacement per unit rate
     completions_per_rate: int
     seconds: float
 
@@ -137,6 +138,8 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
     its next ``steps`` batches, its own optimizer state (a run's first steps start from none), and
     everything put back afterwards (parameters, optimizer, schedule, random streams, step), so that
     the run goes on as if the probe had not been there."""
+    from rlvrlab.lm.trainer import DivergedError
+
     check_probe(steps, fresh, lr_probe, lr_low, lr_high, points)
     start = time.perf_counter()
     params, config, step0 = trainer.params, trainer.config, trainer.step
@@ -150,13 +153,15 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
         torch.nn.utils.vector_to_parameters(theta0 + lr * U, params)
         try:
             r = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))[1]
-        except Exception:  # a forward that overflows solves nothing (the trainer calls this divergence)
+        except DivergedError:  # a forward that overflows solves nothing
             return 0.0, 0.0
         per_prompt = r.float().mean(-1)  # prompts are independent; their completions are not
         return float(per_prompt.mean()), float(per_prompt.std() / math.sqrt(len(per_prompt)))
 
     try:
-        trainer.config = dataclasses.replace(config, diagnostics=False, fresh_samples=0, kl_reference=False)
+        # the probe's steps at lr_probe: no diagnostics, and no scheduler step (schedule "probe" sets its rate itself),
+        # which would put the run's own rate back
+        trainer.config = dataclasses.replace(config, diagnostics=False, fresh_samples=0, kl_reference=False, schedule="probe")
         problems = []
         for b in range(steps):  # the prompts of the run's next `steps` batches
             trainer.step = step0 + b
@@ -192,7 +197,7 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
     scanned = np.isfinite(J)
     critical, peak = crossing(rates, J - J0)
     return ProbeResult(critical, critical / 2, peak, second_order, steps, tuple(map(float, rates[scanned])),
-                       tuple(map(float, J[scanned])), tuple(map(float, se[scanned])), J0, len(problems) * fresh,
+                       tuple(map(float, J[scanned])), tuple(map(float, se[scanned])), J0, float(U.norm()), len(problems) * fresh,
                        time.perf_counter() - start)
 
 
