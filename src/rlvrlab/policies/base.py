@@ -8,6 +8,7 @@ directional derivatives, so the interface is
     logp_and_jvp(theta, w)    (R, C, N) twice: log π and w·∇_θ log π  (projected scores)
     vjp(theta, v)             (R, d)     Σ_{c,o} v[r,c,o] ∇_θ log π(o | c)
     curvature(theta, w)       (R, C, N)  wᵀ ∇²_θ log π(o | c) w
+    expected_hessian(theta, v) (R, d, d) Σ_{c,o} v[r,c,o] ∇²_θ log π(o | c)
     scores(theta)             (R, C, N, d)  full scores, for small instances and tests
 
 The defaults below differentiate ``logp`` with torch.func; subclasses replace them with closed
@@ -88,6 +89,16 @@ class EnumerablePolicy(ABC):
     def curvature(self, theta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """wᵀ ∇²log π(o | c) w (R, C, N): forward-over-forward differentiation."""
         return jvp(lambda t: jvp(self.logp, (t,), (w,))[1], (theta,), (w,))[1]
+
+    def expected_hessian(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Σ_{c,o} v[r,c,o] ∇²_θ log π(o | c) with the weights v (R, C, N) held fixed: (R, d, d).
+
+        With v = π± it is E±[∇²log π], the curvature term of the log-odds Hessian (App. F). One
+        forward derivative of vjp per coordinate: d passes, for small instances and tests.
+        """
+        cols = [jvp(lambda t: self.vjp(t, v), (theta,), (e.expand_as(theta),))[1]
+                for e in torch.eye(theta.shape[-1], dtype=theta.dtype)]
+        return torch.stack(cols, -1)
 
     def scores(self, theta: torch.Tensor) -> torch.Tensor:
         """Full scores ∇_θ log π(o | c): (R, C, N, d). Memory R·C·N·d: small instances only.
