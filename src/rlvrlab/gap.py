@@ -39,11 +39,15 @@ __all__ = [
     "LogOddsChangeMC",
     "alignment_gain",
     "combine_prompts",
+    "conditional_distributions",
     "gap_along",
     "gap_stats",
     "gap_stats_mc",
     "lemma3_log_odds_change",
     "log_odds_change_mc",
+    "log_odds_hessian",
+    "score_covariance",
+    "worst_second_order_penalty",
 ]
 
 _NEG_INF = -math.inf
@@ -211,6 +215,68 @@ def gap_stats(logp: torch.Tensor, scores: torch.Tensor, reward: torch.Tensor, di
     mean_p, var_p = _cond_mean_var(wp, proj)
     mean_m, var_m = _cond_mean_var(wm, proj)
     return GapStats(log_J, log_1mJ, mean_p, mean_m, var_p, var_m, g_plus=g_plus, g_minus=g_minus)
+
+
+def conditional_distributions(logp: torch.Tensor, reward: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """π+ and π- (..., N): π conditioned on correct / incorrect responses; all zeros where a side has no mass.
+
+    logp (..., N) log π of every response, reward (..., N) 0/1.
+    """
+    correct = _check_enumerated(logp, reward)
+    wp, wm, _, _ = _conditional_log_weights(logp, correct.expand_as(logp))
+    return wp.exp().nan_to_num(0.0), wm.exp().nan_to_num(0.0)
+
+
+def _covariance(weights: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Cov of scores (..., N, d) under weights (..., N) summing to 1: (..., d, d)."""
+    mean = (weights.unsqueeze(-1) * scores).sum(-2, keepdim=True)
+    centred = scores - mean
+    return (centred * weights.unsqueeze(-1)).transpose(-1, -2) @ centred
+
+
+def score_covariance(logp: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Cov_π(∇log π) (..., d, d), the Fisher information: its top eigenvalue is the largest
+    Var_π(w·∇log π) over unit w, the variance whose log-MGF eq. (46b) bounds by G_p² T_psi1 η².
+
+    logp (..., N), scores (..., N, d).
+    """
+    _checks.shape("scores", scores, (logp.shape[-1], None), "(..., N, d)")
+    return _covariance(logp.exp(), scores)
+
+
+def log_odds_hessian(logp: torch.Tensor, scores: torch.Tensor, reward: torch.Tensor,
+                     hess_plus: torch.Tensor, hess_minus: torch.Tensor) -> torch.Tensor:
+    """∇²_θ log(J / (1 - J)) over an enumerated response space, exactly: (..., d, d).
+
+        ∇² log J = Cov_{π+}(∇log π) + E_{π+}[∇²log π]     (and 1 - J likewise over π-), so
+        Q := ∇² log-odds = Cov+ - Cov- + E+[∇²log π] - E-[∇²log π]
+
+    Along a unit w the log-odds change of a step is Δμ·η + ½ wᵀQw·η² + O(η³) (App. F's expansion
+    with its factor ½, see theory.log_odds_change_second_order): -½ wᵀQw is the second-order
+    penalty that Lemma 2 bounds by L_p T_inf + G_p² T_psi1 / (1 - J).
+
+    logp (..., N), scores (..., N, d) = ∇log π, reward (..., N) 0/1,
+    hess_plus, hess_minus (..., d, d) = E±[∇²log π] (EnumerablePolicy.expected_hessian with v = π±).
+    """
+    _checks.shape("scores", scores, (logp.shape[-1], None), "(..., N, d)")
+    d = scores.shape[-1]
+    _checks.shape("hess_plus", hess_plus, (d, d), "(..., d, d) matching scores")
+    _checks.shape("hess_minus", hess_minus, (d, d), "(..., d, d) matching scores")
+    plus, minus = conditional_distributions(logp, reward)
+    return _covariance(plus, scores) - _covariance(minus, scores) + hess_plus - hess_minus
+
+
+def worst_second_order_penalty(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest second-order penalty over unit directions, and a direction attaining it.
+
+        sup_{‖w‖ <= 1} lim_{η -> 0} (Δμ·η - Δ log-odds) / η² = ½ max(λ_max(-Q), 0)
+
+    hessian: (..., d, d) Q, the log-odds Hessian (``log_odds_hessian``).
+    Returns the coefficient (...,) and the unit eigenvector of -Q's largest eigenvalue (..., d).
+    """
+    _checks.shape("hessian", hessian, (hessian.shape[-1], hessian.shape[-1]) if hessian.dim() >= 2 else (0, 0), "(..., d, d)")
+    vals, vecs = torch.linalg.eigh(-(hessian + hessian.transpose(-1, -2)) / 2)
+    return (vals[..., -1] / 2).clamp(min=0), vecs[..., :, -1]
 
 
 def combine_prompts(stats: GapStats, weights: torch.Tensor) -> GapStats:

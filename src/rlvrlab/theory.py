@@ -56,6 +56,7 @@ __all__ = [
     "log_odds_change_second_order",
     "logistic_lower_bound",
     "psi1_norm",
+    "second_order_penalty_bound",
     "smoothness_step_cap",
     "stagnation_ceiling",
     "step_condition_token",
@@ -404,6 +405,23 @@ def critical_lr_drgrpo(J: Number, T_psi1: Number = 1.0) -> Number:
 
 
 # --- Response length (Assumption 3) ------------------------------------------------------------
+
+
+def second_order_penalty_bound(L_p: Number, mean_length_plus: Number, J: Number) -> Number:
+    """A bound on the η -> 0 penalty coefficient (Δμ·η - Δ log-odds)/η² over unit directions,
+    derived here (not in the paper) for policies whose token log-probabilities have Hessians
+    bounded by L_p (softmax with logits linear in θ):
+
+        ½ L_p·E+|o| / (1 - J)
+
+    From calculus, ∇² log-odds = ∇² log J / (1 - J) + J (g+ - g-)(g+ - g-)ᵀ, and by the Fisher
+    identity -∇² log J = E+[-∇²log π] - Cov+(∇log π) ≼ L_p·E+|o|. The variance term that (46b)
+    bounds with G_p² T_psi1 cancels at second order; what remains is the curvature of the
+    correct responses, E+|o| their mean length. (Lemma 2's coefficient bounds it by
+    L_p T_inf + G_p² T_psi1 / (1 - J).)
+    """
+    Jt = _t(J)
+    return _out(_t(L_p) * _t(mean_length_plus) / (2 * (1 - Jt)), L_p, mean_length_plus, J)
 
 
 def psi1_norm(lengths: torch.Tensor | list[float], weights: torch.Tensor | None = None) -> torch.Tensor:

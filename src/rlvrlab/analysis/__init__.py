@@ -17,7 +17,7 @@ from rlvrlab.analysis.pair import descendant_training_prompts, evaluation_proble
 from rlvrlab.analysis.passk import pass_at_k, pass_at_k_curve
 from rlvrlab.analysis.stats import (CriticalRate, PlateauFit, SlopeFit, auc, bootstrap_ci, critical_rate, critical_rates,
                                     fit_plateau,
-                                    loglog_slope, proportion_diff_se, spearman, spearman_ci)
+                                    loglog_exponents, loglog_slope, proportion_diff_se, spearman, spearman_ci)
 from rlvrlab.analysis.support import answer_support, support_metrics, support_threshold
 from rlvrlab.analysis.tokens import (answer_entropy, check_pair, position_stats, sample_answers, token_entropy,
                                      token_stats)
@@ -25,6 +25,6 @@ from rlvrlab.analysis.tokens import (answer_entropy, check_pair, position_stats,
 __all__ = ["CRITERIA", "MODES", "CriticalRate", "PlateauFit", "SlopeFit", "answer_entropy", "answer_support", "auc",
            "bootstrap_ci", "calibrate", "check_pair", "critical_rate", "critical_rates",
            "descendant_training_prompts",
-           "evaluation_problems", "extrapolated_logits", "fit_plateau", "generate", "loglog_slope", "model_pair",
+           "evaluation_problems", "extrapolated_logits", "fit_plateau", "generate", "loglog_exponents", "loglog_slope", "model_pair",
            "pass_at_k", "pass_at_k_curve", "position_stats", "proportion_diff_se", "sample_answers", "selected",
            "spearman", "spearman_ci", "support_metrics", "support_threshold", "token_entropy", "token_stats"]

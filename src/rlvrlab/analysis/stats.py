@@ -8,6 +8,8 @@ and the critical-rate search.
   (scipy.stats.bootstrap, BCa by default);
 - ``loglog_slope(x, y)`` — least-squares slope of log y on log x with a t-interval
   (scipy.stats.linregress, scipy.stats.t): how a critical rate scales with the length T (eq. 17 vs 18);
+  ``loglog_exponents(y, x1=..., x2=...)`` the same with several regressors at once (least squares,
+  t-intervals): which of two length measures a penalty scales with (Lemma 2: T_psi1 or T_inf);
 - ``critical_rate(rates, converged, refine, bisection=...)`` — the upper edge of the window of step
   sizes at which training converges (the rate past which a step overshoots, Thm 2/4), from a grid,
   refined by bisection in log(rate); ``critical_rates`` does it for many cells at once, one batch
@@ -31,7 +33,7 @@ from scipy import optimize, stats
 from rlvrlab import _checks
 
 __all__ = ["CriticalRate", "PlateauFit", "SlopeFit", "auc", "bootstrap_ci", "critical_rate", "critical_rates", "fit_plateau",
-           "loglog_slope", "proportion_diff_se", "spearman", "spearman_ci"]
+           "loglog_exponents", "loglog_slope", "proportion_diff_se", "spearman", "spearman_ci"]
 
 
 def _vector(field: str, value: Any) -> np.ndarray:
@@ -135,6 +137,39 @@ def loglog_slope(x: Any, y: Any, *, confidence: float = 0.95) -> SlopeFit:
     fit = stats.linregress(lx, ly)
     half = stats.t.ppf((1 + confidence) / 2, n - 2) * fit.stderr
     return SlopeFit(float(fit.slope), float(fit.slope - half), float(fit.slope + half), n, float(fit.intercept))
+
+
+def loglog_exponents(y: Any, *, confidence: float = 0.95, **x: Any) -> dict[str, SlopeFit]:
+    """Least squares log y ≈ c + Σ_j b_j·log x_j, each exponent b_j with its Student-t interval
+    (n - 1 - #regressors degrees of freedom); the intercept c is repeated in every SlopeFit.
+
+    Points where y is not finite and > 0 are left out; with too few usable points (n <= #regressors
+    + 1) or collinear regressors every fit is nan.
+    """
+    if not 0 < confidence < 1:
+        _checks.fail("confidence", confidence, "a number in (0, 1)")
+    if not x:
+        _checks.fail("x", "no regressor", "at least one named regressor, e.g. T_psi1=[...]")
+    yv = _vector("y", y)
+    cols = {k: _vector(k, v) for k, v in x.items()}
+    for k, v in cols.items():
+        if v.shape != yv.shape:
+            _checks.fail(k, f"{v.size} values", f"{yv.size} values, one per y")
+        if np.any(~(v > 0)):
+            _checks.fail(k, v.tolist(), "numbers > 0 (their logarithm is taken)")
+    ok = np.isfinite(yv) & (yv > 0)
+    n, p = int(ok.sum()), len(cols)
+    X = np.column_stack([np.ones(n)] + [np.log(v[ok]) for v in cols.values()])
+    nan = {k: SlopeFit(math.nan, math.nan, math.nan, n, math.nan) for k in cols}
+    if n <= p + 1 or np.linalg.matrix_rank(X) < p + 1:
+        return nan
+    coef, *_ = np.linalg.lstsq(X, np.log(yv[ok]), rcond=None)
+    resid = np.log(yv[ok]) - X @ coef
+    dof = n - p - 1
+    cov = (resid @ resid / dof) * np.linalg.inv(X.T @ X)
+    half = stats.t.ppf((1 + confidence) / 2, dof) * np.sqrt(np.diag(cov))
+    return {k: SlopeFit(float(coef[j + 1]), float(coef[j + 1] - half[j + 1]), float(coef[j + 1] + half[j + 1]), n, float(coef[0]))
+            for j, k in enumerate(cols)}
 
 
 class CriticalRate(NamedTuple):
