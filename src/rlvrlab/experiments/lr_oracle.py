@@ -403,10 +403,14 @@ def analyse(config: LrOracleConfig, runs: list[dict[str, Any]], run_dir: Path, p
                             f"fast enough: {summary['adaptive']['fast']} (cell x start)", "every cell and start", "claim"))
     for preset, s in slopes.items():
         if math.isfinite(s["slope"]) and s["theory"] is not None:
+            other = -1.0 if s["theory"] == 0 else 0.0  # the other preset family's slope: the interval must tell them apart
+            both = s["low"] <= other <= s["high"]
             checks.append(Check(f"{preset}: the critical rate against response length has the theory's slope ({s['theory']:g})",
-                                s["low"] <= s["theory"] <= s["high"],
-                                f"slope {s['slope']:.2f} [{s['low']:.2f}, {s['high']:.2f}] over {s['points']} lengths",
-                                f"the 95% interval contains {s['theory']:g} (raw gradient steps; Adam here)", "claim"))
+                                s["low"] <= s["theory"] <= s["high"] and not both,
+                                f"slope {s['slope']:.2f} [{s['low']:.2f}, {s['high']:.2f}] over {s['points']} lengths"
+                                + (f"; the interval also contains {other:g}: it cannot tell 0 from -1" if both else ""),
+                                f"the 95% interval contains {s['theory']:g} and not {other:g} (the theory's slopes are for raw "
+                                "gradient steps; these runs use Adam)", "claim"))
         else:
             summary.setdefault("not_enough_data", []).append(f"{preset}: {s['points']} lengths with a measured critical rate (3 needed)")
     tables = {"metrics": pa.concat_tables(metric_parts), "cells": pa.Table.from_pylist(cell_rows), "rates": pa.Table.from_pylist(rate_rows),
