@@ -137,6 +137,21 @@ CLAIMS: tuple[Claim, ...] = (
           _refs("warning-bench", "rlvrlab's best rule is ahead of every peer monitor on F1",
                 "rlvrlab's best rule is ahead of every peer monitor on F1 as a warning (alarms at or before the onset)",
                 "rlvrlab's best rule warns earlier than every peer monitor (median lead time)"), on_fail="differs"),
+    Claim("lr-probe", "gap", "§4, App. F (rlvrlab's reading, practice): a learning rate before training",
+          "The critical learning rate of a language-model run can be read off its first steps before training: within 2x "
+          "of a fixed-rate sweep's in at least 90% of cells, and training at half of it matches the sweep's best rate.",
+          _refs("lr-oracle", "the probe's predicted critical rate is within 2x of the measured one in at least 90% of (cell, seed) pairs",
+                "training at the probe's recommended rate ends within 0.02 (or one SE) of the best fixed rate, every cell"),
+          on_fail="differs"),
+    Claim("lr-adaptive", "gap", "§7 (rlvrlab's reading, practice): a rate that needs no tuning",
+          "A rate rule driven by the theory's critical rate, from any start, ends where the best fixed rate does, never "
+          "collapses, and is not slower.",
+          _refs("lr-oracle", "schedule probe, from the grid's lowest and highest rate, ends within 0.02 (or one SE) of the best "
+                "fixed rate in every cell, never collapses, and reaches 90% of the best run's accuracy in at most 1.5x its steps"),
+          on_fail="differs"),
+    Claim("length-lm", "gap", "§4 eq. (17)–(18), 'Sequence length', on a language model trained with Adam",
+          "The critical learning rate of GRPO is flat in the response length; without length normalization it falls like 1/T.",
+          _refs("lr-oracle", "{}: the critical rate against response length has the theory's slope ({})"), on_fail="differs"),
     Claim("thm6a", "gap", "App. G, Theorem 6(a)",
           "Convergence of J to 1 implies that the cumulative alignment M diverges.",
           _refs("two-response", "Theorem 6(a) (App. G): under (61), M(K) >= (2/3)(log-odds(K) - log-odds(0)), so M -> inf as J -> 1")
