@@ -102,6 +102,7 @@ def _print_checks(name: str, summary: dict[str, Any], out: Path) -> bool:
             ok &= c["passed"]
         else:
             mark = "[green]seen[/]" if c["passed"] else "[yellow]not seen[/]"
+            mark = mark if c.get("enough", True) else "[dim]not enough data[/]"
         table.add_row(mark, c["kind"], c["name"], c["measured"])
     out_console.print(table)
     out_console.print(f"results: {out}  ({summary['seconds']:.1f} s)")

@@ -29,9 +29,9 @@ td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-al
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.paper th { background: #e8eef6; }
 .pass { color: #176317; font-weight: bold; } .fail { color: #b00020; font-weight: bold; }
-.claim-yes { color: #176317; } .claim-no { color: #a05a00; }
+.claim-yes { color: #176317; } .claim-no { color: #a05a00; } .claim-na { color: #777; }
 .v-reproduced { color: #176317; font-weight: bold; } .v-differs, .v-not-seen { color: #a05a00; font-weight: bold; }
-.v-contradicted { color: #b00020; font-weight: bold; } .v-not-tested { color: #777; }
+.v-contradicted { color: #b00020; font-weight: bold; } .v-not-tested, .v-not-enough-data { color: #777; }
 caption { text-align: left; font-weight: 600; padding: 0.3em 0; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .muted { color: #777; font-size: 0.85em; }
@@ -197,6 +197,8 @@ def _checks_table(checks: list[dict[str, Any]]) -> str:
             verdict = '<span class="pass">PASS</span>' if c["passed"] else '<span class="fail">FAIL</span>'
         else:
             verdict = '<span class="claim-yes">seen</span>' if c["passed"] else '<span class="claim-no">not seen</span>'
+            if not c.get("enough", True):
+                verdict = '<span class="claim-na">not enough data</span>'
         rows.append(f"<tr><td>{verdict}</td><td>{html.escape(c['kind'])}</td><td>{html.escape(c['name'])}</td>"
                     f"<td>{html.escape(c['measured'])}</td><td>{html.escape(c['expected'])}</td></tr>")
     return ("<table><tr><th></th><th>kind</th><th>check</th><th>measured</th><th>expected</th></tr>"

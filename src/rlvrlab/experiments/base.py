@@ -11,7 +11,10 @@
 
 Checks come in two kinds: "theorem" (a statement of the paper whose premises were verified on the
 instance: it must hold, and a failure is a bug or a counterexample) and "claim" (what the paper
-reports seeing; ours is reported either way).
+reports seeing; ours is reported either way). A claim check whose run lacked the data to decide it
+(an interval too wide to tell, a model pair with no RLVR gain to analyse, one seed where a spread
+is needed) says so with ``enough=False``: the ledger reads it as "not enough data", whichever way
+``passed`` came out.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Check:
     measured: str
     expected: str
     kind: Literal["theorem", "claim"] = "theorem"
+    enough: bool = True  # False: the run lacked the data to decide this claim check (why: in ``measured``)
 
 
 @dataclass

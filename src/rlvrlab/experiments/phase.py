@@ -1,9 +1,9 @@
 """Phase diagrams of the step size: final J over (learning rate × response length T).
 
-For REINFORCE, Dr. GRPO and GRPO, on the contextual token bandit (rlvrlab.simulate.instances),
-each cell (preset, T, J0, instance) trains at every learning rate of a log grid for a fixed
-number of steps, with the preset's exact expected update (eq. 4, eq. 5, Dr. GRPO's with a
-constant normalizer) or its sampled update (G responses per prompt).
+For REINFORCE, Dr. GRPO, GRPO and GRPO without its 1/|o| (`grpo-sum`), on the contextual token
+bandit (rlvrlab.simulate.instances), each cell (preset, T, J0, instance) trains at every learning
+rate of a log grid for a fixed number of steps, with the preset's exact expected update (eq. 4,
+eq. 5, Dr. GRPO's with a constant normalizer) or its sampled update (G responses per prompt).
 
 Criterion: a run converges when its objective J (the mean over prompts) ends at or above
 `target_J`. Too small a rate converges too slowly for the step budget; too large a rate
@@ -37,7 +37,20 @@ The theory's prediction (eq. 17 vs 18): with T_psi1 ∝ T, REINFORCE's and Dr. G
 step grows like T relative to what (15a)/(18) allow, so their critical rate should fall like
 1/T; GRPO divides by |o| and its critical rate should be roughly flat in T. We fit the slope of
 log(critical rate) on log T with a 95% t-interval (rlvrlab.analysis.loglog_slope) and report it
-either way.
+either way; a check decides only when its interval is at most `max_ci_width` wide (wider: the
+check is marked not enough data, whichever way it came out). The contrast itself is tested
+directly: the slope of log(rate_GRPO / rate_REINFORCE) on log T over the cells paired by
+(T, J0, instance), with its t-interval, should contain 1 and exclude 0.
+
+Which slopes are independent evidence. Every response has exactly T tokens here, and the
+expected update is linear in the advantage weights, so an update that is another one times a
+function of T alone has a critical rate that is the other's times that function, and a slope
+shifted by a known amount: Dr. GRPO with a constant normalizer N is REINFORCE / N (RLOO in
+expectation is REINFORCE itself), so its slope is REINFORCE's to the bisection's precision — not
+a second test. `grpo-sum` (GRPO's mean-std advantage, responses summed over tokens: no 1/|o|) is
+unnormalized with a different per-prompt weighting (1/σ_c amplifies nearly lost and nearly
+solved prompts), so its −1 is a test independent of REINFORCE's; it is T × GRPO, so its slope is
+GRPO's − 1 and not independent of GRPO's 0.
 """
 
 from __future__ import annotations
@@ -61,21 +74,34 @@ from rlvrlab.simulate.critical import predict_critical_rate
 from rlvrlab.simulate.instances import initial_theta, predicted_critical_rates, token_bandit
 from rlvrlab.updates import PRESETS, get_preset, make_direction
 
-__all__ = ["EXPERIMENT", "PhaseConfig", "phase_cell", "phase_cells", "phase_group", "phase_groups", "plot", "run"]
+__all__ = ["EXPERIMENT", "VARIANTS", "PhaseConfig", "phase_cell", "phase_cells", "phase_group", "phase_groups", "plot", "run",
+           "slope_difference"]
 
-THEORY_SLOPE = {"reinforce": -1.0, "rloo": -1.0, "dr-grpo": -1.0, "grpo": 0.0, "dapo": 0.0, "gspo": 0.0}
+THEORY_SLOPE = {"reinforce": -1.0, "rloo": -1.0, "dr-grpo": -1.0, "grpo": 0.0, "dapo": 0.0, "gspo": 0.0, "grpo-sum": -1.0}
+
+# Update rules phase adds to rlvrlab.updates.PRESETS: a preset with fields overridden.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "grpo-sum": ("grpo", {"aggregation": "seq-mean-token-sum"}),  # GRPO's advantage without 1/|o|: unnormalized
+}
+
+
+def _preset(name: str, drgrpo_norm: float) -> tuple[str, dict]:
+    """(the rlvrlab.updates preset, its overrides) of an update rule of phase."""
+    base, overrides = VARIANTS.get(name, (name, {}))
+    return base, dict(overrides, **({"norm": drgrpo_norm} if base == "dr-grpo" else {}))
 
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    presets: tuple[str, ...] = setting(("reinforce", "dr-grpo", "grpo"), "update rules (rlvrlab.updates.presets)")
+    presets: tuple[str, ...] = setting(("reinforce", "dr-grpo", "grpo", "grpo-sum"),
+                                       "update rules (rlvrlab.updates.presets, or grpo-sum: GRPO without 1/|o|)")
     lengths: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32), "response lengths T")
     J0s: tuple[float, ...] = setting((0.2, 0.5), "initial mean success rates")
     lr_min: float = setting(0.1, "smallest learning rate of the grid")
     lr_max: float = setting(1e5, "largest learning rate of the grid")
     lr_points: int = setting(13, "learning rates in the log-spaced grid")
     steps: int = setting(150, "training steps per run")
-    seeds: int = setting(3, "random instances (contexts, β) per cell")
+    seeds: int = setting(8, "random instances (contexts, β) per cell (8: every slope's 95% CI at most 0.5 wide)")
     prompts: int = setting(40, "prompts C sharing the parameters")
     dim: int = setting(5, "context dimension d")
     vocab: int = setting(4, "tokens V")
@@ -84,6 +110,7 @@ class PhaseConfig:
     G: int = setting(8, "responses per prompt for sampled updates")
     drgrpo_norm: float = setting(0.0, "Dr. GRPO's constant normalizer; 0 means the largest T of the grid")
     target_J: float = setting(0.9, "a run converges when its final mean J reaches this")
+    max_ci_width: float = setting(0.5, "a slope check decides only when its 95% CI is at most this wide (else: not enough data)")
     bisection: int = setting(5, "bisection steps refining each critical rate")
     predict_steps: int = setting(10, "steps of the safe (cross-prompt) run the critical rate is predicted from; 0: no prediction")
     predict_fraction: float = setting(0.5, "the safe run's step: this fraction of the smallest per-prompt critical step")
@@ -102,8 +129,9 @@ class PhaseConfig:
         check_positive_floats("lr_min/lr_max", (self.lr_min, self.lr_max))
         if self.lr_max <= self.lr_min:
             raise ValueError(f"lr_max: got {self.lr_max}; allowed: a number > lr_min = {self.lr_min}")
+        _checks.positive("max_ci_width", self.max_ci_width)
         for p in self.presets:
-            _checks.choose("presets", p, PRESETS)
+            _checks.choose("presets", p, {**PRESETS, **VARIANTS})
         for T in self.lengths:
             check_positive_int("lengths", T)
         for J0 in self.J0s:
@@ -119,11 +147,11 @@ class PhaseConfig:
     @classmethod
     def quick(cls) -> PhaseConfig:
         return cls(lengths=(1, 4, 16), J0s=(0.3,), lr_points=9, steps=60, seeds=2, prompts=24, bisection=3, predict_steps=3)
+    # quick's slope intervals are 1-2 wide: its slope checks read "not enough data"
 
 
 def _direction(params: dict):
-    preset, norm = params["preset"], params["drgrpo_norm"]
-    overrides = {"norm": norm} if preset == "dr-grpo" else {}
+    preset, overrides = _preset(params["preset"], params["drgrpo_norm"])
     if params["update"] == "expected":
         return make_direction("expected", preset=preset, **overrides)
     return make_direction("preset", preset=preset, G=params["G"], **overrides)
@@ -218,14 +246,14 @@ def _predict(params: dict, model, theta0: torch.Tensor) -> tuple[dict[str, float
     """The cell's predicted critical rates (pred_min, pred_tolerant, pred_second_order) and the safe
     run's record per step (k, J, eta, m_min, m_tolerant); nan and no rows where predict_steps = 0."""
     K = params["predict_steps"]
-    preset = get_preset(params["preset"], **({"norm": params["drgrpo_norm"]} if params["preset"] == "dr-grpo" else {}))
+    name, overrides = _preset(params["preset"], params["drgrpo_norm"])
+    preset = get_preset(name, **overrides)
     second = predicted_critical_rates(model, theta0, preset)[1] if K else math.nan
     if K == 0:
         return ({"pred_min": math.nan, "pred_tolerant": math.nan, "pred_second_order": second},
                 pa.table({"k": pa.array([], pa.int64()), "J": pa.array([], pa.float64()), "eta": pa.array([], pa.float64()),
                           "m_min": pa.array([], pa.float64()), "m_tolerant": pa.array([], pa.float64())}))
-    direction = make_direction("expected", preset=params["preset"],
-                               **({"norm": params["drgrpo_norm"]} if params["preset"] == "dr-grpo" else {}))
+    direction = make_direction("expected", preset=name, **overrides)
     pred = predict_critical_rate(model, theta0, direction, steps=K, fraction=params["predict_fraction"], eta_max=params["lr_max"])
     m = tolerated_prompts(params["prompts"], params["target_J"])
     rates = {"pred_min": pred.rate(), "pred_tolerant": pred.rate(tolerated=m), "pred_second_order": second}
@@ -278,20 +306,43 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
     cols = columns(tables["critical"], ("preset", "T", "J0", "seed", "lr", "lr_crit_low", "lr_crit_high"))
     preset = np.asarray(tables["critical"].column("preset").to_pylist())
     checks, slopes = [], {}
+    wide = config.max_ci_width
     for p in config.presets:
         for J0 in config.J0s:
             sel = (preset == p) & (cols["J0"] == J0)
             slope, lo, hi, n, _ = loglog_slope(cols["T"][sel].astype(float), cols["lr"][sel])
             censored = int(sel.sum() - n)
-            slopes[f"{p} J0={J0}"] = {"slope": slope, "ci95": [lo, hi], "cells_fitted": n, "cells_censored": censored}
+            slopes[f"{p} J0={J0}"] = {"slope": slope, "ci95": [lo, hi], "ci95_width": hi - lo, "cells_fitted": n,
+                                      "cells_censored": censored}
             expected = THEORY_SLOPE.get(p, math.nan)
             inside = bool(lo <= expected <= hi) if math.isfinite(slope) else False
             checks.append(Check(f"{p}, J0={J0}: critical rate ∝ T^{expected:g} (eq. 17 vs 18)", inside,
-                                f"slope {slope:.2f} [{lo:.2f}, {hi:.2f}] from {n} cells ({censored} censored)" if math.isfinite(slope)
-                                else f"no fit: {n} uncensored cells, {censored} censored",
-                                f"95% CI contains {expected:g}", kind="claim"))
-    summary = {"slopes": slopes, "criterion": f"critical rate = upper edge of the rates whose final mean J reaches {config.target_J}",
-               "update": config.update, "drgrpo_norm": norm, "cells": len(cells)}
+                                f"slope {slope:.2f} [{lo:.2f}, {hi:.2f}] (width {hi - lo:.2f}) from {n} cells ({censored} censored)"
+                                if math.isfinite(slope) else f"no fit: {n} uncensored cells, {censored} censored",
+                                f"95% CI contains {expected:g}, at most {wide:g} wide", kind="claim",
+                                enough=bool(hi - lo <= wide)))
+    diffs = {}
+    for a, b in (("grpo", "reinforce"), ("dr-grpo", "reinforce")):
+        if a not in config.presets or b not in config.presets:
+            continue
+        for J0 in config.J0s:
+            fit = slope_difference(tables["critical"], a, b, J0)
+            diffs[f"{a} - {b} J0={J0}"] = fit
+            if a != "grpo":  # Dr. GRPO is REINFORCE / N: its difference is 0 by construction, reported, not a claim
+                continue
+            d, lo, hi, n = fit["slope"], fit["ci95"][0], fit["ci95"][1], fit["cells_paired"]
+            expected = THEORY_SLOPE[a] - THEORY_SLOPE[b]
+            checks.append(Check(f"{a} - {b}, J0={J0}: slope difference {expected:g} (eq. 17 vs 18: GRPO's 1/|o|)",
+                                bool(math.isfinite(d) and lo <= expected <= hi and lo > 0),
+                                f"difference {d:.2f} [{lo:.2f}, {hi:.2f}] (width {hi - lo:.2f}) from {n} paired cells"
+                                if math.isfinite(d) else f"no fit: {n} paired cells",
+                                f"95% CI contains {expected:g} and excludes 0, at most {wide:g} wide", kind="claim",
+                                enough=bool(hi - lo <= wide)))
+    summary = {"slopes": slopes, "slope_differences": diffs,
+               "criterion": f"critical rate = upper edge of the rates whose final mean J reaches {config.target_J}",
+               "update": config.update, "drgrpo_norm": norm, "cells": len(cells),
+               "independence": "dr-grpo's expected update is reinforce's / drgrpo_norm (same slope: not independent); grpo-sum "
+                               "is T x grpo (slope grpo's - 1), with a per-prompt weighting 1/sigma_c reinforce lacks"}
     if config.predict_steps:
         crit = columns(tables["critical"], ("lr", "lr_crit_low", "lr_crit_high", *PREDICTORS))
         summary["prediction"] = {p: prediction_stats(crit[p], crit["lr"], crit["lr_crit_low"]) for p in PREDICTORS}
@@ -323,6 +374,23 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
 
 
 PREDICTORS = ("pred_min", "pred_tolerant", "pred_second_order")
+
+
+def slope_difference(critical: pa.Table, a: str, b: str, J0: float) -> dict:
+    """The slope of log(rate_a / rate_b) on log T over the cells of presets a and b paired by (T, J0 = J0,
+    instance), with its 95% t-interval (loglog_slope): the difference of the two presets' slopes,
+    fitted on paired cells so that what an instance does to both rates cancels. Pairs where either
+    rate is censored are left out."""
+    c = columns(critical, ("T", "J0", "seed", "lr"))
+    names = np.asarray(critical.column("preset").to_pylist())
+    rate = {(name, T, s): r for name, T, J, s, r in zip(names, c["T"], c["J0"], c["seed"], c["lr"]) if J == J0}
+    keys = sorted({(T, s) for name, T, s in rate if name == a} & {(T, s) for name, T, s in rate if name == b})
+    T = np.array([k[0] for k in keys], dtype=float)
+    ratio = np.array([rate[(a, *k)] / rate[(b, *k)] for k in keys])
+    fit = loglog_slope(T, ratio) if len(keys) else None
+    if fit is None:
+        return {"slope": math.nan, "ci95": [math.nan, math.nan], "ci95_width": math.nan, "cells_paired": 0}
+    return {"slope": fit.slope, "ci95": [fit.low, fit.high], "ci95_width": fit.high - fit.low, "cells_paired": fit.n}
 
 
 def prediction_stats(predicted: np.ndarray, measured: np.ndarray, measured_low: np.ndarray) -> dict:
