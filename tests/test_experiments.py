@@ -378,3 +378,103 @@ def test_controller_compares_each_adaptive_contender_with_the_oracle_cell_by_cel
         within = [s <= 1.5 * b for s, b in zip(steps, best_steps)]  # inf <= inf: neither reaches the target
         assert vs["cells_steps_within_1.5x"] == float(np.mean(within))
     assert "cross-prompt" in set(who.tolist())
+
+
+# --- phase: the slope difference and the independence of its presets (issue 15) ------------------------------
+
+
+def _within_slope_by_lstsq(x, y, groups):
+    """The plain reference: least squares on [log x, one indicator column per group], the slope's
+    t-interval from the residual variance with n - #groups - 1 degrees of freedom."""
+    from scipy.stats import t
+
+    labels = sorted(set(groups))
+    X = np.column_stack([np.log(x)] + [[float(g == lab) for g in groups] for lab in labels])
+    coef, *_ = np.linalg.lstsq(X, np.log(y), rcond=None)
+    resid = np.log(y) - X @ coef
+    dof = len(y) - X.shape[1]
+    cov = np.linalg.inv(X.T @ X) * (resid @ resid) / dof
+    half = t.ppf(0.975, dof) * math.sqrt(cov[0, 0])
+    return coef[0], coef[0] - half, coef[0] + half
+
+
+def test_loglog_slope_within_groups_is_least_squares_with_an_intercept_per_group():
+    from rlvrlab.analysis import loglog_slope
+
+    rng = np.random.default_rng(0)
+    x = np.tile([1.0, 2.0, 4.0, 8.0, 16.0], 3)
+    groups = np.repeat([0, 1, 2], 5)
+    y = np.exp(np.array([0.0, 2.0, -1.0])[groups] - 0.7 * np.log(x) + 0.1 * rng.standard_normal(15))
+    y[3] = math.nan  # censored: left out
+    x, y, groups = np.append(x, 3.0), np.append(y, 5.0), np.append(groups, 7)  # a group of one point: left out
+    fit = loglog_slope(x, y, groups=groups)
+    keep = np.isfinite(y) & (groups != 7)
+    want = _within_slope_by_lstsq(x[keep], y[keep], groups[keep].tolist())
+    np.testing.assert_allclose([fit.slope, fit.low, fit.high], want, rtol=1e-10)
+    assert fit.n == 14
+    pooled = loglog_slope(x[keep], y[keep])
+    assert fit.high - fit.low < (pooled.high - pooled.low) / 3  # the group shifts no longer widen the interval
+    with pytest.raises(ValueError, match=r"^groups: got '3 labels'; allowed: one label per point \(16\)"):
+        loglog_slope(x, y, groups=[0, 1, 2])
+
+
+def test_phase_slope_difference_is_the_paired_fit_of_the_log_ratio():
+    import pyarrow as pa
+
+    from rlvrlab.experiments.phase import slope_difference
+
+    Ts = [1, 2, 4, 8]
+    rows = []
+    for seed, scale in enumerate((1.0, 3.0)):  # an instance shifts both presets' rates: the pairing cancels it ...
+        for T in Ts:
+            rows.append(("grpo", T, 0.5, seed, scale * 5.0 * (1.1 if T == 4 else 1.0) * (2.0 if seed else 1.0)))
+            rows.append(("reinforce", T, 0.5, seed, scale * 5.0 / T))  # ... and an intercept per instance takes the rest
+            rows.append(("reinforce", T, 0.2, seed, 1.0))  # another J0: not paired
+    rows.append(("grpo", 16, 0.5, 0, math.nan))  # censored: its pair is left out
+    rows.append(("reinforce", 16, 0.5, 0, 0.3))
+    table = pa.table(dict(zip(("preset", "T", "J0", "seed", "lr"), map(list, zip(*rows)))))
+    got = slope_difference(table, "grpo", "reinforce", 0.5)
+    T = np.array(Ts * 2, dtype=float)
+    ratio = T * np.array([1.1 if t == 4 else 1.0 for t in Ts] * 2) * np.repeat([1.0, 2.0], 4)
+    slope, low, high = _within_slope_by_lstsq(T, ratio, [0] * 4 + [1] * 4)
+    assert got["cells_paired"] == 8 and 0.9 < slope < 1.1
+    np.testing.assert_allclose([got["slope"], *got["ci95"]], [slope, low, high], rtol=1e-9)
+    assert math.isclose(got["ci95_width"], high - low, rel_tol=1e-9)
+    assert slope_difference(table, "grpo", "dr-grpo", 0.5)["cells_paired"] == 0
+
+
+def test_phase_presets_whose_expected_updates_are_rescalings_of_each_other():
+    """Why Dr. GRPO's slope is not independent of REINFORCE's and grpo-sum's is: with every response
+    T tokens long, Dr. GRPO's expected update is REINFORCE's / N and grpo-sum's is GRPO's × T, while
+    grpo-sum / REINFORCE is 1/σ_c per prompt (GRPO's), which moves with J_c along a run."""
+    import torch
+
+    from rlvrlab.experiments.phase import _preset
+    from rlvrlab.simulate.instances import initial_theta, token_bandit
+    from rlvrlab.updates import get_preset
+
+    T, N = 4, 16.0
+    policy, reward, beta = token_bandit(0, T, prompts=5, dim=3, vocab=4, rho=0.5)
+    model, theta = policy.bind(reward), initial_theta(policy, reward, beta, 0.3)
+
+    def update(name, weights=torch.full((1, 5), 0.2, dtype=torch.float64)):
+        base, overrides = _preset(name, N)
+        return model.expected_update(theta, weights, get_preset(base, **overrides))
+
+    torch.testing.assert_close(update("dr-grpo") * N, update("reinforce"))
+    torch.testing.assert_close(update("grpo-sum"), T * update("grpo"))
+    J = model.masses(theta)[0].exp()[0]  # (C,)
+    for c in range(5):  # prompt by prompt, grpo-sum = REINFORCE / σ_c, σ_c = sqrt(J_c(1 - J_c)): a weight that moves with J_c
+        w = torch.zeros(1, 5, dtype=torch.float64)
+        w[0, c] = 1.0
+        sigma = float((J[c] * (1 - J[c])).sqrt())
+        torch.testing.assert_close(update("grpo-sum", w), update("reinforce", w) / sigma)  # exact: no std_eps in expectation
+
+
+def test_phase_refuses_a_bad_max_ci_width_and_names_grpo_sum():
+    from rlvrlab.experiments.phase import PhaseConfig
+
+    with pytest.raises(ValueError, match=r"^max_ci_width"):
+        PhaseConfig(max_ci_width=0.0)
+    with pytest.raises(ValueError, match=r"^presets: got 'grpo-mean'.*grpo-sum"):
+        PhaseConfig(presets=("grpo-mean",))

@@ -8,6 +8,8 @@ and the critical-rate search.
   (scipy.stats.bootstrap, BCa by default);
 - ``loglog_slope(x, y)`` — least-squares slope of log y on log x with a t-interval
   (scipy.stats.linregress, scipy.stats.t): how a critical rate scales with the length T (eq. 17 vs 18);
+  with ``groups`` the within-group slope (a fixed intercept per group: the instance a rate was
+  measured on shifts it at every T);
   ``loglog_exponents(y, x1=..., x2=...)`` the same with several regressors at once (least squares,
   t-intervals): which of two length measures a penalty scales with (Lemma 2: T_psi1 or T_inf);
 - ``critical_rate(rates, converged, refine, bisection=...)`` — the upper edge of the window of step
@@ -119,24 +121,47 @@ class SlopeFit(NamedTuple):
     intercept: float
 
 
-def loglog_slope(x: Any, y: Any, *, confidence: float = 0.95) -> SlopeFit:
+def loglog_slope(x: Any, y: Any, *, confidence: float = 0.95, groups: Any = None) -> SlopeFit:
     """Least-squares slope of log y on log x with a two-sided Student-t interval (n - 2 degrees of freedom).
 
     Points where y is not finite and > 0 (a censored or missing measurement) are left out; with
-    fewer than 3 usable points, or all at one x, the fit is nan (n says how many were usable)."""
+    fewer than 3 usable points, or all at one x, the fit is nan (n says how many were usable).
+
+    groups: optional labels (n,), one per point: then the model is log y = a_g + slope·log x with an
+    intercept a_g per group (fixed effects), fitted by least squares on the within-group deviations,
+    with n - #groups - 1 degrees of freedom; groups with a single usable point carry no slope
+    information and are left out (n counts the points kept). The intercept returned is the mean
+    log y minus slope × the mean log x of those points."""
     if not 0 < confidence < 1:
         _checks.fail("confidence", confidence, "a number in (0, 1)")
     x, y = _pair(x, y)
     if np.any(~(x > 0)):
         _checks.fail("x", x.tolist(), "numbers > 0 (their logarithm is taken)")
     ok = np.isfinite(y) & (y > 0)
-    lx, ly = np.log(x[ok]), np.log(y[ok])
-    n = int(ok.sum())
-    if n < 3 or np.ptp(lx) == 0:
+    if groups is None:
+        lx, ly = np.log(x[ok]), np.log(y[ok])
+        n = int(ok.sum())
+        if n < 3 or np.ptp(lx) == 0:
+            return SlopeFit(math.nan, math.nan, math.nan, n, math.nan)
+        fit = stats.linregress(lx, ly)
+        half = stats.t.ppf((1 + confidence) / 2, n - 2) * fit.stderr
+        return SlopeFit(float(fit.slope), float(fit.slope - half), float(fit.slope + half), n, float(fit.intercept))
+    g = np.asarray(groups)
+    if g.shape != x.shape:
+        _checks.fail("groups", f"{g.size} labels", f"one label per point ({x.size})")
+    labels, inverse, counts = np.unique(g[ok], return_inverse=True, return_counts=True)
+    keep = counts[inverse] >= 2  # (usable points,) in a group of two or more
+    lx, ly, gi = np.log(x[ok])[keep], np.log(y[ok])[keep], inverse[keep]
+    n, k = len(lx), int((counts >= 2).sum())
+    dx = lx - (np.bincount(gi, lx) / np.bincount(gi))[gi]  # within-group deviations
+    dy = ly - (np.bincount(gi, ly) / np.bincount(gi))[gi]
+    sxx = float(dx @ dx)
+    if n - k - 1 < 1 or sxx == 0:
         return SlopeFit(math.nan, math.nan, math.nan, n, math.nan)
-    fit = stats.linregress(lx, ly)
-    half = stats.t.ppf((1 + confidence) / 2, n - 2) * fit.stderr
-    return SlopeFit(float(fit.slope), float(fit.slope - half), float(fit.slope + half), n, float(fit.intercept))
+    slope = float(dx @ dy) / sxx
+    resid = dy - slope * dx
+    half = stats.t.ppf((1 + confidence) / 2, n - k - 1) * math.sqrt(float(resid @ resid) / (n - k - 1) / sxx)
+    return SlopeFit(slope, slope - half, slope + half, n, float(ly.mean() - slope * lx.mean()))
 
 
 def loglog_exponents(y: Any, *, confidence: float = 0.95, **x: Any) -> dict[str, SlopeFit]:

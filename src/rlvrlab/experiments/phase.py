@@ -36,8 +36,9 @@ with a finite measurement, and the share of cells within 1.5× and 2× are repor
 The theory's prediction (eq. 17 vs 18): with T_psi1 ∝ T, REINFORCE's and Dr. GRPO's effective
 step grows like T relative to what (15a)/(18) allow, so their critical rate should fall like
 1/T; GRPO divides by |o| and its critical rate should be roughly flat in T. We fit the slope of
-log(critical rate) on log T with a 95% t-interval (rlvrlab.analysis.loglog_slope) and report it
-either way; a check decides only when its interval is at most `max_ci_width` wide (wider: the
+log(critical rate) on log T with a 95% t-interval (rlvrlab.analysis.loglog_slope) within
+instances — an intercept per instance, since the instance shifts a cell's rate at every T (the
+pooled fit, which leaves that shift in the residuals, is reported beside it) — either way; a check decides only when its interval is at most `max_ci_width` wide (wider: the
 check is marked not enough data, whichever way it came out). The contrast itself is tested
 directly: the slope of log(rate_GRPO / rate_REINFORCE) on log T over the cells paired by
 (T, J0, instance), with its t-interval, should contain 1 and exclude 0.
@@ -310,14 +311,16 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
     for p in config.presets:
         for J0 in config.J0s:
             sel = (preset == p) & (cols["J0"] == J0)
-            slope, lo, hi, n, _ = loglog_slope(cols["T"][sel].astype(float), cols["lr"][sel])
-            censored = int(sel.sum() - n)
+            slope, lo, hi, n, _ = loglog_slope(cols["T"][sel].astype(float), cols["lr"][sel], groups=cols["seed"][sel])
+            pooled = loglog_slope(cols["T"][sel].astype(float), cols["lr"][sel])
+            censored = int(sel.sum() - pooled.n)
             slopes[f"{p} J0={J0}"] = {"slope": slope, "ci95": [lo, hi], "ci95_width": hi - lo, "cells_fitted": n,
-                                      "cells_censored": censored}
+                                      "cells_censored": censored, "pooled": {"slope": pooled.slope, "ci95": [pooled.low, pooled.high]}}
             expected = THEORY_SLOPE.get(p, math.nan)
             inside = bool(lo <= expected <= hi) if math.isfinite(slope) else False
             checks.append(Check(f"{p}, J0={J0}: critical rate ∝ T^{expected:g} (eq. 17 vs 18)", inside,
-                                f"slope {slope:.2f} [{lo:.2f}, {hi:.2f}] (width {hi - lo:.2f}) from {n} cells ({censored} censored)"
+                                f"slope {slope:.2f} [{lo:.2f}, {hi:.2f}] (width {hi - lo:.2f}, within instances) from {n} cells "
+                                f"({censored} censored); pooled {pooled.slope:.2f} [{pooled.low:.2f}, {pooled.high:.2f}]"
                                 if math.isfinite(slope) else f"no fit: {n} uncensored cells, {censored} censored",
                                 f"95% CI contains {expected:g}, at most {wide:g} wide", kind="claim",
                                 enough=bool(hi - lo <= wide)))
@@ -378,16 +381,16 @@ PREDICTORS = ("pred_min", "pred_tolerant", "pred_second_order")
 
 def slope_difference(critical: pa.Table, a: str, b: str, J0: float) -> dict:
     """The slope of log(rate_a / rate_b) on log T over the cells of presets a and b paired by (T, J0 = J0,
-    instance), with its 95% t-interval (loglog_slope): the difference of the two presets' slopes,
-    fitted on paired cells so that what an instance does to both rates cancels. Pairs where either
-    rate is censored are left out."""
+    instance), with its 95% t-interval (loglog_slope, an intercept per instance as in the slope
+    checks): the difference of the two presets' slopes, fitted on paired cells so that what an
+    instance does to both rates cancels. Pairs where either rate is censored are left out."""
     c = columns(critical, ("T", "J0", "seed", "lr"))
     names = np.asarray(critical.column("preset").to_pylist())
     rate = {(name, T, s): r for name, T, J, s, r in zip(names, c["T"], c["J0"], c["seed"], c["lr"]) if J == J0}
     keys = sorted({(T, s) for name, T, s in rate if name == a} & {(T, s) for name, T, s in rate if name == b})
     T = np.array([k[0] for k in keys], dtype=float)
     ratio = np.array([rate[(a, *k)] / rate[(b, *k)] for k in keys])
-    fit = loglog_slope(T, ratio) if len(keys) else None
+    fit = loglog_slope(T, ratio, groups=[k[1] for k in keys]) if len(keys) else None
     if fit is None:
         return {"slope": math.nan, "ci95": [math.nan, math.nan], "ci95_width": math.nan, "cells_paired": 0}
     return {"slope": fit.slope, "ci95": [fit.low, fit.high], "ci95_width": fit.high - fit.low, "cells_paired": fit.n}
