@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -201,3 +202,43 @@ def test_cli_refuses_a_pair_with_different_tokenizers(tiny_base_model, tmp_path)
         assert "rl tokenizer: got" in result.output and "allowed: a model pair sharing one tokenizer" in result.output
     result = runner.invoke(app, ["generate", "--prompt", "1+1=", "--base", str(tiny_base_model), "--rl", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "missing" in result.output
+
+
+# --- leash: pass@1's gain and S − E with their uncertainty over problems (issue 15) -----------------
+
+
+def test_leash_pass_at_1_gain_is_a_t_interval_over_problems_by_hand():
+    from scipy.stats import t
+
+    from rlvrlab.experiments.leash import pass_at_1_gain
+
+    got = pass_at_1_gain(np.array([0.5, 0.5, 0.0]), np.array([[1.0, 0.5, 0.5]]))  # gains 0.5, 0, 0.5
+    sd = math.sqrt(1 / 12)  # deviations 1/6, -1/3, 1/6 from the mean 1/3: Σ = 1/6 over 2 degrees of freedom
+    half = t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert got["problems"] == 3 and math.isclose(got["gain"], 1 / 3)
+    assert math.isclose(got["low"], 1 / 3 - half) and math.isclose(got["high"], 1 / 3 + half)
+    two = pass_at_1_gain(np.array([0.5, 0.5, 0.0]), np.array([[1.0, 0.5, 0.5], [0.0, 0.5, 0.5]]))  # models averaged first
+    assert math.isclose(two["gain"], (0.0 + 0.0 + 0.5) / 3)
+    assert math.isnan(pass_at_1_gain(np.zeros(4), np.zeros((1, 4)))["low"])  # every gain 0: no interval
+    with pytest.raises(ValueError, match=r"^rl: got 'shape \(1, 2\)'; allowed: \(M, 3\)"):
+        pass_at_1_gain(np.zeros(3), np.zeros((1, 2)))
+
+
+def test_leash_support_shift_counts_S_and_E_per_problem_by_hand():
+    from rlvrlab.experiments.leash import support_shift
+
+    base = np.array([1, 1, 1, 0, 0, 1], dtype=bool)
+    rl = np.array([[1, 0, 0, 1, 0, 0]], dtype=bool)  # S: problems 1, 2, 5; E: problem 3
+    got = support_shift(base, rl)
+    assert (got["S"], got["E"], got["S_minus_E"], got["discordant"], got["problems"]) == (3.0, 1.0, 2.0, 4, 6)
+    assert got["low"] <= 2.0 <= got["high"] and got["low"] >= -6 and got["high"] <= 6
+    # a plain loop over the percentile bootstrap (scipy's resampling, the same seed) gives the same interval
+    from scipy.stats import bootstrap
+
+    d = np.array([0, 1, 1, -1, 0, 1], dtype=float)
+    ref = bootstrap((d,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    assert math.isclose(got["low"], 6 * ref.low) and math.isclose(got["high"], 6 * ref.high)
+    two = support_shift(base, np.vstack([rl[0], base]))  # the second model solves what the base does: d halves
+    assert (two["S"], two["E"], two["S_minus_E"], two["discordant"]) == (1.5, 0.5, 1.0, 4)
+    none = support_shift(base, base[None])  # no problem in S or E: the interval is [0, 0], from no data
+    assert (none["S_minus_E"], none["low"], none["high"], none["discordant"]) == (0.0, 0.0, 0.0, 0)

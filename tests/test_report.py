@@ -17,8 +17,8 @@ from rlvrlab.experiments import get, names, run_experiment
 from rlvrlab.report import headline_html, unit_of, write_report
 
 
-def check(name: str, passed: bool = True, kind: str = "theorem", measured: str = "m") -> dict:
-    return {"name": name, "passed": passed, "measured": measured, "expected": "e", "kind": kind}
+def check(name: str, passed: bool = True, kind: str = "theorem", measured: str = "m", enough: bool = True) -> dict:
+    return {"name": name, "passed": passed, "measured": measured, "expected": "e", "kind": kind, "enough": enough}
 
 
 def summary(*checks: dict, headline: dict | None = None) -> dict:
@@ -55,6 +55,33 @@ def test_some_claim_checks_passing_is_differs_and_the_failures_come_first():
                                  check("Figure 9 at T=4", passed=False, kind="claim", measured="off"))})
     assert (r.verdict, r.why) == ("differs", "1 of 2 checks passed")
     assert r.measured == ("off", "fine")
+
+
+def test_checks_that_lacked_data_are_not_enough_data_whichever_way_they_came_out():
+    for passed in (True, False):
+        r = row(OBS, {"exp": summary(check("Figure 9 at T=4", passed=passed, kind="claim", measured="CI 1.7 wide", enough=False))})
+        assert (r.verdict, r.why, r.measured) == ("not enough data", "the check lacked the data to decide", ("CI 1.7 wide",))
+
+
+def test_checks_that_lacked_data_are_set_aside_when_others_decide():
+    r = row(OBS, {"exp": summary(check("Figure 9 at T=2", passed=False, kind="claim", measured="wide", enough=False),
+                                 check("Figure 9 at T=4", kind="claim", measured="fine"),
+                                 check("Figure 9 at T=8", passed=False, kind="claim", measured="off"))})
+    assert (r.verdict, r.why) == ("differs", "1 of 2 checks passed; 1 more lacked the data to decide")
+    assert r.measured == ("off", "fine", "wide")  # the deciding ones first, failures first among them
+    r = row(OBS, {"exp": summary(check("Figure 9 at T=2", passed=False, kind="claim", enough=False),
+                                 check("Figure 9 at T=4", kind="claim"))})
+    assert (r.verdict, r.why) == ("reproduced", "the check passed; 1 more lacked the data to decide")
+
+
+def test_a_failed_theorem_check_decides_even_without_enough_data():
+    r = row(THM, {"exp": summary(check("Theorem 9: J above the bound", passed=False, enough=False))})
+    assert r.verdict == "contradicted"
+
+
+def test_summaries_written_before_the_enough_field_still_decide():
+    old = {k: v for k, v in check("Figure 9 at T=4", passed=False, kind="claim").items() if k != "enough"}
+    assert row(OBS, {"exp": summary(old)}).verdict == "not seen"
 
 
 def test_absent_experiment_is_not_tested():

@@ -10,7 +10,12 @@ ledger never goes stale:
     a theorem check failed             -> contradicted (its premises were verified: a counterexample or a bug)
     some claim checks passed, some not -> differs
     every claim check failed           -> not seen     (or the claim's own ``on_fail``: differs, for a number)
+    every claim check lacked data      -> not enough data (``enough`` false in summary.json: the run could
+                                          not decide it, e.g. an interval too wide or no RLVR gain to analyse)
     no check, or experiment not run    -> not tested   (with the reason)
+
+Checks that lacked data are set aside when others decided: the verdict is the deciding checks',
+and ``why`` counts the ones set aside. A failed theorem check decides whatever its ``enough``.
 
 A check the ledger names that a run's summary lacks makes the row "not tested" with the missing
 name, so a renamed check shows instead of passing silently (tests/test_report.py checks the names
@@ -32,8 +37,8 @@ from typing import Any, Literal
 __all__ = ["CLAIMS", "HOLE", "PAPERS", "VERDICTS", "Claim", "LedgerRow", "Ref", "ledger", "ledger_markdown", "name_regex", "row",
            "short_measured"]
 
-Word = Literal["reproduced", "differs", "not seen", "contradicted", "not tested"]
-VERDICTS: tuple[str, ...] = ("reproduced", "differs", "not seen", "contradicted", "not tested")
+Word = Literal["reproduced", "differs", "not seen", "contradicted", "not enough data", "not tested"]
+VERDICTS: tuple[str, ...] = ("reproduced", "differs", "not seen", "contradicted", "not enough data", "not tested")
 HOLE = "{}"  # in a check name: a value taken from the settings
 
 PAPERS = {
@@ -187,8 +192,14 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("length-drgrpo", "gap", "§4 eq. (17)–(18), 'Sequence length'",
           "Without length normalization (Dr. GRPO, REINFORCE) the critical learning rate falls like 1/T.",
           _refs("phase", "dr-grpo, J0={}: critical rate ∝ T^-1 (eq. 17 vs 18)",
-                "reinforce, J0={}: critical rate ∝ T^-1 (eq. 17 vs 18)"),
+                "reinforce, J0={}: critical rate ∝ T^-1 (eq. 17 vs 18)",
+                # Dr. GRPO's expected update is REINFORCE's / N: the same slope, not a second test; grpo-sum (GRPO's
+                # mean-std advantage without 1/|o|) weights prompts differently and is one
+                "grpo-sum, J0={}: critical rate ∝ T^-1 (eq. 17 vs 18)"),
           on_fail="differs"),
+    Claim("length-contrast", "gap", "§4 eq. (17)–(18), 'Sequence length'",
+          "Dividing by |o| is what separates GRPO from REINFORCE in T: the slope of log critical rate on log T differs by 1.",
+          _refs("phase", "grpo - reinforce, J0={}: slope difference 1 (eq. 17 vs 18: GRPO's 1/|o|)"), on_fail="differs"),
     Claim("success-rate-scaling", "gap", "abstract; §4 eq. (17)–(18), 'Correction rate'",
           "The critical step size scales with the success rate: (18) allows η ≲ Δμ(1−J)/T_ψ1, GRPO takes "
           "Δμ·√(J(1−J))/T_ψ1.",
@@ -335,9 +346,17 @@ def row(claim: Claim, summaries: Mapping[str, Mapping[str, Any]]) -> LedgerRow:
         return LedgerRow(claim, "not tested", "check missing from the run (the ledger is out of date): " + "; ".join(missing), (), ())
     if not found:
         return LedgerRow(claim, "not tested", "experiment not run: " + ", ".join(dict.fromkeys(not_run)), (), ())
-    failed = [c for _, c in found if not c["passed"]]
-    n, k = len(found), len(found) - len(failed)
-    if not failed:
+
+    def decides(c: Mapping[str, Any]) -> bool:  # a failed theorem check decides whatever its data
+        return c.get("enough", True) or (c["kind"] == "theorem" and not c["passed"])
+
+    deciding = [c for _, c in found if decides(c)]
+    aside = len(found) - len(deciding)
+    failed = [c for c in deciding if not c["passed"]]
+    n, k = len(deciding), len(deciding) - len(failed)
+    if not deciding:
+        word, why = "not enough data", ("the check" if aside == 1 else f"all {aside} checks") + " lacked the data to decide"
+    elif not failed:
         word, why = claim.on_pass, claim.why_pass or {1: "the check passed", 2: "both checks passed"}.get(n, f"all {n} checks passed")
     elif any(c["kind"] == "theorem" for c in failed):
         word, why = "contradicted", f"a theorem check failed ({k} of {n} passed): a counterexample or a bug"
@@ -345,7 +364,9 @@ def row(claim: Claim, summaries: Mapping[str, Mapping[str, Any]]) -> LedgerRow:
         word, why = "differs", f"{k} of {n} checks passed"
     else:
         word, why = claim.on_fail, "the check failed" if n == 1 else f"none of {n} checks passed"
-    ordered = sorted(found, key=lambda lc: lc[1]["passed"])  # failing checks first: they decide
+    if deciding and aside:
+        why += f"; {aside} more lacked the data to decide"
+    ordered = sorted(found, key=lambda lc: (not decides(lc[1]), lc[1]["passed"]))  # deciding and failing first
     measured = tuple(f"{label}: {c['measured']}" if label else c["measured"] for label, c in ordered)
     experiments = tuple(dict.fromkeys(r.experiment for r in claim.refs if r.experiment in summaries))
     return LedgerRow(claim, word, why, measured, experiments)

@@ -16,7 +16,9 @@ pair given by `base` and `rl`), on evaluation problems the training never saw:
 Claims checked (reported either way): Δlog p separates the models' tokens better than entropy or
 KL; replacing the Δlog p-selected 10% of positions recovers most of the RLVR model's accuracy gain
 and more than entropy selection at that rate; some extrapolation beats the RLVR model; some α
-beats DAPO.
+beats DAPO. The first three decide only when the RLVR model gained over the base by more than
+2 SE (otherwise the pair shows no RLVR effect to analyse), the last only with two seeds or more
+(a standard error needs them); undecided checks read "not enough data" (Check.enough).
 """
 
 from __future__ import annotations
@@ -205,26 +207,31 @@ def run(config: DirectionConfig, progress: Progress, workdir: Path) -> Result:
     lowprob = {k: v for k, v in train.items() if k.startswith("dapo-lowprob")}
     dapo = train.get("dapo", {"mean": math.nan, "se": math.nan})
     best_lp = max(lowprob.values(), key=lambda v: v["mean"]) if lowprob else None
+    gained = bool(gain > noise(accs["rl"], accs["base"]))  # the pair shows an RLVR effect to analyse
+    no_effect = "" if gained else "; not enough data: the RLVR model's gain is within 2 SE of 0"
+    one_seed = "" if len(config.seeds) > 1 else "; not enough data: one seed gives no standard error"
     checks = [
         Check("Δlog p separates the RLVR model's tokens from the base's better than entropy or KL",
               separation["delta_logp"] - 0.5 > max(abs(separation["entropy_base"] - 0.5), abs(separation["kl"] - 0.5)) + 0.05,
               f"AUC: Δlog p {separation['delta_logp']:.3f}, base entropy {separation['entropy_base']:.3f}, KL {separation['kl']:.3f}; "
-              f"{summary['delta_logp_share_abs_under_0.05']:.1%} of the RLVR model's tokens have |Δlog p| < 0.05",
-              "Δlog p's AUC above 0.5 by 0.05 more than the others' distance from 0.5", "claim"),
+              f"{summary['delta_logp_share_abs_under_0.05']:.1%} of the RLVR model's tokens have |Δlog p| < 0.05" + no_effect,
+              "Δlog p's AUC above 0.5 by 0.05 more than the others' distance from 0.5", "claim", enough=gained),
         Check(f"replacing the Δlog p-selected {rate10:.0%} of positions recovers most of RLVR's gain, more than entropy",
               gain > noise(accs["rl"], accs["base"]) and d10 - accs["base"] > 0.5 * gain and d10 - e10 > noise(d10, e10),
               f"base {accs['base']:.3f}, RLVR {accs['rl']:.3f}; at rate {rate10:g}: Δlog p {d10:.3f}, entropy {e10:.3f} "
-              f"(2 SE of a difference ≈ {noise(d10, e10):.3f})",
-              "Δlog p recovers > half the gain and beats entropy by more than 2 SE", "claim"),
+              f"(2 SE of a difference ≈ {noise(d10, e10):.3f})" + no_effect,
+              "Δlog p recovers > half the gain and beats entropy by more than 2 SE", "claim", enough=gained),
         Check("some selective extrapolation beats the RLVR model",
               best_ex is not None and best_ex["accuracy"] - accs["rl"] > noise(best_ex["accuracy"], accs["rl"]),
               f"best (τ {best_ex['tau']:g}, γ {best_ex['gamma']:g}): {best_ex['accuracy']:.3f} vs RLVR {accs['rl']:.3f} "
               f"(2 SE ≈ {noise(best_ex['accuracy'], accs['rl']):.3f}); it changed {best_ex['rate']:.2%} of the tokens"
-              if best_ex else "no grid", "higher by more than 2 SE (the paper: AIME24 52.5 -> 55.4)", "claim"),
+              + no_effect if best_ex else "no grid", "higher by more than 2 SE (the paper: AIME24 52.5 -> 55.4)", "claim",
+              enough=gained),
         Check("low-probability reweighting beats DAPO",
               best_lp is not None and best_lp["mean"] - dapo["mean"] > 2 * math.hypot(best_lp["se"], dapo["se"]),
-              "; ".join(f"{k}: {v['mean']:.3f} ± {v['se']:.3f}" for k, v in train.items()),
-              f"some α above DAPO by more than 2 SE over {len(config.seeds)} seeds (the paper: 42.1 -> 43.8 avg@32)", "claim"),
+              "; ".join(f"{k}: {v['mean']:.3f} ± {v['se']:.3f}" for k, v in train.items()) + one_seed,
+              f"some α above DAPO by more than 2 SE over {len(config.seeds)} seeds (the paper: 42.1 -> 43.8 avg@32)", "claim",
+              enough=len(config.seeds) > 1),
     ]
     return Result({"metrics": replacement, "tokens": tokens, "extrapolation": extrapolation, "training": training},
                   summary, checks)

@@ -9,6 +9,12 @@ unparseable ones as one answer "NA"), for base and RLVR model alike.
 
 Claims checked (the papers' qualitative findings, reported either way): RLVR raises pass@1;
 at the largest budget the RLVR model's support shrinks (S > E, NSCR < 0); answer entropy falls.
+Uncertainty is over problems: pass@1's gain with a 95% t-interval over the per-problem gains
+(pass_at_1_gain), S − E with a 95% percentile bootstrap interval over problems (support_shift).
+The pass@1 check decides only when that interval excludes 0; the others only when the RLVR
+models gained (the interval above 0: otherwise the pair shows no RLVR effect to analyse), and
+S > E only with at least MIN_DISCORDANT problems in S or E (with fewer, not even a one-sided sign
+test could reach 5%). Undecided checks read "not enough data" (Check.enough), not "not seen".
 """
 
 from __future__ import annotations
@@ -18,13 +24,57 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from scipy import stats
 
 from rlvrlab import _checks, plotting
 from rlvrlab.analysis.pair import evaluation_problems, model_pair
+from rlvrlab.analysis.stats import bootstrap_ci
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_int, setting
 from rlvrlab.io import read_table
 
-__all__ = ["EXPERIMENT", "LeashConfig", "plot", "run"]
+__all__ = ["EXPERIMENT", "MIN_DISCORDANT", "LeashConfig", "pass_at_1_gain", "plot", "run", "support_shift"]
+
+MIN_DISCORDANT = 5  # problems in S or E: 0.5^5 < 0.05 <= 0.5^4, the fewest a one-sided sign test can decide on
+
+
+def pass_at_1_gain(base: np.ndarray, rl: np.ndarray, *, confidence: float = 0.95) -> dict[str, float]:
+    """The RLVR models' pass@1 gain over the base with its t-interval over problems.
+
+    base: (C,) the base's pass@1 per problem; rl: (M, C) each RLVR model's. The per-problem gain is
+    the mean over the M models minus the base; {"gain", "low", "high", "problems"} (nan interval
+    with one problem or when every problem's gain is the same)."""
+    base, rl = np.asarray(base, dtype=float), np.atleast_2d(np.asarray(rl, dtype=float))
+    if rl.shape[1:] != base.shape:
+        _checks.fail("rl", f"shape {rl.shape}", f"(M, {base.size}): one pass@1 per model and problem")
+    g = rl.mean(0) - base  # (C,)
+    low = high = float("nan")
+    if g.size > 1 and np.ptp(g) > 0:
+        low, high = stats.ttest_1samp(g, 0.0).confidence_interval(confidence)
+    return {"gain": float(g.mean()), "low": float(low), "high": float(high), "problems": int(g.size)}
+
+
+def support_shift(base_solved: np.ndarray, rl_solved: np.ndarray, *, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """S − E (support shrinkage minus expansion) with a bootstrap interval over problems.
+
+    base_solved: (C,) bools; rl_solved: (M, C) bools, one row per RLVR model. Per problem
+    d_c = mean over models of [base solved, model not] − [model solved, base not], so that
+    S − E = M·Σ_c d_c summed over models; returned per model ("S_minus_E" = Σ_c d_c) with the
+    percentile bootstrap interval of C·mean(d) (percentile: d is mostly 0 and BCa's jackknife
+    degenerates on it; an interval of [0, 0] when every d_c is 0). "discordant": problems with
+    d_c ≠ 0."""
+    base = np.asarray(base_solved, dtype=bool)
+    rl = np.atleast_2d(np.asarray(rl_solved, dtype=bool))
+    if rl.shape[1:] != base.shape:
+        _checks.fail("rl_solved", f"shape {rl.shape}", f"(M, {base.size}): one row of booleans per model")
+    d = (base & ~rl).mean(0) - (~base & rl).mean(0)  # (C,)
+    C = d.size
+    if np.ptp(d) == 0:
+        low = high = float(C * d[0])
+    else:
+        low, high = bootstrap_ci(np.mean, d, confidence=confidence, method="percentile", seed=seed)
+        low, high = C * low, C * high
+    return {"S": float((base & ~rl).sum() / len(rl)), "E": float((~base & rl).sum() / len(rl)), "S_minus_E": float(d.sum()),
+            "low": float(low), "high": float(high), "discordant": int(np.count_nonzero(d)), "problems": C}
 
 
 @dataclass(frozen=True)
@@ -107,18 +157,33 @@ def run(config: LeashConfig, progress: Progress, workdir: Path) -> Result:
     total = {k: sum(r[k] for r in support_rows) for k in ("P", "E", "S", "O")}
     nscr = (total["E"] - total["S"]) / max(total["P"] + total["E"] + total["S"], 1)
     b = summary["base"]
+    gain = pass_at_1_gain(results["base"]["correct"] / config.samples,
+                          np.stack([results[m]["correct"] for m in rl_dirs]) / config.samples)
+    shift = support_shift(results["base"]["correct"] > 0, np.stack([results[m]["correct"] > 0 for m in rl_dirs]))
+    summary["pass_at_1_gain"], summary["support_shift"] = gain, shift
+    gained = gain["low"] > 0  # the pair shows an RLVR effect to analyse
+    no_effect = "" if gained else "; not enough data: the RLVR models' pass@1 gain is not above 0 at 95%"
+    few = shift["discordant"] < MIN_DISCORDANT
     checks = [
-        Check("RLVR raises pass@1", mean("pass_at_1") > b["pass_at_1"], f"{b['pass_at_1']:.3f} -> {mean('pass_at_1'):.3f}",
-              "higher for the RLVR models (mean over them)", "claim"),
-        Check(f"at k = {ks[-1]} the RLVR models' support shrinks", total["S"] > total["E"] and nscr < 0,
-              f"P {total['P']}, E {total['E']}, S {total['S']}, O {total['O']} (summed over RLVR models); NSCR {nscr:.3f}",
-              "S > E and NSCR < 0 (the paper: SRR 0.94, NDR 0.02, NSCR -0.05 for a 1.5B pair)", "claim"),
+        Check("RLVR raises pass@1", gained,
+              f"{b['pass_at_1']:.3f} -> {mean('pass_at_1'):.3f}: gain {gain['gain']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}] "
+              f"(95% t over {gain['problems']} problems)" + ("" if gained or gain["high"] < 0 else "; not enough data: the interval holds 0"),
+              "gain's 95% interval above 0 (decided only when the interval excludes 0)", "claim",
+              enough=bool(gained or gain["high"] < 0)),
+        Check(f"at k = {ks[-1]} the RLVR models' support shrinks", shift["low"] > 0,
+              f"S - E {shift['S_minus_E']:+.2f} [{shift['low']:+.2f}, {shift['high']:+.2f}] per model (95% bootstrap over "
+              f"{shift['problems']} problems, {shift['discordant']} of them in S or E); P {total['P']}, E {total['E']}, S {total['S']}, "
+              f"O {total['O']} (summed over RLVR models); NSCR {nscr:.3f}"
+              + no_effect + (f"; not enough data: fewer than {MIN_DISCORDANT} problems in S or E" if few else ""),
+              f"S - E's 95% interval above 0, from >= {MIN_DISCORDANT} problems in S or E (the paper: SRR 0.94, NDR 0.02, "
+              "NSCR -0.05 for a 1.5B pair)", "claim", enough=bool(gained and not few)),
         Check("RLVR lowers answer entropy", mean("answer_entropy") < b["answer_entropy"],
               f"{b['answer_entropy']:.3f} -> {mean('answer_entropy'):.3f} (token entropy {b['token_entropy']:.3f} -> "
-              f"{mean('token_entropy'):.3f})", "lower for the RLVR models (token entropy may rise)", "claim"),
+              f"{mean('token_entropy'):.3f})" + no_effect, "lower for the RLVR models (token entropy may rise)", "claim",
+              enough=gained),
         Check(f"pass@{ks[-1]}: the base catches up", b[f"pass_at_{ks[-1]}"] >= mean(f"pass_at_{ks[-1]}") - 0.02,
-              f"base {b[f'pass_at_{ks[-1]}']:.3f}, RLVR {mean(f'pass_at_{ks[-1]}'):.3f}",
-              "base within 0.02 of (or above) the RLVR models at the largest k", "claim"),
+              f"base {b[f'pass_at_{ks[-1]}']:.3f}, RLVR {mean(f'pass_at_{ks[-1]}'):.3f}" + no_effect,
+              "base within 0.02 of (or above) the RLVR models at the largest k", "claim", enough=gained),
     ]
     summary["support_total"] = {**total, "NSCR": nscr}
     return Result({"metrics": passk, "support": support, "entropy": entropy}, summary, checks)
