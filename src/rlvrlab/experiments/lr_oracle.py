@@ -56,6 +56,7 @@ __all__ = ["EXPERIMENT", "LrOracleConfig", "measure_cell", "plot", "run"]
 THEORY_SLOPE = {"grpo": 0.0, "dr-grpo": -1.0, "rloo": -1.0}  # §4: the critical step against T (eq. 17-18), raw gradient steps
 WITHIN = 2.0  # issue 14: the predicted critical rate within 2x of the measured one
 TOLERANCE = 0.02  # issue 14: the recommended rate's accuracy within 0.02 (or one standard error) of the best fixed rate's
+MIN_PAIRS, MIN_CELLS = 10, 3  # fewer scored (cell, seed) pairs or cells decide nothing ("not enough data": quick settings)
 
 
 @dataclass(frozen=True)
@@ -386,12 +387,13 @@ def analyse(config: LrOracleConfig, runs: list[dict[str, Any]], run_dir: Path, p
     checks = [Check(f"the probe's predicted critical rate is within {WITHIN:g}x of the measured one in at least 90% of (cell, seed) pairs",
                     share(scored) >= 0.9, f"{share(scored):.0%} of {len(scored)} scored pairs ({share(probe_out):.0%} of all "
                     f"{len(probe_out)}); ratio predicted/measured {summary['probe_ratio_range']}",
-                    ">= 90% within 2x (measured: the geometric midpoint of the bracket)", "claim")]
+                    ">= 90% within 2x (measured: the geometric midpoint of the bracket)", "claim",
+                    enough=len(scored) >= MIN_PAIRS)]
     if rec_cells:
         checks.append(Check("training at the probe's recommended rate ends within 0.02 (or one SE) of the best fixed rate, every cell",
                             all(c["recommended_ok"] for c in rec_cells),
                             "; ".join(f"{c['task']}/{c['preset']}: {c['recommended_accuracy']:.3f} vs best {c['best_accuracy']:.3f}"
-                                      for c in rec_cells), "every cell", "claim"))
+                                      for c in rec_cells), "every cell", "claim", enough=len(rec_cells) >= MIN_CELLS))
     if adaptive_out:
         summary["adaptive"] = {"ok": f"{sum(a['ok'] for a in adaptive_out)}/{len(adaptive_out)}",
                                "collapsed": sum(a["collapsed"] for a in adaptive_out),
@@ -400,7 +402,8 @@ def analyse(config: LrOracleConfig, runs: list[dict[str, Any]], run_dir: Path, p
                             "fixed rate in every cell, never collapses, and reaches 90% of the best run's accuracy in at most 1.5x its steps",
                             all(a["ok"] and not a["collapsed"] and a["fast"] for a in adaptive_out),
                             f"within: {summary['adaptive']['ok']}, collapsed: {summary['adaptive']['collapsed']}, "
-                            f"fast enough: {summary['adaptive']['fast']} (cell x start)", "every cell and start", "claim"))
+                            f"fast enough: {summary['adaptive']['fast']} (cell x start)", "every cell and start", "claim",
+                            enough=len({(a["task"], a["preset"]) for a in adaptive_out}) >= MIN_CELLS))
     for preset, s in slopes.items():
         if math.isfinite(s["slope"]) and s["theory"] is not None:
             other = -1.0 if s["theory"] == 0 else 0.0  # the other preset family's slope: the interval must tell them apart
@@ -410,7 +413,7 @@ def analyse(config: LrOracleConfig, runs: list[dict[str, Any]], run_dir: Path, p
                                 f"slope {s['slope']:.2f} [{s['low']:.2f}, {s['high']:.2f}] over {s['points']} lengths"
                                 + (f"; the interval also contains {other:g}: it cannot tell 0 from -1" if both else ""),
                                 f"the 95% interval contains {s['theory']:g} and not {other:g} (the theory's slopes are for raw "
-                                "gradient steps; these runs use Adam)", "claim"))
+                                "gradient steps; these runs use Adam)", "claim", enough=not both))
         else:
             summary.setdefault("not_enough_data", []).append(f"{preset}: {s['points']} lengths with a measured critical rate (3 needed)")
     tables = {"metrics": pa.concat_tables(metric_parts), "cells": pa.Table.from_pylist(cell_rows), "rates": pa.Table.from_pylist(rate_rows),
