@@ -82,7 +82,7 @@ class LeashConfig:
     base: str = setting("", "the base model's directory; empty: the tiny base model (trained once, then cached)")
     rl: str = setting("", "the RLVR model's directory; empty: GRPO descendants of the base, one per seed (cached)")
     task: str = setting("add", "a task of rlvrlab.lm.tasks, or a .jsonl / .parquet question-answer file")
-    problems: int = setting(48, "evaluation problems (not among the GRPO training prompts)")
+    problems: int = setting(192, "evaluation problems, none a GRPO training prompt (48 left 3 in S or E: too few to decide S > E)")
     samples: int = setting(256, "completions per problem and model: the largest k")
     max_new_tokens: int = setting(48, "longest completion")
     temperature: float = setting(1.0, "sampling temperature of both models")
