@@ -407,11 +407,11 @@ def analyse(config: LrOracleConfig, runs: list[dict[str, Any]], run_dir: Path, p
     for preset, s in slopes.items():
         if math.isfinite(s["slope"]) and s["theory"] is not None:
             other = -1.0 if s["theory"] == 0 else 0.0  # the other preset family's slope: the interval must tell them apart
-            both = s["low"] <= other <= s["high"]
+            both = s["low"] <= other <= s["high"] and s["low"] <= s["theory"] <= s["high"]
             checks.append(Check(f"{preset}: the critical rate against response length has the theory's slope ({s['theory']:g})",
                                 s["low"] <= s["theory"] <= s["high"] and not both,
                                 f"slope {s['slope']:.2f} [{s['low']:.2f}, {s['high']:.2f}] over {s['points']} lengths"
-                                + (f"; the interval also contains {other:g}: it cannot tell 0 from -1" if both else ""),
+                                + (f"; the interval contains {s['theory']:g} and {other:g}: it cannot tell 0 from -1" if both else ""),
                                 f"the 95% interval contains {s['theory']:g} and not {other:g} (the theory's slopes are for raw "
                                 "gradient steps; these runs use Adam)", "claim", enough=not both))
         else:
