@@ -76,7 +76,7 @@ class LrOracleConfig:
     eval_samples: int = setting(2, "completions per held-out prompt per evaluation")
     fresh_samples: int = setting(4, "grid (a): fresh completions per prompt (gap_fresh/*; as warning-bench, whose runs it can share)")
     length_task: str = setting("add:min_digits=2:max_digits=2", "grid (b): the task whose solution is repeated")
-    repeats: tuple[int, ...] = setting((1, 2, 4, 8), "grid (b): how many times the worked solution is written (the length axis)")
+    repeats: tuple[int, ...] = setting((1, 2, 3, 4, 6, 8), "grid (b): how many times the worked solution is written (the length axis)")
     length_presets: tuple[str, ...] = setting(("grpo", "dr-grpo", "rloo"), "grid (b): update rules")
     length_seeds: tuple[int, ...] = setting((0, 1), "grid (b): seeds")
     length_steps: int = setting(40, "grid (b): GRPO steps per run (the threshold shows early)")
