@@ -56,7 +56,7 @@ __all__ = ["EXPERIMENT", "LrOracleConfig", "measure_cell", "plot", "run"]
 THEORY_SLOPE = {"grpo": 0.0, "dr-grpo": -1.0, "rloo": -1.0}  # §4: the critical step against T (eq. 17-18), raw gradient steps
 WITHIN = 2.0  # issue 14: the predicted critical rate within 2x of the measured one
 TOLERANCE = 0.02  # issue 14: the recommended rate's accuracy within 0.02 (or one standard error) of the best fixed rate's
-MIN_PAIRS, MIN_CELLS = 10, 3  # fewer scored (cell, seed) pairs or cells decide nothing ("not enough data": quick settings)
+MIN_PAIRS, MIN_CELLS = 10, 5  # fewer scored (cell, seed) pairs or cells decide nothing ("not enough data": quick settings)
 
 
 @dataclass(frozen=True)
