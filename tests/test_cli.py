@@ -96,7 +96,7 @@ def test_train_config_docs_leave_its_record_unchanged_and_a_run_is_named_by_its_
 
     record = dataclasses.asdict(TrainConfig())
     assert list(record) == ["model", "task", "preset", "advantage", "alpha", "prompts", "batch_size", "group",
-                            "max_new_tokens", "steps", "lr", "schedule", "adaptive_fraction", "adaptive_smoothing",
+                            "max_new_tokens", "steps", "lr", "optimizer", "schedule", "adaptive_fraction", "adaptive_smoothing",
                             "adaptive_growth", "probe_every", "probe_steps", "probe_fresh", "lr_min", "lr_max", "epochs",
                             "max_grad_norm", "temperature", "holdout", "eval_every", "eval_samples", "diagnostics",
                             "fresh_samples", "kl_reference", "checkpoint_every", "tensorboard", "device", "seed"]

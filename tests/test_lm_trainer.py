@@ -457,3 +457,23 @@ def test_finite_weights_whose_forward_overflows_stop_the_run_too(tiny_model, tmp
     with pytest.raises(DivergedError, match=r"non-finite (at|after) step 2 with learning rate 0\.01"):
         tr.train()
     assert all(bool(torch.isfinite(p).all()) for p in tr.params)  # finite weights: the forward is what overflowed
+
+
+def test_sgd_takes_the_plain_clipped_gradient_step(tiny_model, tmp_path):
+    """optimizer sgd: ‖θ_new − θ_old‖ = lr · min(‖g‖, max_grad_norm) exactly, and the step is linear in lr."""
+    from rlvrlab.lm.trainer import GRPOTrainer
+
+    def parity(completion, problem):
+        return int(len(completion) % 2 == 0)
+
+    steps = {}
+    for lr in (0.01, 0.02):
+        cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, lr=lr,
+                          optimizer="sgd", max_grad_norm=0.5, diagnostics=False, seed=4)
+        trainer = GRPOTrainer(cfg, tmp_path / f"lr{lr}", reward_fn=parity)
+        theta0 = torch.nn.utils.parameters_to_vector(trainer.params).detach().clone()
+        row = trainer.train_step()
+        delta = torch.nn.utils.parameters_to_vector(trainer.params).detach() - theta0
+        assert float(delta.norm()) == pytest.approx(lr * min(row["grad_norm"], 0.5), rel=1e-4)
+        steps[lr] = delta
+    assert torch.allclose(steps[0.02], 2 * steps[0.01], atol=1e-6)

@@ -42,7 +42,11 @@ class TrainConfig:
     group: int = _doc(8, "Completions per prompt (G); GRPO's advantage compares them, so >= 2.")
     max_new_tokens: int = _doc(48, "Longest completion, in tokens (sampling stops there or at EOS).")
     steps: int = _doc(100, "Optimizer steps (each on one batch).")
-    lr: float = _doc(1e-3, "Adam's learning rate (the initial one under cosine and gap-adaptive).")
+    lr: float = _doc(1e-3, "The optimizer's learning rate (the initial one under cosine and gap-adaptive).")
+    optimizer: Literal["adam", "sgd"] = _doc(
+        "adam", "adam (what practice uses: each coordinate divided by its running gradient scale, so a rescaled loss takes "
+                "the same steps), or sgd (plain gradient steps, θ ← θ − lr·g after clipping: the paper's η·w, where a length "
+                "normalization changes the step).")
     schedule: Literal["constant", "cosine", "gap-adaptive", "probe"] = _doc(
         "constant", "Learning-rate schedule; gap-adaptive follows adaptive_fraction of the measured critical rate; "
                     "probe follows the recommended rate of rlvrlab.lm.probe, scanned before the first step (and every probe_every).")
@@ -91,6 +95,7 @@ class TrainConfig:
             _checks.fail("preset", self.preset, f"{', '.join(sampled)}, or {self.preset} with an advantage set "
                          "(its exact advantage r - J needs the exact J of a simulator; e.g. advantage=none)")
         _checks.choose("schedule", self.schedule, ("constant", "cosine", "gap-adaptive", "probe"))
+        _checks.choose("optimizer", self.optimizer, ("adam", "sgd"))
         if isinstance(self.probe_every, bool) or not isinstance(self.probe_every, int) or self.probe_every < 0:
             _checks.fail("probe_every", self.probe_every, "an integer >= 0 (0: scan only before the first step)")
         from rlvrlab.lm.probe import check_probe

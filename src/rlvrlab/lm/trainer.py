@@ -3,8 +3,8 @@
 Each step: B prompts from the training split, G completions each sampled with a KV cache
 (rlvrlab.lm.sampling), rewards from the task's verifier, the preset's loss from
 rlvrlab.updates.presets (the one implementation the simulators use: GRPO, Dr. GRPO, DAPO, GSPO,
-RLOO, and REINFORCE with a sampled advantage; epochs > 1 for PPO's inner steps), Adam with
-gradient clipping (fused where the device has it), and then one
+RLOO, and REINFORCE with a sampled advantage; epochs > 1 for PPO's inner steps), Adam (fused
+where the device has it) or plain SGD with gradient clipping, and then one
 extra forward pass over the batch just trained on for the diagnostics of
 rlvrlab.lm.diagnostics (Δμ·η, the realized log-odds change, var±, the critical-step ratio, the
 paper's ‖g_GRPO‖ proxy), together with the curves every GRPO monitor reads, under the names TRL
@@ -125,7 +125,10 @@ class GRPOTrainer:
             disable_dropout(self.reference)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         fused = self.device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self.params)
-        self.opt = torch.optim.Adam(self.params, lr=config.lr, fused=fused or None)  # fused: one kernel for all parameters
+        if config.optimizer == "sgd":  # the paper's plain step θ + η·w, η = lr·‖clipped gradient‖
+            self.opt = torch.optim.SGD(self.params, lr=config.lr)
+        else:
+            self.opt = torch.optim.Adam(self.params, lr=config.lr, fused=fused or None)  # fused: one kernel for all parameters
         K = config.steps
         shape = {"constant": lambda s: 1.0, "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, K) / K)),
                  "gap-adaptive": lambda s: 1.0, "probe": lambda s: 1.0}[config.schedule]
