@@ -147,7 +147,9 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
     saved = (copy.deepcopy(trainer.opt.state_dict()), copy.deepcopy(trainer.sched.state_dict()), trainer.gen.get_state(),
              trainer.fresh_gen.get_state())
     seed = config.seed * 1_000_003 + step0 + 2_000_003  # the scan's random numbers: one stream, restarted at every rate
-    U = torch.zeros_like(theta0)
+    def success(reward: torch.Tensor) -> tuple[float, float]:
+        per_prompt = reward.float().mean(-1)  # prompts are independent; their completions are not
+        return float(per_prompt.mean()), float(per_prompt.std() / math.sqrt(len(per_prompt)))
 
     def rate_J(lr: float) -> tuple[float, float]:
         torch.nn.utils.vector_to_parameters(theta0 + lr * U, params)
@@ -155,8 +157,7 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
             r = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))[1]
         except DivergedError:  # a forward that overflows solves nothing
             return 0.0, 0.0
-        per_prompt = r.float().mean(-1)  # prompts are independent; their completions are not
-        return float(per_prompt.mean()), float(per_prompt.std() / math.sqrt(len(per_prompt)))
+        return success(r)
 
     try:
         # the probe's steps at lr_probe: no diagnostics, and no scheduler step (schedule "probe" sets its rate itself),
@@ -166,11 +167,11 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
         for b in range(steps):  # the prompts of the run's next `steps` batches
             trainer.step = step0 + b
             problems += trainer._batch()
-        J0, se0 = rate_J(0.0)
-        # the run's own next steps at a rate far below any threshold; the first one's second-order ratio on
-        # completions drawn at θ0 (the scan's at rate 0, never trained on)
+        # the scan at rate 0: J0, and the completions at θ0 (never trained on) whose log-ratios give the first probe
+        # step's second-order ratio
         torch.nn.utils.vector_to_parameters(theta0.clone(), params)  # a copy: the steps below write into the parameters
         measured = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))
+        J0, se0 = success(measured[1])
         with torch.inference_mode():
             old = token_logprobs(trainer.model, measured[0])[0]
         trainer._set_lr(lr_probe)
