@@ -122,3 +122,17 @@ def test_state_round_trips_through_json_with_nan_and_inf():
 def test_bad_patience_is_refused():
     with pytest.raises(ValueError, match=r"^patience: got 0; allowed: an integer >= 1"):
         GapMonitor(patience=0)
+
+
+def test_the_vocabulary_columns_of_a_runs_gap_metrics_by_hand():
+    import numpy as np
+
+    from rlvrlab.lm.diagnostics import vocabulary
+
+    cols = {"gap/J": np.array([0.5, 0.8, 1.0]), "gap/M": np.array([0.0, 0.1, 0.3]), "gap/eta": np.array([2.0, 4.0, 1.0]),
+            "gap/delta_mu_eta": np.array([0.2, -0.4, 0.0])}
+    v = vocabulary(cols)
+    assert v["log_odds"].tolist() == pytest.approx([0.0, np.log(4.0), np.inf])  # log(J/(1-J)); all right in a batch: infinite
+    assert v["delta_mu"].tolist() == [0.1, -0.1, 0.0]
+    assert v["M"].tolist() == [0.0, 0.1, 0.3] and v["eta"].tolist() == [2.0, 4.0, 1.0] and v["J"].tolist() == [0.5, 0.8, 1.0]
+    assert vocabulary({"gap_fresh/" + k[4:]: x for k, x in cols.items()}, prefix="gap_fresh/")["delta_mu"].tolist() == [0.1, -0.1, 0.0]

@@ -29,6 +29,7 @@ from rlvrlab import _checks, plotting
 from rlvrlab.analysis.stats import spearman
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.io import read_table
+from rlvrlab.lm.diagnostics import vocabulary
 
 __all__ = ["EXPERIMENT", "LmGrpoConfig", "plot", "run"]
 
@@ -94,9 +95,7 @@ def _table(rows: list[dict], task: str, lr: float, run_name: str) -> pa.Table:
     """The run's rows, with the columns of DESIGN.md's vocabulary (J, log_odds, delta_mu, eta, M)."""
     names = list(dict.fromkeys(k for r in rows for k in r))
     table = {k: np.array([float(r.get(k, math.nan)) for r in rows]) for k in names}
-    J, eta = table["gap/J"], table["gap/eta"]
-    with np.errstate(divide="ignore", invalid="ignore"):  # J = 0 or 1 in a batch: infinite log-odds
-        table.update(J=J, log_odds=np.log(J / (1 - J)), M=table["gap/M"], eta=eta, delta_mu=table["gap/delta_mu_eta"] / eta)
+    table.update(vocabulary(table))
     n = len(rows)
     return pa.table({"run": [run_name] * n, "task": [task] * n, "lr": [lr] * n, **table})
 

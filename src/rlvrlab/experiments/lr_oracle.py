@@ -50,6 +50,7 @@ from rlvrlab import _checks, plotting
 from rlvrlab.analysis.stats import critical_rate, loglog_slope
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.io import read_table, table_rows
+from rlvrlab.lm.diagnostics import vocabulary
 
 __all__ = ["EXPERIMENT", "LrOracleConfig", "measure_cell", "plot", "run"]
 
@@ -301,10 +302,7 @@ def analyse(config: LrOracleConfig, runs: list[dict[str, Any]], run_dir: Path, p
         col = {k: np.asarray([x.get(k, math.nan) for x in rows], float)
                for k in ("step", "eval/accuracy", "learning_rate", "gap/J", "gap/M", "gap/eta", "gap/delta_mu_eta", "gap/lr_crit",
                          "gap_fresh/lr_crit", "completions/mean_length")}
-        with np.errstate(divide="ignore", invalid="ignore"):  # DESIGN.md's vocabulary; J = 0 or 1 in a batch: infinite log-odds
-            vocabulary = {"J": col["gap/J"], "log_odds": np.log(col["gap/J"] / (1 - col["gap/J"])), "M": col["gap/M"],
-                          "eta": col["gap/eta"], "delta_mu": col["gap/delta_mu_eta"] / col["gap/eta"]}
-        metric_parts.append(pa.table({"run": [r["run"]] * len(rows), **vocabulary, **col}))
+        metric_parts.append(pa.table({"run": [r["run"]] * len(rows), **vocabulary(col), **col}))
         cell = (r["grid"], r["task"], r["preset"])
         by_cell.setdefault(cell, {}).setdefault(r["lr"], []).append(_evals(rows, r["status"], r["steps"]))
         first = [x for x in rows if math.isfinite(x.get("completions/mean_length", math.nan))]

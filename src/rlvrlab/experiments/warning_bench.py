@@ -48,6 +48,7 @@ from rlvrlab.analysis import alarms
 from rlvrlab.analysis.stats import bootstrap_ci
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
 from rlvrlab.io import read_table, rows_table, table_rows
+from rlvrlab.lm.diagnostics import vocabulary
 
 __all__ = ["EXPERIMENT", "WarningBenchConfig", "plot", "run"]
 
@@ -327,11 +328,7 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
     for n, rs in rows.items():
         cols = list(KEEP) + [p + k for p in ("gap/", "gap_fresh/") for k in GAP_KEYS]
         kept = {c: np.asarray([r.get(c, math.nan) for r in rs], float) for c in cols}
-        J, eta = kept["gap/J"], kept["gap/eta"]
-        with np.errstate(divide="ignore", invalid="ignore"):  # DESIGN.md's vocabulary; J = 0 or 1 in a batch: infinite log-odds
-            vocabulary = {"J": J, "log_odds": np.log(J / (1 - J)), "M": kept["gap/M"], "eta": eta,
-                          "delta_mu": kept["gap/delta_mu_eta"] / eta}
-        metric_parts.append(pa.table({"run": [n] * len(rs), **vocabulary, **kept}))
+        metric_parts.append(pa.table({"run": [n] * len(rs), **vocabulary(kept), **kept}))
     alarm_rows = [{"run": n, "detector": key, "step": s} for key, per_run in found.items() for n, steps in per_run.items()
                   for s in steps]
 

@@ -14,7 +14,7 @@ from rlvrlab.lm.tasks import TASKS, check_task_spec
 from rlvrlab.updates import PRESETS, get_preset
 from rlvrlab.updates.advantages import ADVANTAGES
 
-__all__ = ["TrainConfig", "nondefault_settings"]
+__all__ = ["DEFAULT_SETTINGS", "TrainConfig", "nondefault_settings"]
 
 
 def _doc(default: Any, help: str) -> Any:
@@ -126,14 +126,14 @@ class TrainConfig:
         return nondefault_settings(dataclasses.asdict(self))
 
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+DEFAULT_SETTINGS: dict[str, Any] = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)}))
+"""TrainConfig's defaults as JSON holds them (a config.json's "settings")."""
 
 
 def nondefault_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """``settings`` (a TrainConfig's, e.g. read back from a run's config.json) without those at
     their default, as JSON holds them; a key TrainConfig does not know is kept."""
     plain = json.loads(json.dumps(dict(settings)))
-    defaults = json.loads(json.dumps(_DEFAULTS))
-    return {k: v for k, v in plain.items() if k not in defaults or v != defaults[k]}
+    return {k: v for k, v in plain.items() if k not in DEFAULT_SETTINGS or v != DEFAULT_SETTINGS[k]}
 
 

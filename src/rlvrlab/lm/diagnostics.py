@@ -21,15 +21,17 @@ The paper's own proxy (§6.2) is reported too: g_GRPO ∝ sqrt(J(1-J))(g+ - g-)/
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rlvrlab import _checks
 from rlvrlab.gap import gap_stats_mc, log_odds_change_mc
 from rlvrlab.theory import eta_crit_second_order
 
-__all__ = ["GapAdaptiveRate", "critical_rate", "critical_ratio", "step_diagnostics"]
+__all__ = ["GapAdaptiveRate", "critical_rate", "critical_ratio", "step_diagnostics", "vocabulary"]
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -100,6 +102,16 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
         "gap/zero_variance_groups": float((~mixed).float().mean()),
         "gap/grpo_norm_proxy": proxy,
     }
+
+
+def vocabulary(columns: Mapping[str, np.ndarray], prefix: str = "gap/") -> dict[str, np.ndarray]:
+    """DESIGN.md's vocabulary columns of a run's metrics, from the trainer's ``gap/*`` columns:
+    J, log_odds = log(J/(1-J)) (infinite where a batch is all right or all wrong), M, eta, and
+    delta_mu = (Δμ·η)/η. Each column (n,) per step."""
+    J, eta = np.asarray(columns[prefix + "J"], float), np.asarray(columns[prefix + "eta"], float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"J": J, "log_odds": np.log(J / (1 - J)), "M": np.asarray(columns[prefix + "M"], float), "eta": eta,
+                "delta_mu": np.asarray(columns[prefix + "delta_mu_eta"], float) / eta}
 
 
 def critical_rate(lr: float, ratio: float) -> float:

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, read_json, read_table
-from rlvrlab.lm.config import TrainConfig, nondefault_settings
+from rlvrlab.lm.config import DEFAULT_SETTINGS, TrainConfig, nondefault_settings
 from rlvrlab.lm.monitor import gap_warnings
 
 __all__ = ["STATUSES", "check_run_dir", "expand_grid", "load_grid", "parse_assignments", "run_name", "run_state",
@@ -186,8 +186,7 @@ def check_run_dir(run_dir: str | Path, config: TrainConfig) -> None:
     old = read_json(path).get("settings", {})
     there, now = nondefault_settings(old), config.identity()  # a setting added since the run was made: at its default
     if there != now:
-        base = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)}))
-        changed = ", ".join(f"{k}={there.get(k, base.get(k))!r} there, {now.get(k, base.get(k))!r} now"
+        changed = ", ".join(f"{k}={there.get(k, DEFAULT_SETTINGS.get(k))!r} there, {now.get(k, DEFAULT_SETTINGS.get(k))!r} now"
                             for k in sorted(set(there) | set(now)) if there.get(k) != now.get(k))
         _checks.fail("--out", str(run_dir), f"a directory whose runs have this grid's settings (this run has other settings: "
                      f"{changed}); another --out, or remove that run directory")
