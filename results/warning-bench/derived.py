@@ -54,3 +54,16 @@ for task in dict.fromkeys(r["task"] for r in runs):
         print(f"  lr {lr:7.1e}: final {final.mean():.3f} ± {1.96 * final.std(ddof=1) / np.sqrt(len(final)):.3f}, "
               f"never below start {held}/{len(sel_runs)}, lr_crit over steps 1-10 "
               + " / ".join(f"{np.nanmedian(v):.2e}" for v in crit.values()))
+
+# issue 14: how the one-step critical-rate estimate moves along a run (grpo, the rates that never collapse): the median
+# over the grid's seeds of gap/lr_crit (in-sample) and gap_fresh/lr_crit, by window of steps
+print("gap/lr_crit / gap_fresh/lr_crit, median by window of steps (grpo):")
+for task in dict.fromkeys(r["task"] for r in runs):
+    for lr in (3e-5, 1.2e-4, 2.2e-4, 4.2e-4):
+        names = {r["run"] for r in runs if r["task"] == task and r["preset"] == "grpo" and np.isclose(r["lr"], lr)}
+        sel = np.isin(run, list(names))
+        parts = []
+        for a, b in ((1, 5), (6, 15), (16, 30), (31, 60)):
+            w = sel & (col["step"] >= a) & (col["step"] <= b)
+            parts.append(f"steps {a}-{b}: {np.nanmedian(col['gap/lr_crit'][w]):.1e} / {np.nanmedian(col['gap_fresh/lr_crit'][w]):.1e}")
+        print(f"  {task} lr {lr:.1e}: " + "; ".join(parts))
