@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from rlvrlab.cli import app
-from rlvrlab.lm.diagnostics import step_diagnostics
+from rlvrlab.io import read_table
+from rlvrlab.lm.diagnostics import prompt_diagnostics, step_diagnostics
 from rlvrlab.lm.sampling import sample, token_logprobs
 from rlvrlab.lm.tasks import make_task
 from rlvrlab.lm.tokenizer import char_tokenizer
@@ -82,6 +84,25 @@ def test_step_diagnostics_worked_example():
     assert out["gap/crit_ratio"] == pytest.approx(0.0, abs=1e-6)
     assert out["gap/grpo_norm_proxy"] == pytest.approx(2.0 * 10.0 / 0.5)
     assert out["gap/mixed_prompts"] == 1 and out["gap/zero_variance_groups"] == 0
+
+
+def test_prompt_diagnostics_worked_example():
+    # prompt 0 as in the worked example above; prompt 1: ΔL = 0.4, 0.2 correct, -0.3 incorrect (one sample: no var-);
+    # prompt 2: all wrong (not mixed)
+    d = torch.tensor([[0.3, 0.1, -0.2, 0.0], [0.4, 0.2, -0.3, 0.5], [0.1, 0.1, 0.1, 0.1]])
+    r = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    per = prompt_diagnostics(d, r, eta=0.5)
+    assert per["J"].tolist() == [0.5, 0.75, 0.0]
+    assert per["mixed"].tolist() == [True, True, False]
+    assert per["delta_mu_eta"][:2].tolist() == pytest.approx([0.3, (0.4 + 0.2 + 0.5) / 3 + 0.3])
+    assert math.isnan(per["delta_mu_eta"][2]) and math.isnan(per["crit_ratio"][2])
+    assert per["var_plus"][:2].tolist() == pytest.approx([0.02 / 0.25, 0.07 / 3 / 0.25])  # sample variances (n - 1)
+    lo = math.log((math.exp(0.4) + math.exp(0.2) + math.exp(0.5)) / 3) - (-0.3)
+    assert float(per["log_odds_change"][1]) == pytest.approx(lo)
+    assert math.isnan(per["var_minus"][1])  # one incorrect sample has no variance
+    assert float(per["crit_ratio"][0]) == pytest.approx(0.0, abs=1e-6)  # Var- = Var+: no second-order threshold
+    out = step_diagnostics(d, r, eta=0.5)
+    assert out["gap/delta_mu_eta_prompt"] == pytest.approx(float(per["delta_mu_eta"][:2].mean()))
 
 
 def test_crit_ratio_is_one_where_second_order_gain_vanishes():
@@ -166,7 +187,7 @@ def test_fresh_samples_measure_the_same_step_on_responses_it_was_not_trained_on(
 
 @pytest.mark.parametrize("schedule, fresh", [("cosine", 0), ("gap-adaptive", 2)])
 def test_resume_after_an_interruption_ends_with_the_uninterrupted_weights(tiny_model, tmp_path, schedule, fresh):
-    cfg = _config(tiny_model, steps=5, schedule=schedule, fresh_samples=fresh)
+    cfg = _config(tiny_model, steps=5, schedule=schedule, fresh_samples=fresh, prompt_table=bool(fresh))
     whole = GRPOTrainer(cfg, tmp_path / "whole", reward_fn=_even_length)
     rows_whole = whole.train()
 
@@ -186,6 +207,21 @@ def test_resume_after_an_interruption_ends_with_the_uninterrupted_weights(tiny_m
         assert torch.equal(a, b)
     assert [r["step"] for r in rows_cut] == list(range(6))  # no step lost or duplicated
     assert json.dumps(rows_cut) == json.dumps(rows_whole)
+    if cfg.prompt_table:  # the per-prompt rows too: one per (step, prefix, prompt), none lost or repeated
+        cut, full = (read_table(tmp_path / d / "prompts.parquet").to_pylist() for d in ("cut", "whole"))
+        assert json.dumps(cut) == json.dumps(full)
+        B = cfg.prompts_per_step
+        assert [(r["step"], r["prefix"]) for r in cut] == [(k, p) for k in range(1, 6) for p in ("gap/", "gap_fresh/")
+                                                           for _ in range(B)]
+        for row in rows_cut[1:]:  # the step's per-prompt means are the metrics' own
+            for prefix in ("gap/", "gap_fresh/"):
+                mine = [r for r in cut if r["step"] == row["step"] and r["prefix"] == prefix]
+                assert [r["G"] for r in mine] == [cfg.group if prefix == "gap/" else fresh] * B
+                assert np.mean([r["J"] for r in mine]) == pytest.approx(row[prefix + "J"])
+                mixed = [r["delta_mu_eta"] for r in mine if math.isfinite(r["delta_mu_eta"])]
+                assert len(mixed) == row[prefix + "mixed_prompts"]
+                if mixed:
+                    assert np.mean(mixed) == pytest.approx(row[prefix + "delta_mu_eta_prompt"], rel=1e-6)
     assert any(not torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
                                                       load_model(tiny_model)[0].state_dict().values()))
 

@@ -277,7 +277,7 @@ def lm_train(
                                         tensorboard=tensorboard), settings or [])
     # --force: the previous run's files, listed now and removed once the trainer has accepted the
     # model and task, so that a refused command leaves the previous run as it was.
-    stale = [out / n for n in ("checkpoints", "metrics.parquet", "model") if (out / n).exists()] if not resume else []
+    stale = [out / n for n in ("checkpoints", "metrics.parquet", "prompts.parquet", "model") if (out / n).exists()] if not resume else []
     stale += list((out / "tensorboard").glob("*")) if not resume and (out / "tensorboard").is_dir() else []
     progress = _progress()  # shown from the first step on: a refused model prints its one line and nothing else
     trainer = GRPOTrainer(config, out, on_step=RichProgress(progress).task(f"{config.preset} on {task}", config.steps),

@@ -68,6 +68,8 @@ class TrainConfig:
                                    "schedule gap-adaptive and fresh_samples need them.")
     fresh_samples: int = _doc(0, "Completions per prompt drawn and never trained on, for unbiased gap_fresh/* diagnostics; "
                                  "0: off, else >= 2.")
+    prompt_table: bool = _doc(False, "Also write prompts.parquet: the diagnostics per prompt and step (J_q, Δμ_q·η, var±, "
+                                     "critical-step ratio), for each set of completions measured.")
     kl_reference: bool = _doc(False, "Log kl, the KL of the policy to the initial model (TRL's k3 estimator), from a frozen copy "
                                      "of the initial model: its memory and one more forward per step.")
     checkpoint_every: int = _doc(25, "Checkpoint (model, optimizer, random states, metrics) every this many steps, to resume from.")
@@ -112,6 +114,8 @@ class TrainConfig:
             _checks.fail("fresh_samples", self.fresh_samples, "0 (off) or an integer >= 2")
         if self.fresh_samples and not self.diagnostics:
             _checks.fail("diagnostics", self.diagnostics, "True when fresh_samples > 0")
+        if self.prompt_table and not self.diagnostics:
+            _checks.fail("diagnostics", self.diagnostics, "True when prompt_table is on (the table holds the diagnostics)")
         if self.schedule == "gap-adaptive" and not self.diagnostics:
             _checks.fail("diagnostics", self.diagnostics, "True with schedule 'gap-adaptive' (the rule reads the diagnostics)")
 

@@ -31,7 +31,8 @@ from rlvrlab import _checks
 from rlvrlab.gap import gap_stats_mc, log_odds_change_mc
 from rlvrlab.theory import eta_crit_second_order
 
-__all__ = ["GapAdaptiveRate", "critical_rate", "critical_ratio", "step_diagnostics", "vocabulary"]
+__all__ = ["PROMPT_COLUMNS", "GapAdaptiveRate", "critical_rate", "critical_ratio", "prompt_diagnostics", "step_diagnostics",
+           "vocabulary"]
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -54,6 +55,34 @@ def critical_ratio(delta_mu_eta: torch.Tensor, var_plus: torch.Tensor, var_minus
     return torch.where(torch.isnan(delta_mu_eta), torch.full_like(ratio, math.nan), ratio)
 
 
+PROMPT_COLUMNS = ("J", "delta_mu_eta", "log_odds_change", "var_plus", "var_minus", "crit_ratio")
+
+
+def prompt_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float) -> dict[str, torch.Tensor]:
+    """Per prompt (one group of G completions each), the quantities ``step_diagnostics`` averages:
+    each a (B,) tensor, NaN where the group lacks what it needs.
+
+    J               the group's success rate n+/G
+    delta_mu_eta    mean+(ΔL) - mean-(ΔL), the first-order Δμ_q·η (both outcomes needed)
+    log_odds_change Lemma 3's realized change of the prompt's log-odds
+    var_plus/minus  Var±(ΔL)/η², the spread along the step in score units (2 samples of the side needed)
+    crit_ratio      η/η_crit,q (``critical_ratio``), on mixed prompts only
+    mixed           True where the group has both outcomes (bool)
+
+    §4's success-rate scaling (eq. 18) reads off these: η_crit,q/Δμ_q = 2/(var_minus - var_plus)
+    should grow like 1 - J_q.
+    """
+    per = gap_stats_mc(reward, proj=delta_logp)  # per prompt: delta_mu = first order Δμ·η, var± of ΔL
+    change = log_odds_change_mc(delta_logp, reward)
+    mixed = per.defined
+    e2 = eta * eta if eta > 0 else math.nan
+    return {"J": reward.float().mean(-1), "delta_mu_eta": torch.where(mixed, per.delta_mu, torch.nan),
+            "log_odds_change": torch.where(mixed, change.realized, torch.nan),
+            "var_plus": per.var_plus / e2, "var_minus": per.var_minus / e2,
+            "crit_ratio": torch.where(mixed, critical_ratio(per.delta_mu, per.var_plus, per.var_minus), torch.nan),
+            "mixed": mixed}
+
+
 def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
                      mean_length: float = math.nan) -> dict[str, float]:
     """``gap/...`` diagnostics of one step from the post-step log-ratios.
@@ -68,18 +97,14 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
     against the gap, NaN where no group has both outcomes. The per-prompt mean and max are over
     prompts with a finite ratio; ``prompts_past_crit`` counts every mixed prompt above 1.
     """
-    B, G = reward.shape
-    per = gap_stats_mc(reward, proj=delta_logp)  # per prompt: delta_mu = first order Δμ·η, var± of ΔL
-    change = log_odds_change_mc(delta_logp, reward)
+    per = prompt_diagnostics(delta_logp, reward, eta=eta)
     pooled = gap_stats_mc(reward.reshape(1, -1), proj=delta_logp.reshape(1, -1))
     pooled_change = log_odds_change_mc(delta_logp.reshape(1, -1), reward.reshape(1, -1))
-    mixed = per.defined
-    ratio = torch.where(mixed, critical_ratio(per.delta_mu, per.var_plus, per.var_minus), torch.nan)  # (B,)
+    mixed, ratio = per["mixed"], per["crit_ratio"]
     finite = torch.isfinite(ratio)
     b_ratio = float(critical_ratio(pooled.delta_mu, pooled.var_plus, pooled.var_minus)[0])
     b_first, b_vp, b_vm = float(pooled.delta_mu[0]), float(pooled.var_plus[0]), float(pooled.var_minus[0])
-    J = reward.float().mean(-1)
-    spread = torch.sqrt(J * (1 - J))
+    spread = torch.sqrt(per["J"] * (1 - per["J"]))
     proxy = grad_norm * mean_length / float(spread[mixed].mean()) if bool(mixed.any()) else math.nan
     e2 = eta * eta if eta > 0 else math.nan
     return {
@@ -88,8 +113,8 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
         "gap/se_delta_mu_eta": float(pooled.se_delta_mu[0]),
         "gap/log_odds_change": float(pooled_change.realized[0]),
         "gap/se_log_odds_change": float(pooled_change.se_realized[0]),
-        "gap/delta_mu_eta_prompt": _mean(per.delta_mu[mixed]),
-        "gap/log_odds_change_prompt": _mean(change.realized[mixed]),
+        "gap/delta_mu_eta_prompt": _mean(per["delta_mu_eta"][mixed]),
+        "gap/log_odds_change_prompt": _mean(per["log_odds_change"][mixed]),
         "gap/var_plus": b_vp / e2,
         "gap/var_minus": b_vm / e2,
         "gap/eta": eta,

@@ -16,7 +16,10 @@ training"):
   log-odds change) for ``patience`` consecutive steps; most groups had no reward variance;
 - the gap-adaptive rate (GapAdaptiveRate), when asked for;
 - the per-step history and its checkpointed state (``state_dict`` / ``load_state_dict``, plain
-  JSON-able values, so that a resumed run neither loses nor repeats a row).
+  JSON-able values, so that a resumed run neither loses nor repeats a row);
+- with ``per_prompt``, a row per (step, prefix, prompt) as well (``prompt_table``: the group's
+  J_q, Δμ_q·η, log-odds change, var± and critical-step ratio, rlvrlab.lm.diagnostics.
+  prompt_diagnostics), for questions asked prompt by prompt (§4's success-rate scaling).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from rlvrlab import _checks
 from rlvrlab.gap import alignment_gain
 from rlvrlab.io import rows_table
-from rlvrlab.lm.diagnostics import GapAdaptiveRate, critical_rate, step_diagnostics
+from rlvrlab.lm.diagnostics import PROMPT_COLUMNS, GapAdaptiveRate, critical_rate, prompt_diagnostics, step_diagnostics
 
 __all__ = ["GapMonitor", "GapWarning", "gap_warnings"]
 
@@ -78,27 +81,41 @@ class GapMonitor:
     patience:   consecutive overshooting steps before the warning
     adaptive:   the gap-adaptive rule, or None for a rate the monitor does not set
     on_warning: receives each warning's message once (default: a GapWarning)
+    per_prompt: keep a row per prompt and step too (``prompt_table``)
     """
 
     def __init__(self, *, patience: int = 3, adaptive: GapAdaptiveRate | None = None,
-                 on_warning: Callable[[str], None] | None = None):
+                 on_warning: Callable[[str], None] | None = None, per_prompt: bool = False):
         _checks.integer("patience", patience)  # >= 1
-        self.patience, self.adaptive = patience, adaptive
+        self.patience, self.adaptive, self.per_prompt = patience, adaptive, per_prompt
+        self.prompt_history: list[dict[str, float]] = []  # per_prompt: one row per (step, prefix, prompt)
+        self._pending: list[dict[str, float]] = []  # this step's prompt rows, until ``record`` gives them the step
         self.on_warning = on_warning or (lambda message: warnings.warn(message, GapWarning, stacklevel=4))
         self.M: dict[str, float] = {}  # prefix -> cumulative positive alignment
         self.history: list[dict[str, float]] = []
         self.warned: set[str] = set()
 
     def measure(self, delta_logp: torch.Tensor, success: torch.Tensor, *, eta: float, lr: float, grad_norm: float = math.nan,
-                mean_length: float = math.nan, prefix: str = "gap/") -> dict[str, float]:
+                mean_length: float = math.nan, prefix: str = "gap/", prompt_ids: list[int] | None = None,
+                lengths: torch.Tensor | None = None) -> dict[str, float]:
         """The step's diagnostics for one set of completions, under ``prefix``, with M and lr_crit.
 
         delta_logp: (B, G) log π_new(o) − log π_old(o) of each completion (groups of G, one per prompt)
         success:    (B, G) 0/1
         eta:        ‖θ_new − θ_old‖ over the trainable parameters (NaN: not measured)
         lr:         the learning rate the step used
+        prompt_ids, lengths: with per_prompt, each group's prompt (default: its index in the batch)
+                    and the (B, G) completion lengths, kept in its prompt row
         """
         diag = step_diagnostics(delta_logp, success, eta=eta, grad_norm=grad_norm, mean_length=mean_length)
+        if self.per_prompt:
+            per = prompt_diagnostics(delta_logp, success, eta=eta)
+            B, G = success.shape
+            ids = list(range(B)) if prompt_ids is None else list(prompt_ids)
+            length = lengths.float().mean(-1).tolist() if lengths is not None else [math.nan] * B
+            values = {k: per[k].tolist() for k in PROMPT_COLUMNS}
+            self._pending += [{"prefix": prefix, "prompt": int(ids[b]), "G": G, "lr": lr, "eta": eta, "mean_length": length[b],
+                               **{k: float(values[k][b]) for k in PROMPT_COLUMNS}} for b in range(B)]
         M = self.M.get(prefix, 0.0) + alignment_gain(diag["gap/delta_mu_eta"])
         self.M[prefix] = M
         diag["gap/M"] = M
@@ -112,6 +129,8 @@ class GapMonitor:
         passes the peak) after a measured step at a positive rate, else ``rate`` unchanged (a step at
         rate 0, a warm-up's first, carries no information)."""
         self.history.append(row)
+        self.prompt_history += [{"step": row.get("step", math.nan), **r} for r in self._pending]
+        self._pending = []
         recent = []  # the last `patience` measured rows (rows without gap/ values do not break a streak)
         for r in reversed(self.history):
             if len(recent) == self.patience:
@@ -132,6 +151,13 @@ class GapMonitor:
         """The history as a table, a column per key any row has (NaN where a row lacks it)."""
         return rows_table(self.history)
 
+    def prompt_table(self) -> pa.Table:
+        """The per-prompt rows (``per_prompt``): step, prefix, prompt, G, lr, eta, mean_length and
+        rlvrlab.lm.diagnostics.PROMPT_COLUMNS, one row per (step, prefix, prompt)."""
+        types = {"prefix": pa.string(), "prompt": pa.int64(), "G": pa.int64()}
+        names = ("step", "prefix", "prompt", "G", "lr", "eta", "mean_length", *PROMPT_COLUMNS)
+        return pa.table({k: pa.array([r[k] for r in self.prompt_history], types.get(k, pa.float64())) for k in names})
+
     def start(self, prefixes: tuple[str, ...] = ("gap/",)) -> dict[str, float]:
         """M = 0 for each prefix, for a run's step-0 row."""
         for p in prefixes:
@@ -144,11 +170,12 @@ class GapMonitor:
         """Everything a resumed run needs (JSON-able: non-finite floats are kept as such by json)."""
         log_crit = self.adaptive.log_lr_crit if self.adaptive is not None else math.nan
         return {"M": dict(self.M), "warned": sorted(self.warned), "history": list(self.history),
-                "log_lr_crit": None if math.isnan(log_crit) else log_crit}
+                "prompt_history": list(self.prompt_history), "log_lr_crit": None if math.isnan(log_crit) else log_crit}
 
     def load_state_dict(self, state: dict) -> None:
         self.M = dict(state["M"])
         self.warned = set(state["warned"])
         self.history = list(state["history"])
+        self.prompt_history = list(state.get("prompt_history", []))  # checkpoints from before per_prompt have none
         if self.adaptive is not None:
             self.adaptive.log_lr_crit = math.nan if state["log_lr_crit"] is None else state["log_lr_crit"]

@@ -32,7 +32,8 @@ and kept in [lr_min, lr_max] (rlvrlab.updates' gap-adaptive rule, with the stati
 without enumeration has). While no threshold is in sight the rate grows by `adaptive_growth`.
 
 Run directory: config.json, metrics.parquet (one row per step: `gap/...`, TRL's names above,
-`loss/...`, `eval/...`), checkpoints/latest.pt every `checkpoint_every` steps (model,
+`loss/...`, `eval/...`), with `prompt_table` prompts.parquet (one row per step, prefix and prompt:
+rlvrlab.lm.monitor.GapMonitor.prompt_table), checkpoints/latest.pt every `checkpoint_every` steps (model,
 optimizer, scheduler, every random state, the metrics so far) and model/ at the end. All
 randomness comes from explicit generators whose states are checkpointed, so a run resumed after
 a kill ends with exactly the weights of an uninterrupted one.
@@ -139,7 +140,8 @@ class GRPOTrainer:
         self.probe_target = math.nan  # schedule "probe": the rate it aims at, from the last scan
         rule = GapAdaptiveRate(config.adaptive_fraction, config.adaptive_smoothing, config.adaptive_growth,
                                config.lr_min, config.lr_max) if config.schedule == "gap-adaptive" else None
-        self.monitor = GapMonitor(adaptive=rule, on_warning=self.on_warning)
+        self.monitor = GapMonitor(adaptive=rule, on_warning=self.on_warning, per_prompt=config.prompt_table)
+        self.prompt_index = {p.prompt: i for i, p in enumerate(self.train_set)}  # a prompt's id in prompts.parquet
         self.writer = None
         if config.tensorboard:
             try:
@@ -244,7 +246,9 @@ class GRPOTrainer:
                     if not bool(torch.isfinite(delta).all()):  # finite weights whose forward overflows
                         raise self._diverged(f"at step {self.step + 1}", lr)
                     row.update(self.monitor.measure(delta, r, eta=eta, lr=lr, grad_norm=grad_norm, prefix=prefix,
-                                                    mean_length=float(roll.lengths.float().mean())))
+                                                    mean_length=float(roll.lengths.float().mean()),
+                                                    prompt_ids=[self.prompt_index[p.prompt] for p in problems],
+                                                    lengths=roll.lengths.view(r.shape)))
         self._check_finite(row, lr)
         return row
 
@@ -329,6 +333,8 @@ class GRPOTrainer:
 
     def _write_metrics(self) -> None:
         write_table(self.out / "metrics.parquet", self.monitor.table())
+        if self.config.prompt_table:
+            write_table(self.out / "prompts.parquet", self.monitor.prompt_table())
 
     def train(self, *, resume: bool = True) -> list[dict[str, float]]:
         """Run to config.steps (resuming from the checkpoint in ``out`` when there is one)."""
