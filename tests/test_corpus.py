@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from rlvrlab.analysis.corpus import proxy_against_gap, vanishing_gap_against_progress
+from rlvrlab.analysis.corpus import alignment_against_progress, prompt_success_scaling, proxy_against_gap, vanishing_gap_against_progress
 
 
 def _run(proxy, delta_mu, eta=0.5, acc=None):
@@ -65,3 +66,48 @@ def test_more_groups_without_variance_less_progress_and_collapsed_runs_left_out(
     assert out["change_lowest_quarter"] == pytest.approx(np.mean([0.2, 0.1])) and out["change_highest_quarter"] == pytest.approx(
         np.mean([0.0, -0.05]))
     assert math.isnan(vanishing_gap_against_progress({"a": runs["a"]}, {"a"})["spearman"])
+
+
+def test_alignment_against_progress_interval_by_interval_and_at_the_same_step():
+    # four runs evaluated at every step; per interval, accuracy gains exactly the alignment gained (ΔM = Δacc, in-sample
+    # twice the unbiased), while early intervals gain more in every run: raw and at-the-same-step ρ are both 1
+    rng = np.random.default_rng(1)
+    runs = {}
+    for i in range(4):
+        d = rng.uniform(0.05, 0.1, 6) * np.linspace(2, 1, 6)  # Δμ per step, falling along the run
+        acc = np.concatenate([[0.3], 0.3 + np.cumsum(d * 0.5)])  # Δacc = Δμ·η = unbiased ΔM (η = 0.5)
+        runs[f"r{i}"] = _run([1.0] * 6, d, acc=list(acc) + [0.0])
+    out = alignment_against_progress(runs, groups={n: "t" for n in runs})
+    assert out["intervals"] == 24
+    for k in ("unbiased", "in_sample"):
+        assert out[k]["intervals"] == 24 and out[k]["spearman"] == pytest.approx(1.0)
+        assert out[k]["intervals_at_same_step"] == 24 and out[k]["spearman_at_same_step"] == pytest.approx(1.0)
+    # a collapsed run is left out; an accuracy unrelated to the increments at the same step reads no correlation there
+    shuffled = {n: [dict(r) for r in rows] for n, rows in runs.items()}
+    for i, rows in enumerate(shuffled.values()):  # the same accuracy path in every run: nothing to tell them apart
+        for t, r in enumerate(rows[:7]):
+            r["eval/accuracy"] = 0.3 + 0.02 * t
+    flat = alignment_against_progress(shuffled | {"gone": runs["r0"]}, collapsed={"gone"})
+    assert flat["intervals"] == 24
+    assert math.isnan(flat["unbiased"]["spearman_at_same_step"])  # centred accuracy is 0 everywhere: no ranking
+
+
+def test_prompt_success_scaling_reads_the_exponent_of_one_minus_J():
+    # η_crit/Δμ = 2/(var- - var+) = 0.5·(1 - J)^1 exactly, with one censored row (var- <= var+) per bucket
+    J = np.repeat([1 / 8, 2 / 8, 4 / 8, 6 / 8, 7 / 8], 5)
+    vp = np.full(J.shape, 1.0)
+    vm = vp + 4 / (1 - J)
+    vm[::5] = 0.5  # censored: no second-order threshold
+    ratio = np.where(vm > vp, 0.1 / (1 - J), 0.0)
+    out = prompt_success_scaling(J, vp, vm, ratio, groups=np.tile(["a", "b", "c", "d", "e"], 5))
+    assert out["prompts"] == 25 and out["censored"] == pytest.approx(0.2)
+    b = {round(x["J"], 3): x for x in out["buckets"]}
+    assert b[0.5]["prompts"] == 5 and b[0.5]["censored"] == pytest.approx(0.2)
+    assert b[0.5]["median_eta_crit_per_delta_mu"] == pytest.approx(0.25)  # 4 rows of 0.25 and one of inf
+    assert out["exponent"]["slope"] == pytest.approx(1.0) and out["exponent"]["points"] == 20
+    assert out["exponent_buckets"]["slope"] == pytest.approx(1.0)
+    # the ratio grows with J where there is a threshold and is 0 where there is none: scipy's ρ over all 25 rows
+    assert out["ratio_spearman"] == pytest.approx(stats.spearmanr(J, ratio).statistic)
+    with_length = prompt_success_scaling(J, vp, vm, ratio, length=np.tile([10.0, 20.0, 30.0, 40.0, 50.0], 5))
+    assert with_length["exponent_with_length"]["slope"] == pytest.approx(1.0)
+    assert with_length["exponent_with_length"]["length_slope"] == pytest.approx(0.0, abs=1e-9)

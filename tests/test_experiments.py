@@ -37,7 +37,7 @@ VOCABULARY = {"run", "step", "J", "log_odds", "M", "delta_mu", "eta"}
 
 
 # lm-grpo needs a model directory: the session's tiny pretrained model (see conftest.py)
-LM_SMALL = ["steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=8", "eval_every=1", "eval_samples=2",
+LM_SMALL = ["steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=8", "eval_every=1", "eval_samples=2", "fresh_samples=2",
             "tasks=add,countdown"]
 # warning-bench trains a corpus of runs through the LM sweep: the smallest grid whose labels and detectors run
 WB_SMALL = ["tasks=add", "presets=grpo", "lrs=1e-4,3e-2", "seeds=0,1", "tune_seeds=0", "steps=3", "batch_size=8", "group=4",

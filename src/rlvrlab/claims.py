@@ -205,7 +205,8 @@ CLAIMS: tuple[Claim, ...] = (
           "Δμ·√(J(1−J))/T_ψ1.",
           _refs("success-scaling", "one step, {} states, {}: eta_crit/Delta_mu ∝ (1-J)^1 (cap 18)",
                 "one step, {} states, {}: critical learning rate scales with 1-J as (17) meets (18)",
-                "trajectory, {}: critical learning rate scales with 1-J0 as (17) meets (18)")),
+                "trajectory, {}: critical learning rate scales with 1-J0 as (17) meets (18)")
+          + _refs("lm-grpo", "prompt by prompt: eta_crit/Delta_mu ∝ (1-J)^1 (eq. 18)")),
     Claim("stagnation", "gap", "abstract; §4 'Correction rate'",
           "With a fixed learning rate GRPO overshoots as J → 1, so its success rate stagnates strictly below 100%.",
           _refs("stagnation", "GRPO at a fixed rate plateaus below 100% (eq. 17-18)")),
@@ -247,7 +248,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("fig2", "gap", "§6.2 Figure 2",
           "In GRPO on language models, held-out accuracy improves as the cumulative alignment M grows.",
           _refs("lm-grpo", "{} at lr {}: held-out accuracy improves",
-                "{} at lr {}: accuracy rises with cumulative gap alignment M (Figure 2)")),
+                "{} at lr {}: accuracy rises with cumulative gap alignment M (Figure 2)",
+                "{} at lr {}: accuracy rises with cumulative gap alignment unbiased M (Figure 2)",
+                "Figure 2 interval by interval (unbiased M): the evaluations' intervals that align more gain more accuracy")
+          + _refs("warning-bench", "Figure 2 interval by interval: at the same step, the runs whose steps aligned more gained "
+                  "more accuracy (§6.2)")),
     Claim("grpo-proxy", "gap", "§6.2 (g_GRPO ∝ √(J(1−J))·(g⁺ − g⁻))",
           "‖g_GRPO‖ is a usable proxy for the batch Gap Alignment.",
           _refs("warning-bench", "the ‖g_GRPO‖ proxy orders steps like the unbiased Gap Alignment it stands for (§6.2)")

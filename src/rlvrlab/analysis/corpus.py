@@ -13,6 +13,10 @@ rows of rlvrlab's trainer, e.g. warning-bench's 216 runs).
   held-out evaluations, the mean share of groups without reward variance
   (``frac_reward_zero_std``) to the change of held-out accuracy, over runs that did not collapse
   (a collapse makes every group all-wrong: there the share is an effect, not a cause).
+- **Figure 2 interval by interval** (``alignment_against_progress``): the alignment gained between
+  two evaluations against the accuracy gained, also at the same point of training.
+- **The critical step shrinks with the success rate (§4, eq. 18)**, prompt by prompt
+  (``prompt_success_scaling``, on the trainer's per-prompt table, ``prompt_table``).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from rlvrlab.analysis.stats import spearman, spearman_ci
+from rlvrlab.analysis.stats import SlopeFit, loglog_exponents, loglog_slope, spearman, spearman_ci
 
-__all__ = ["figure2_relation", "proxy_against_gap", "vanishing_gap_against_progress"]
+__all__ = ["alignment_against_progress", "figure2_relation", "prompt_success_scaling", "proxy_against_gap",
+           "vanishing_gap_against_progress"]
 
 Row = Mapping[str, float]
 
@@ -91,6 +96,59 @@ def figure2_relation(runs: Mapping[str, Sequence[Row]], groups: Mapping[str, str
     return figure2
 
 
+def alignment_against_progress(runs: Mapping[str, Sequence[Row]], collapsed: set[str] | frozenset[str] = frozenset(),
+                               groups: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Figure 2 interval by interval: between consecutive held-out evaluations of the runs not in
+    ``collapsed``, the alignment gained over the interval (ΔM, in-sample ``gap/M`` and unbiased
+    ``gap_fresh/M``) against the change of held-out accuracy over it.
+
+    Within one run M only grows, so ρ(M, accuracy) over its evaluations ranks them by step; the
+    increments ask more: do the intervals whose steps aligned more gain more? Both are compared
+    raw and ``at_same_step``: centred on the mean over the intervals that end at the same step in
+    the same group (``groups``: run → group, e.g. its task), so that early intervals, which both
+    align more and gain more, do not make the correlation alone. Returns per estimator of M the
+    number of intervals, Spearman's ρ with its 95% CI, raw and at the same step."""
+    keys = {"in_sample": "gap/M", "unbiased": "gap_fresh/M"}
+    d_acc: list[float] = []
+    d_m: dict[str, list[float]] = {k: [] for k in keys}
+    strata: list[tuple[str, float]] = []
+    for name, rows in runs.items():
+        if name in collapsed:
+            continue
+        steps, acc = _col(rows, "step"), _col(rows, "eval/accuracy")
+        M = {k: _col(rows, c) for k, c in keys.items()}
+        ev = np.flatnonzero(np.isfinite(acc))
+        for a, b in zip(ev[:-1], ev[1:]):
+            d_acc.append(float(acc[b] - acc[a]))
+            strata.append(((groups or {}).get(name, "all"), float(steps[b])))
+            for k in keys:
+                d_m[k].append(float(M[k][b] - M[k][a]))
+    acc = np.asarray(d_acc)
+    stratum = np.unique([f"{g}|{t}" for g, t in strata], return_inverse=True)[1] if strata else np.zeros(0, int)
+
+    def centred(x: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sizes = np.bincount(stratum[ok], minlength=int(stratum.max(initial=-1)) + 1)
+        means = np.bincount(stratum[ok], x[ok], minlength=len(sizes)) / np.maximum(sizes, 1)
+        keep = ok & (sizes[stratum] >= 2)  # a stratum of one interval carries no comparison
+        return x - means[stratum], keep
+
+    out: dict[str, Any] = {"intervals": int(len(acc))}
+    for k in keys:
+        m = np.asarray(d_m[k])
+        ok = np.isfinite(m) & np.isfinite(acc)
+        res: dict[str, Any] = {"intervals": int(ok.sum())}
+        if ok.sum() >= 4:
+            res["spearman"], res["spearman_ci"] = spearman(m[ok], acc[ok]), list(spearman_ci(m[ok], acc[ok]))
+            cm, keep = centred(m, ok)
+            ca, _ = centred(acc, ok)
+            res["intervals_at_same_step"] = int(keep.sum())
+            if keep.sum() >= 4:
+                res["spearman_at_same_step"] = spearman(cm[keep], ca[keep])
+                res["spearman_at_same_step_ci"] = list(spearman_ci(cm[keep], ca[keep]))
+        out[k] = res
+    return out
+
+
 def vanishing_gap_against_progress(runs: Mapping[str, Sequence[Row]], collapsed: set[str] | frozenset[str] = frozenset()
                                    ) -> dict[str, Any]:
     """Between consecutive held-out evaluations of the runs not in ``collapsed``: the mean share of
@@ -115,3 +173,64 @@ def vanishing_gap_against_progress(runs: Mapping[str, Sequence[Row]], collapsed:
     return {"intervals": int(len(s)), "spearman": spearman(s, c), "spearman_ci": list(spearman_ci(s, c)),
             "change_lowest_quarter": float(c[s <= low].mean()), "change_highest_quarter": float(c[s >= high].mean()),
             "share_quartiles": [float(low), float(high)]}
+
+
+def prompt_success_scaling(J: Any, var_plus: Any, var_minus: Any, crit_ratio: Any, *, length: Any = None,
+                           groups: Any = None, G: int | None = None) -> dict[str, Any]:
+    """§4's success-rate scaling prompt by prompt, from a per-prompt diagnostics table (one row per
+    mixed prompt and step: its group's J_q, var± = Var±(ΔL)/η² and ratio η/η_crit,q).
+
+    Eq. (18) allows η ≲ Δμ_q(1−J_q)/T_ψ1: the second-order critical step per unit alignment,
+    η_crit,q/Δμ_q = 2/(var− − var+), should grow like (1 − J_q)¹. Returns
+
+    - ``buckets``: per value of J_q (k/G), the prompts, the share without a second-order threshold
+      (var− ≤ var+: censored, η_crit = ∞), the median η_crit/Δμ counting censored rows as ∞ (NaN
+      where half or more are censored) and the median ratio η/η_crit (0 for censored rows);
+    - ``exponent``: the least-squares exponent of (1 − J_q) over the uncensored rows, with a
+      fixed effect per group (e.g. run: steps of one run share η and the model) and, with
+      ``length``, log mean completion length as a second regressor (T_ψ1); its 95% CI;
+    - ``exponent_buckets``: the slope of the log bucket medians on log(1 − J), where defined;
+    - ``ratio_spearman``: Spearman's ρ of the ratio against J_q (eq. 17 vs 18: GRPO's step
+      overshoots more as J → 1, so ρ > 0 for GRPO).
+    """
+    J, vp, vm, ratio = (np.asarray(v, float) for v in (J, var_plus, var_minus, crit_ratio))
+    ok = np.isfinite(J) & (J > 0) & (J < 1) & np.isfinite(vp) & np.isfinite(vm)
+    diff = vm - vp
+    with np.errstate(divide="ignore"):
+        per_unit = np.where(diff > 0, 2 / np.where(diff > 0, diff, 1.0), math.inf)
+    buckets = []
+    for j in np.unique(J[ok]):
+        sel = ok & (J == j)
+        x = per_unit[sel]
+        censored = float(np.mean(~np.isfinite(x)))
+        r = ratio[sel]
+        buckets.append({"J": float(j), "prompts": int(sel.sum()), "censored": censored,
+                        "median_eta_crit_per_delta_mu": float(np.median(x)) if censored < 0.5 else math.nan,
+                        "median_crit_ratio": float(np.median(np.where(np.isfinite(r), r, 0.0))) if np.isfinite(r).any() else math.nan})
+    use = ok & np.isfinite(per_unit)
+    one_minus = 1 - J
+    g = None if groups is None else np.asarray(groups)
+    if length is not None:  # joint fit on log(1 − J) and log length, with a group's intercept as a dummy regressor would need
+        L = np.asarray(length, float)
+        use &= np.isfinite(L) & (L > 0)
+        fits = loglog_exponents(np.where(use, per_unit, math.nan), one_minus_J=np.where(use, one_minus, 0.5),
+                                length=np.where(use, L, 1.0))
+        exponent, length_exponent = fits["one_minus_J"], fits["length"]
+    else:
+        exponent, length_exponent = None, None
+    within = loglog_slope(np.where(use, one_minus, 0.5), np.where(use, per_unit, math.nan), groups=g)
+    xb = np.array([1 - b["J"] for b in buckets])
+    yb = np.array([b["median_eta_crit_per_delta_mu"] for b in buckets])
+    over = loglog_slope(xb, yb) if len(buckets) >= 3 else SlopeFit(math.nan, math.nan, math.nan, 0, math.nan)
+    rok = ok & np.isfinite(ratio)
+    return {
+        "prompts": int(ok.sum()), "censored": float(np.mean(~np.isfinite(per_unit[ok]))) if ok.any() else math.nan,
+        "G": G, "buckets": buckets,
+        "exponent": {"slope": within.slope, "ci95": [within.low, within.high], "points": within.n,
+                     "fit": "within groups" if g is not None else "pooled"},
+        "exponent_with_length": None if exponent is None else {
+            "slope": exponent.slope, "ci95": [exponent.low, exponent.high], "length_slope": length_exponent.slope,
+            "length_ci95": [length_exponent.low, length_exponent.high], "points": exponent.n},
+        "exponent_buckets": {"slope": over.slope, "ci95": [over.low, over.high], "points": over.n},
+        "ratio_spearman": spearman(J[rok], ratio[rok]) if rok.sum() >= 4 else math.nan,
+    }

@@ -8,12 +8,17 @@ rlvrlab.lm.trainer, and Δμ·η is measured after every step from the post-step
 batch just trained on (rlvrlab.lm.diagnostics), and from `fresh_samples` completions per prompt
 that the step never saw (unbiased: the in-sample estimate is optimistic). Each task runs at every
 rate of `lrs`: one the theory should call safe and one it should call too large. Alongside:
-held-out accuracy and the estimated ratio of each step to the second-order critical step.
+held-out accuracy, the estimated ratio of each step to the second-order critical step, and the
+diagnostics prompt by prompt (the trainer's `prompt_table`).
 
-Claims checked (reported either way): at the smallest rate accuracy improves and rises with M
-(Spearman's rank correlation over the evaluations > 0); the ratio over the first `warning_steps`
-steps (median > 1) tells in advance which runs end below their starting accuracy (by more
-than LOSS_MARGIN).
+Claims checked (reported either way), at the smallest rate: accuracy improves and rises with M,
+in-sample and unbiased (Spearman's ρ over the evaluations > 0; within one run that ranks the
+evaluations by step, so also interval by interval: the alignment gained between two evaluations
+against the accuracy gained, ρ's 95% CI above 0, rlvrlab.analysis.corpus.alignment_against_progress);
+the ratio over the first `warning_steps` steps (median > 1) tells in advance which runs end below
+their starting accuracy (by more than LOSS_MARGIN); and §4's success-rate scaling prompt by
+prompt (eq. 18: η_crit,q/Δμ_q = 2/(var− − var+) ∝ (1 − J_q)¹, from the fresh completions, whose
+groups of `fresh_samples` give J_q on a finer grid; rlvrlab.analysis.corpus.prompt_success_scaling).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from rlvrlab.lm.diagnostics import vocabulary
 __all__ = ["EXPERIMENT", "LmGrpoConfig", "plot", "run"]
 
 LOSS_MARGIN = 0.05  # a run "loses accuracy" when it ends more than this below its start (evaluation noise is ~0.03)
+MIN_INTERVALS = 20  # fewer evaluation intervals than this cannot decide Figure 2's interval check (the quick run has 15)
+SLOPE_HALF_WIDTH = 0.25  # an exponent's CI must be at most this wide on each side to decide (success-scaling's rule)
 
 
 @dataclass(frozen=True)
@@ -47,12 +54,13 @@ class LmGrpoConfig:
     group: int = setting(8, "completions per prompt")
     prompts: int = setting(400, "problems per task (20% held out)")
     lrs: tuple[float, ...] = setting((3e-4, 1e-3), "Adam's learning rates, one run per task each (smallest: Figure 2)")
-    fresh_samples: int = setting(4, "completions per prompt for unbiased diagnostics (never trained on); 0: off")
+    fresh_samples: int = setting(16, "completions per prompt for unbiased diagnostics (never trained on; the per-prompt "
+                                     "success-rate scaling reads their groups); 0: off")
     warning_steps: int = setting(5, "steps whose median critical-step ratio is the early warning")
     schedule: str = setting("constant", "constant, cosine or gap-adaptive")
     max_new_tokens: int = setting(48, "longest completion")
-    eval_every: int = setting(10, "steps between held-out evaluations")
-    eval_samples: int = setting(5, "completions per held-out prompt")
+    eval_every: int = setting(5, "steps between held-out evaluations")
+    eval_samples: int = setting(4, "completions per held-out prompt")
     seed: int = setting(0, "seed of the problems, sampling and batches")
 
     def __post_init__(self) -> None:
@@ -73,7 +81,7 @@ class LmGrpoConfig:
 
     @classmethod
     def quick(cls) -> LmGrpoConfig:
-        return cls(steps=25, batch_size=32, prompts=120, eval_every=5, eval_samples=4)
+        return cls(steps=25, batch_size=32, prompts=120, fresh_samples=8)
 
     def train_config(self, model: str, task: str, lr: float):
         from rlvrlab.lm.trainer import TrainConfig
@@ -81,7 +89,7 @@ class LmGrpoConfig:
         return TrainConfig(model=model, task=task, preset=self.preset, prompts=self.prompts, batch_size=self.batch_size,
                            group=self.group, max_new_tokens=self.max_new_tokens, steps=self.steps, lr=lr, fresh_samples=self.fresh_samples,
                            schedule=self.schedule, eval_every=self.eval_every, eval_samples=self.eval_samples,
-                           checkpoint_every=max(1, self.steps // 4), seed=self.seed)
+                           checkpoint_every=max(1, self.steps // 4), seed=self.seed, prompt_table=True)
 
 
 def _label(task: str) -> str:
@@ -101,6 +109,7 @@ def _table(rows: list[dict], task: str, lr: float, run_name: str) -> pa.Table:
 
 
 def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
+    from rlvrlab.analysis.corpus import alignment_against_progress, prompt_success_scaling
     from rlvrlab.lm.pretrain import PretrainConfig, pretrain
     from rlvrlab.lm.trainer import GRPOTrainer, gap_warnings, summary_of
 
@@ -108,7 +117,8 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
     if not model:
         base = PretrainConfig()
         model = str(pretrain(base, on_step=progress.task("pretraining the tiny base model (once)", base.max_steps)))
-    tables, summary, checks, warned = [], {"model": model}, [], []
+    tables, prompt_tables, summary, checks, warned = [], [], {"model": model}, [], []
+    safe: dict[str, list[dict]] = {}  # the runs at the smallest rate: Figure 2's
     for task in config.tasks:
         for lr in config.lrs:
             run_name = f"{_label(task)}-lr{lr:g}"
@@ -117,9 +127,13 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
                                   on_warning=lambda message: None)  # the summary lists them, from the rows
             rows = trainer.train()
             tables.append(_table(rows, task, lr, run_name))
+            pt = trainer.monitor.prompt_table()
+            prompt_tables.append(pt.append_column("run", pa.array([run_name] * pt.num_rows)).append_column(
+                "task", pa.array([task] * pt.num_rows)))
             s = summary_of(rows)
             evals = [r for r in rows if math.isfinite(r.get("eval/accuracy", math.nan))]
             acc = [r["eval/accuracy"] for r in evals]
+            s["evaluations"] = len(acc)
             s["spearman_M_accuracy"] = spearman([r["gap/M"] for r in evals], acc)
             if config.fresh_samples:  # the same with M from completions the steps never saw (unbiased)
                 s["spearman_fresh_M_accuracy"] = spearman([r["gap_fresh/M"] for r in evals], acc)
@@ -135,13 +149,13 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
             summary[run_name] = s
             warned.append((run_name, s["early_median_crit_ratio"] > 1, s["lost_accuracy"]))
             if lr == min(config.lrs):
-                checks += [
-                    Check(f"{task} at lr {lr:g}: held-out accuracy improves", s["accuracy_end"] > s["accuracy_start"],
-                          f"{s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}", "higher at the end (GRPO learns)", "claim"),
-                    Check(f"{task} at lr {lr:g}: accuracy rises with cumulative gap alignment M (Figure 2)",
-                          s["spearman_M_accuracy"] > 0, f"Spearman rho = {s['spearman_M_accuracy']:.2f} over {len(acc)} evaluations",
-                          "rho > 0", "claim"),
-                ]
+                safe[run_name] = rows
+                checks.append(Check(f"{task} at lr {lr:g}: held-out accuracy improves", s["accuracy_end"] > s["accuracy_start"],
+                                    f"{s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}", "higher at the end (GRPO learns)", "claim"))
+                for key, which in (("spearman_M_accuracy", ""), ("spearman_fresh_M_accuracy", " unbiased")):
+                    if key in s:
+                        checks.append(Check(f"{task} at lr {lr:g}: accuracy rises with cumulative gap alignment{which} M (Figure 2)",
+                                            s[key] > 0, f"Spearman rho = {s[key]:.2f} over {len(acc)} evaluations", "rho > 0", "claim"))
     agree = sum(w == lost for _, w, lost in warned)
     detail = "; ".join(f"{n}: early ratio {summary[n]['early_median_crit_ratio']:.2f}, "
                        f"accuracy {summary[n]['accuracy_start']:.2f} -> {summary[n]['accuracy_end']:.2f}" for n, _, _ in warned)
@@ -151,19 +165,50 @@ def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
                         f"more than {LOSS_MARGIN} below their start",
                         "claim"))
     summary["early_warning_agreement"] = f"{agree}/{len(warned)}"
+    # Figure 2 interval by interval, over the runs at the smallest rate
+    intervals = alignment_against_progress(safe)
+    summary["figure2_intervals"] = intervals
+    for key, which in (("in_sample", "in-sample"), ("unbiased", "unbiased")):
+        res = intervals[key]
+        if key == "unbiased" and not config.fresh_samples:
+            continue
+        lo, hi = res.get("spearman_ci", (math.nan, math.nan))
+        checks.append(Check(f"Figure 2 interval by interval ({which} M): the evaluations' intervals that align more gain more accuracy",
+                            lo > 0, f"Spearman rho = {res.get('spearman', math.nan):.2f} [{lo:.2f}, {hi:.2f}] over {res['intervals']} "
+                            f"intervals of the runs at lr {min(config.lrs):g}", "rho's 95% CI above 0", "claim",
+                            enough=bool(math.isfinite(lo) and res["intervals"] >= MIN_INTERVALS)))
+    # §4's success-rate scaling, prompt by prompt, from the runs at the smallest rate
+    prompts = pa.concat_tables(prompt_tables, promote_options="default")
+    prefix = "gap_fresh/" if config.fresh_samples else "gap/"
+    cols = {k: np.asarray(prompts.column(k).to_numpy(zero_copy_only=False)) for k in
+            ("J", "var_plus", "var_minus", "crit_ratio", "mean_length", "lr", "run", "prefix")}
+    sel = (cols["prefix"] == prefix) & (cols["lr"] == min(config.lrs))
+    scaling = prompt_success_scaling(cols["J"][sel], cols["var_plus"][sel], cols["var_minus"][sel], cols["crit_ratio"][sel],
+                                     length=cols["mean_length"][sel], groups=cols["run"][sel],
+                                     G=config.fresh_samples or config.group)
+    summary["success_rate_scaling"] = scaling
+    e = scaling["exponent"]
+    lo, hi = e["ci95"]
+    narrow = math.isfinite(e["slope"]) and (hi - lo) / 2 <= SLOPE_HALF_WIDTH
+    checks.append(Check("prompt by prompt: eta_crit/Delta_mu ∝ (1-J)^1 (eq. 18)", narrow and lo <= 1 <= hi,
+                        f"exponent {e['slope']:.2f} [{lo:.2f}, {hi:.2f}] over {e['points']} prompt-steps with a threshold "
+                        f"({scaling['censored']:.0%} of {scaling['prompts']} mixed ones without), fixed effect per run; "
+                        f"ratio η/η_crit against J_q: Spearman ρ = {scaling['ratio_spearman']:.2f}",
+                        f"95% CI contains 1 and is at most ±{SLOPE_HALF_WIDTH} wide", "claim", enough=narrow))
     metrics = pa.concat_tables(tables, promote_options="default")
-    return Result({"metrics": metrics}, summary, checks)
+    return Result({"metrics": metrics, "prompts": prompts}, summary, checks)
 
 
 def plot(out: Path) -> list[str]:
+    from rlvrlab.analysis.corpus import prompt_success_scaling
+
     t = read_table(out / "metrics.parquet")
     task, run_name = (np.asarray(t.column(k).to_pylist()) for k in ("task", "run"))
     col = {k: np.asarray(t.column(k).to_numpy(zero_copy_only=False), float)
-           for k in ("lr", "step", "gap/M", "eval/accuracy", "gap/crit_ratio")}
+           for k in ("lr", "step", "gap/M", "eval/accuracy", "gap/crit_ratio") + (("gap_fresh/M",) if "gap_fresh/M" in t.column_names else ())}
     lowest = col["lr"].min()
     tasks = list(dict.fromkeys(task))
-    fig, (a1, a2, a3) = plotting.panels(3, width=4.4)
-    lc = None
+    fig, (a1, a2, a3, a4) = plotting.panels(4, width=4.4)
     for name in dict.fromkeys(run_name):
         sel = run_name == name
         i, low = tasks.index(task[sel][0]), col["lr"][sel][0] == lowest
@@ -171,30 +216,52 @@ def plot(out: Path) -> list[str]:
         label = f"{task[sel][0]}, lr {col['lr'][sel][0]:g}"
         step, M, acc, ratio = (col[k][sel] for k in ("step", "gap/M", "eval/accuracy", "gap/crit_ratio"))
         ev = np.isfinite(acc)
-        if low:  # Figure 2: the run at the safe rate, coloured by normalized step
+        if low:  # Figure 2: the run at the safe rate, coloured by normalized step; in-sample M solid, unbiased M hollow
             frac = step / max(step.max(), 1)
-            lc = plotting.colored_line(a1, M[ev], acc[ev], frac[ev], vmin=0, vmax=1)
-            a1.scatter(M[ev], acc[ev], c=frac[ev], cmap="viridis", vmin=0, vmax=1, marker="osD^v"[i % 5], s=22, label=task[sel][0])
+            a1.plot(M[ev], acc[ev], color=f"C{i}", lw=0.8, alpha=0.6)
+            a1.scatter(M[ev], acc[ev], c=frac[ev], cmap="viridis", vmin=0, vmax=1, marker="osD^v"[i % 5], s=22,
+                       label=f"{task[sel][0]}, in-sample M")
+            if "gap_fresh/M" in col:
+                Mf = col["gap_fresh/M"][sel]
+                a1.plot(Mf[ev], acc[ev], color=f"C{i}", lw=0.8, ls=":", alpha=0.6)
+                a1.scatter(Mf[ev], acc[ev], facecolors="none", edgecolors=f"C{i}", marker="osD^v"[i % 5], s=22,
+                           label=f"{task[sel][0]}, unbiased M")
         a2.plot(step[ev], acc[ev], marker="o", ms=3, label=label, **style)
         ok = np.isfinite(ratio) & (ratio > 0)
         if ok.any():
             window = np.ones(min(5, int(ok.sum())))  # running geometric mean, over the points inside the range
             smooth = np.exp(np.convolve(np.log(ratio[ok]), window, "same") / np.convolve(np.ones(ok.sum()), window, "same"))
             a3.semilogy(step[ok], smooth, label=label, **style)
-    if lc is not None:
-        fig.colorbar(lc, ax=a1, label="normalized step")
     a1.set_xlabel("cumulative gap alignment M = Σ max(Δμ·η, 0)")
     a1.set_ylabel("held-out accuracy")
-    a1.set_title(f"lr {lowest:g}", fontsize=8)
+    a1.set_title(f"lr {lowest:g}; colour: normalized step", fontsize=8)
     a2.set_xlabel("step")
     a2.set_ylabel("held-out accuracy")
     a3.axhline(1.0, color="k", ls=":", lw=0.8)
     a3.set_xlabel("step")
     a3.set_ylabel("step / estimated critical step (running mean)")
-    for ax in (a1, a2, a3):
+    if (out / "prompts.parquet").exists():  # §4's success-rate scaling, prompt by prompt
+        pt = read_table(out / "prompts.parquet")
+        c = {k: np.asarray(pt.column(k).to_numpy(zero_copy_only=False)) for k in
+             ("J", "var_plus", "var_minus", "crit_ratio", "lr", "run", "prefix")}
+        prefix = "gap_fresh/" if (c["prefix"] == "gap_fresh/").any() else "gap/"
+        for i, tk in enumerate(tasks):
+            sel = (c["prefix"] == prefix) & (c["lr"] == lowest) & np.char.startswith(c["run"].astype(str), _label(tk) + "-")
+            if not sel.any():
+                continue
+            b = prompt_success_scaling(c["J"][sel], c["var_plus"][sel], c["var_minus"][sel], c["crit_ratio"][sel])["buckets"]
+            x = np.array([1 - r["J"] for r in b])
+            y = np.array([r["median_eta_crit_per_delta_mu"] for r in b])
+            a4.loglog(x, y, "o-", color=f"C{i}", ms=4, label=tk)
+        xs = np.geomspace(1 / 20, 1, 20)
+        a4.loglog(xs, xs * np.nanmedian(y / x) if np.isfinite(y).any() else xs, "k:", lw=1, label="slope 1 (eq. 18)")
+        a4.set_xlabel("1 − J_q (prompt's group)")
+        a4.set_ylabel("median η_crit,q / Δμ_q = 2/(var− − var+)")
+        a4.set_title(f"per prompt, {prefix.rstrip('/')} completions, lr {lowest:g}", fontsize=8)
+    for ax in (a1, a2, a3, a4):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    fig.suptitle("GRPO on a tiny language model: gap alignment, accuracy and the critical step (Figure 2)")
+    fig.suptitle("GRPO on a tiny language model: gap alignment, accuracy, the critical step, and its success-rate scaling")
     return [plotting.save(fig, out / "lm_grpo.png")]
 
 

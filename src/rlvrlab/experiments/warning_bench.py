@@ -47,6 +47,7 @@ from rlvrlab import _checks, plotting
 from rlvrlab.analysis import alarms
 from rlvrlab.analysis.stats import bootstrap_ci
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
+from rlvrlab.experiments.lm_grpo import MIN_INTERVALS
 from rlvrlab.io import read_table, rows_table, table_rows
 from rlvrlab.lm.diagnostics import vocabulary
 
@@ -401,7 +402,7 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
                             f"or in neither; labels agree in {trl_summary['agreement']['label']}",
                             f"agreement in at least {TRL_AGREEMENT:.0%} of the runs", "claim"))
     # two of the paper's statements read on the same corpus (rlvrlab.analysis.corpus)
-    from rlvrlab.analysis.corpus import figure2_relation, proxy_against_gap, vanishing_gap_against_progress
+    from rlvrlab.analysis.corpus import alignment_against_progress, figure2_relation, proxy_against_gap, vanishing_gap_against_progress
 
     tasks = {r["run"]: r["task"] for r in runs}
     fell = {n for n in rows if labels[n].kind == "collapsed"}
@@ -409,6 +410,16 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
     proxy["figure2_without_collapsed"] = figure2_relation({n: v for n, v in rows.items() if n not in fell}, tasks)
     vanishing = vanishing_gap_against_progress(rows, fell)
     summary["grpo_proxy"], summary["vanishing_gap"] = proxy, vanishing
+    intervals = alignment_against_progress(rows, fell, tasks)
+    summary["figure2_intervals"] = intervals
+    res = intervals["unbiased"]
+    rho, (lo, hi) = res.get("spearman_at_same_step", math.nan), res.get("spearman_at_same_step_ci", (math.nan, math.nan))
+    n = res.get("intervals_at_same_step", 0)
+    checks.append(Check("Figure 2 interval by interval: at the same step, the runs whose steps aligned more gained more accuracy (§6.2)",
+                        lo > 0, f"Spearman ρ = {rho:.2f} [{lo:.2f}, {hi:.2f}] over {n} evaluation intervals of runs that did not "
+                        f"collapse, unbiased ΔM and Δaccuracy centred per task and step (raw ρ {res.get('spearman', math.nan):.2f}; "
+                        f"in-sample ΔM at the same step {intervals['in_sample'].get('spearman_at_same_step', math.nan):.2f})",
+                        "ρ's 95% CI above 0", "claim", enough=bool(math.isfinite(lo) and n >= MIN_INTERVALS)))
     lo, hi = proxy["spearman_pooled_ci"]
     checks.append(Check("the ‖g_GRPO‖ proxy orders steps like the unbiased Gap Alignment it stands for (§6.2)",
                         lo > PROXY_RHO, f"Spearman ρ = {proxy['spearman_pooled']:.2f} [{lo:.2f}, {hi:.2f}] over {proxy['steps']} steps "
