@@ -57,6 +57,9 @@ def test_leash_on_a_given_pair(tiny_base_model, rl_model, tmp_path):
     assert support["P"] + support["E"] + support["S"] + support["O"] == 4
     s = json.loads((tmp_path / "summary.json").read_text())["headline"]
     assert s["rl"]["support"]["P"] == support["P"] and 0 <= s["base"]["answer_entropy"] <= np.log(8) + 1e-9
+    # the catch-up check's lead at the largest k is the pass@k curves' difference there, problem by problem averaged
+    at = {m: next(r["pass_at_k"] for r in passk if r["model"] == m and r["k"] == 8) for m in ("base", "rl")}
+    assert s["lead_at_8"]["gain"] == pytest.approx(at["rl"] - at["base"]) and s["lead_at_8"]["problems"] == 4
 
 
 def test_leash_trains_and_caches_its_own_descendant(tiny_base_model, tmp_path, monkeypatch):
@@ -207,21 +210,21 @@ def test_cli_refuses_a_pair_with_different_tokenizers(tiny_base_model, tmp_path)
 # --- leash: pass@1's gain and S − E with their uncertainty over problems (issue 15) -----------------
 
 
-def test_leash_pass_at_1_gain_is_a_t_interval_over_problems_by_hand():
+def test_leash_pass_gain_is_a_t_interval_over_problems_by_hand():
     from scipy.stats import t
 
-    from rlvrlab.experiments.leash import pass_at_1_gain
+    from rlvrlab.experiments.leash import pass_gain
 
-    got = pass_at_1_gain(np.array([0.5, 0.5, 0.0]), np.array([[1.0, 0.5, 0.5]]))  # gains 0.5, 0, 0.5
+    got = pass_gain(np.array([0.5, 0.5, 0.0]), np.array([[1.0, 0.5, 0.5]]))  # gains 0.5, 0, 0.5
     sd = math.sqrt(1 / 12)  # deviations 1/6, -1/3, 1/6 from the mean 1/3: Σ = 1/6 over 2 degrees of freedom
     half = t.ppf(0.975, 2) * sd / math.sqrt(3)
     assert got["problems"] == 3 and math.isclose(got["gain"], 1 / 3)
     assert math.isclose(got["low"], 1 / 3 - half) and math.isclose(got["high"], 1 / 3 + half)
-    two = pass_at_1_gain(np.array([0.5, 0.5, 0.0]), np.array([[1.0, 0.5, 0.5], [0.0, 0.5, 0.5]]))  # models averaged first
+    two = pass_gain(np.array([0.5, 0.5, 0.0]), np.array([[1.0, 0.5, 0.5], [0.0, 0.5, 0.5]]))  # models averaged first
     assert math.isclose(two["gain"], (0.0 + 0.0 + 0.5) / 3)
-    assert math.isnan(pass_at_1_gain(np.zeros(4), np.zeros((1, 4)))["low"])  # every gain 0: no interval
+    assert math.isnan(pass_gain(np.zeros(4), np.zeros((1, 4)))["low"])  # every gain 0: no interval
     with pytest.raises(ValueError, match=r"^rl: got 'shape \(1, 2\)'; allowed: \(M, 3\)"):
-        pass_at_1_gain(np.zeros(3), np.zeros((1, 2)))
+        pass_gain(np.zeros(3), np.zeros((1, 2)))
 
 
 def test_leash_support_shift_counts_S_and_E_per_problem_by_hand():
