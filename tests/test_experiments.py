@@ -32,6 +32,7 @@ SMALL = {
                    "sampled_J0s=0.95", "sampled_steps=20", "sampled_seeds=2", "sampled_instances=1"],
     "controller": ["lengths=2", "steps=25", "prompts=8", "lrs=1,100", "bisection=1", "workers=1"],
     "success-scaling": ["J_grid=0.5,0.9,0.98", "prompts=8", "eta_points=29", "bisection=10", "J0s=0.8,0.95", "lr_points=5", "steps=15", "lr_bisection=1"],
+    "multi-prompt": ["steps=30", "condition_steps=40", "eta_points=3"],
     "length-penalty": ["T_infs=4,8", "eos_points=4", "seeds=1", "feature_kinds=onehot", "eta_points=2", "steps=3", "position_T_infs=3,4"],
 }
 VOCABULARY = {"run", "step", "J", "log_odds", "M", "delta_mu", "eta"}
