@@ -48,6 +48,7 @@ WB_SMALL = ["tasks=add", "presets=grpo", "lrs=1e-4,3e-2", "seeds=0,1", "tune_see
 LO_SMALL = ["tasks=add", "lrs=1e-4,1e-3,3e-2", "seeds=0,1", "steps=3", "batch_size=8", "group=4", "prompts=20", "max_new_tokens=8",
             "eval_every=1", "eval_samples=2", "fresh_samples=0", "repeats=1,2", "length_presets=grpo", "length_seeds=0",
             "length_steps=3", "probe_steps=1", "probe_fresh=2", "probe_tuned_on=1", "adaptive_starts=3e-2", "probe_every=2",
+            "adaptive_seeds=2", "probe_rescan=lower",
             "workers=1"]
 LM = {"lm-grpo": LM_SMALL, "warning-bench": WB_SMALL, "lr-oracle": LO_SMALL}
 

@@ -40,3 +40,12 @@ def test_a_diverged_run_scores_zero_at_every_evaluation_it_did_not_reach():
     rows = [{"step": 0.0, "eval/accuracy": 0.5}, {"step": 1.0}, {"step": 5.0, "eval/accuracy": 0.4}, {"step": 6.0}]
     assert _evals(rows, "diverged", 15) == {0: 0.5, 5: 0.4, 10: 0.0, 15: 0.0}
     assert _evals(rows, "finished", 15) == {0: 0.5, 5: 0.4}
+
+
+@pytest.mark.parametrize("setting, message", [("probe_rescan=up", "probe_rescan.*any, lower"),
+                                              ("adaptive_seeds=-1", "adaptive_seeds.*integers >= 0")])
+def test_the_adaptive_rules_settings_are_refused_with_their_allowed_values(setting, message):
+    from rlvrlab.experiments.runner import resolve_config
+
+    with pytest.raises(ValueError, match=message):
+        resolve_config("lr-oracle", settings=[setting])

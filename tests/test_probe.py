@@ -140,3 +140,29 @@ def test_schedule_probe_aims_at_the_scans_recommended_rate_moving_at_most_2x_a_s
         assert cur == pytest.approx(min(max(target, prev / 2), 2 * prev))
     for r in scans:
         assert r["probe/recommended_rate"] == r["probe/critical_rate"] / 2 or math.isnan(r["probe/critical_rate"])
+
+
+@pytest.mark.parametrize("rescan", ["any", "lower"])
+def test_a_rescan_moves_the_aim_and_with_lower_only_ever_down(tiny_model, tmp_path, monkeypatch, rescan):
+    import types
+
+    import rlvrlab.lm.probe
+    from rlvrlab.lm.trainer import GRPOTrainer
+
+    aims = iter([2e-3, 8e-3])  # the scans' recommendations: the second higher (a trained state over-predicts)
+    monkeypatch.setattr(rlvrlab.lm.probe, "scan", lambda trainer, **kw: types.SimpleNamespace(
+        recommended_rate=(a := next(aims)), critical_rate=2 * a, J0=0.5, seconds=0.0))
+    cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, lr=1e-3, seed=1,
+                      schedule="probe", probe_every=3, lr_min=1e-4, lr_max=1.0, steps=6, eval_every=6, eval_samples=1,
+                      probe_rescan=rescan)
+    rows = GRPOTrainer(cfg, tmp_path / "run", reward_fn=_parity).train()[1:]
+    assert [r["probe/recommended_rate"] for r in rows if "probe/recommended_rate" in r] == [2e-3, 8e-3]
+    lrs = [r["learning_rate"] for r in rows]
+    # the first step at min(start, aim) = 1e-3, then 2x a step to the aim 2e-3; from step 4: any follows 8e-3 at 2x a step,
+    # lower keeps 2e-3
+    assert lrs == pytest.approx([1e-3, 2e-3, 2e-3] + ([4e-3, 8e-3, 8e-3] if rescan == "any" else [2e-3] * 3))
+
+
+def test_probe_rescan_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="probe_rescan.*any, lower"):
+        TrainConfig(model="m", probe_rescan="up")

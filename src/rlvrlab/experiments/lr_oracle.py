@@ -88,6 +88,9 @@ class LrOracleConfig:
     adaptive_starts: tuple[float, ...] = setting((3e-5, 3e-3), "schedule probe (rlvrlab.lm.trainer): one run per cell, seed "
                                                               "and start rate (the grid's lowest and highest); empty: none")
     probe_every: int = setting(20, "schedule probe: steps between scans")
+    probe_rescan: str = setting("any", "schedule probe: what a re-scan may do to the aim, any or lower (rlvrlab.lm.config)")
+    adaptive_seeds: tuple[int, ...] = setting((), "schedule probe: seeds of its runs; empty: the grids' own (a rule chosen by "
+                                                  "looking at runs is scored on other seeds)")
     runs_from: str = setting("", "a directory of finished grid-(a) runs to use (e.g. warning-bench's runs/); empty: none")
     workers: int = setting(2, "runs trained at once (one torch thread each)")
 
@@ -103,6 +106,9 @@ class LrOracleConfig:
         for name in ("seeds", "repeats", "length_presets", "length_seeds"):
             if not getattr(self, name):
                 _checks.fail(name, getattr(self, name), "at least one value")
+        _checks.choose("probe_rescan", self.probe_rescan, ("any", "lower"))
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in self.adaptive_seeds):
+            _checks.fail("adaptive_seeds", self.adaptive_seeds, "integers >= 0, or none (the grids' seeds)")
         if any(not (lr > 0) for lr in self.adaptive_starts):
             _checks.fail("adaptive_starts", self.adaptive_starts, "rates > 0, or none")
         if any(not isinstance(k, int) or k < 1 for k in self.repeats):
@@ -282,9 +288,16 @@ def run(config: LrOracleConfig, progress: Progress, workdir: Path) -> Result:
         recommended = run_sweep(_recommended_cell, todo, workdir / "recommended", workers=config.workers, on_cell=advance)
     adaptive = None
     if config.adaptive_starts:
-        todo = [{k: r[k] for k in _RUN_KEYS} | {"lr": lr, "schedule": "probe", "probe_every": config.probe_every,
-                                                "probe_steps": config.probe_steps, "probe_fresh": config.probe_fresh}
-                for r in cells.values() for lr in config.adaptive_starts]
+        rule = {"schedule": "probe", "probe_every": config.probe_every, "probe_steps": config.probe_steps,
+                "probe_fresh": config.probe_fresh} | ({"probe_rescan": config.probe_rescan} if config.probe_rescan != "any" else {})
+        if config.adaptive_seeds:  # one run per (task, preset) and seed given, on the settings of the cell's first seed
+            first = {}
+            for r in cells.values():
+                first.setdefault((r["task"], r["preset"]), r)
+            starts = [r | {"seed": seed} for r in first.values() for seed in config.adaptive_seeds]
+        else:
+            starts = list(cells.values())
+        todo = [{k: r[k] for k in _RUN_KEYS} | {"lr": lr} | rule for r in starts for lr in config.adaptive_starts]
         advance = progress.task(f"{len(todo)} runs of schedule probe", len(todo))
         adaptive = run_sweep(_recommended_cell, todo, workdir / "adaptive", workers=config.workers, on_cell=advance)
     return analyse(config, runs, workdir / "runs", probes, recommended, adaptive)
@@ -395,12 +408,14 @@ def analyse(config: LrOracleConfig, runs: list[dict[str, Any]], run_dir: Path, p
     if adaptive_out:
         summary["adaptive"] = {"ok": f"{sum(a['ok'] for a in adaptive_out)}/{len(adaptive_out)}",
                                "collapsed": sum(a["collapsed"] for a in adaptive_out),
-                               "fast": f"{sum(a['fast'] for a in adaptive_out)}/{len(adaptive_out)}"}
+                               "fast": f"{sum(a['fast'] for a in adaptive_out)}/{len(adaptive_out)}",
+                               "rescan": config.probe_rescan, "seeds": list(config.adaptive_seeds) or "the grids'"}
         checks.append(Check("schedule probe, from the grid's lowest and highest rate, ends within 0.02 (or one SE) of the best "
                             "fixed rate in every cell, never collapses, and reaches 90% of the best run's accuracy in at most 1.5x its steps",
                             all(a["ok"] and not a["collapsed"] and a["fast"] for a in adaptive_out),
                             f"within: {summary['adaptive']['ok']}, collapsed: {summary['adaptive']['collapsed']}, "
-                            f"fast enough: {summary['adaptive']['fast']} (cell x start)", "every cell and start", "claim",
+                            f"fast enough: {summary['adaptive']['fast']} (cell x start; re-scans: {config.probe_rescan}; seeds: "
+                            f"{summary['adaptive']['seeds']})", "every cell and start", "claim",
                             enough=len({(a["task"], a["preset"]) for a in adaptive_out}) >= MIN_CELLS))
     for preset, s in slopes.items():
         if math.isfinite(s["slope"]) and s["theory"] is not None:

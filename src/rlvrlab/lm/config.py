@@ -54,6 +54,8 @@ class TrainConfig:
     adaptive_smoothing: float = _doc(0.8, "gap-adaptive: weight on the past in the running mean of the critical rate, in [0, 1).")
     adaptive_growth: float = _doc(1.1, "gap-adaptive: factor the rate grows by while no critical rate is in sight, in [1, 2].")
     probe_every: int = _doc(0, "probe: scan again every this many steps (0: only before the first step).")
+    probe_rescan: str = _doc("any", "probe: what a re-scan may do to the aim: any (follow it) or lower (only lower it: the "
+                                    "critical rate falls as the success rate rises, eq. 17-18).")
     probe_steps: int = _doc(4, "probe: the scan's steps at a tiny rate, from 1 to 10 (rlvrlab.lm.probe).")
     probe_fresh: int = _doc(4, "probe: completions per prompt and scanned rate (>= 2).")
     lr_min: float = _doc(1e-6, "gap-adaptive: the lowest rate the rule may set.")
@@ -100,6 +102,7 @@ class TrainConfig:
         _checks.choose("optimizer", self.optimizer, ("adam", "sgd"))
         if isinstance(self.probe_every, bool) or not isinstance(self.probe_every, int) or self.probe_every < 0:
             _checks.fail("probe_every", self.probe_every, "an integer >= 0 (0: scan only before the first step)")
+        _checks.choose("probe_rescan", self.probe_rescan, ("any", "lower"))
         from rlvrlab.lm.probe import check_probe
 
         check_probe(self.probe_steps, self.probe_fresh, 1e-5, 1e-5, 1e-1, 25, prefix="probe_")

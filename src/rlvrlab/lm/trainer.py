@@ -271,7 +271,8 @@ class GRPOTrainer:
 
     def _probe_schedule(self) -> dict[str, float]:
         """Schedule "probe": before the first step (and every probe_every steps) scan for the critical
-        rate of the next steps (rlvrlab.lm.probe.scan) and aim at its recommended rate; the rate moves
+        rate of the next steps (rlvrlab.lm.probe.scan) and aim at its recommended rate (with
+        probe_rescan "lower", a re-scan only ever lowers the aim); the rate moves
         toward the aim by at most a factor 2 a step, and the first step is never above it (a start far
         above the threshold damages the model before any rule can react)."""
         from rlvrlab.lm.probe import scan
@@ -283,7 +284,9 @@ class GRPOTrainer:
             r = scan(self, steps=cfg.probe_steps, fresh=cfg.probe_fresh, lr_probe=cfg.lr_min * 10, lr_low=cfg.lr_min,
                      lr_high=cfg.lr_max, points=max(3, round(6 * decades) + 1))
             if not math.isnan(r.recommended_rate):
-                self.probe_target = min(max(r.recommended_rate, cfg.lr_min), cfg.lr_max)
+                aim = min(max(r.recommended_rate, cfg.lr_min), cfg.lr_max)
+                lower = cfg.probe_rescan == "lower" and not math.isnan(self.probe_target)  # a re-scan may only lower it
+                self.probe_target = min(aim, self.probe_target) if lower else aim
             row = {"probe/critical_rate": r.critical_rate, "probe/recommended_rate": r.recommended_rate, "probe/J": r.J0,
                    "probe/seconds": r.seconds}
         if not math.isnan(self.probe_target):
