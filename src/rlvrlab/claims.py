@@ -215,7 +215,7 @@ CLAIMS: tuple[Claim, ...] = (
           _refs("stagnation", "Overshoot plateaus follow J* = 1/(1 + (α/c)²)"), on_fail="differs"),
     Claim("drgrpo-no-stall", "gap", "§4 eq. (17), 'Correction rate' (implied)",
           "Dr. GRPO's effective step shrinks with J(1−J), so it does not stall where GRPO does.",
-          _refs("stagnation", "Dr. GRPO stalls less than GRPO at the same rate (sampled)")),
+          _refs("stagnation", "Dr. GRPO does not stall where GRPO does (sampled, paired runs)")),
     Claim("adaptive-step", "gap", "§1 contributions; §3.2 (13a) 'properly chosen step size'; §7",
           "A step size scaled to the Gap Alignment converges without tuning and without collapsing prompts.",
           _refs("controller", "gap-adaptive (one setting) matches the best fixed rate chosen per cell",

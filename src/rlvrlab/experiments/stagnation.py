@@ -405,7 +405,8 @@ def run(config: StagnationConfig, progress: Progress, workdir: Path) -> Result:
     collapse_g, collapse_d = (over & ~ceiling)[gi].mean(), (over & ~ceiling)[di].mean()
     stall_g = {st: float((smech[gi] != "none")[sset[gi] == st].mean()) for st in SETTINGS}
     stall_d = {st: float((smech[di] != "none")[sset[di] == st].mean()) for st in SETTINGS}
-    single_g = (srule == "grpo") & (sset == "single")
+    g_stalled = smech[gi] != "none"
+    both_stall = float((smech[di][g_stalled] != "none").mean()) if g_stalled.any() else 0.0
     ov_fit = over_plateau & (srule == "grpo")
     fit_ov = fit_plateau(scol["lr"][ov_fit], scol["plateau_J"][ov_fit]) if len(np.unique(scol["lr"][ov_fit])) >= 3 else None
 
@@ -441,16 +442,19 @@ def run(config: StagnationConfig, progress: Progress, workdir: Path) -> Result:
               f"Dr. GRPO {collapse_d:.1%}; exact 40-prompt GRPO stalls: "
               f"{', '.join(f'{m} {v:.0%}' for m, v in fractions['exact']['grpo'].items() if m in MECHANISMS)}",
               "GRPO's overshoot plateaus exceed Dr. GRPO's by > 2 SE at the same rates", kind="claim"),
+        # decided without a fit when many paired runs show no overshoot plateau at all: there is no plateau to follow the form
         Check("Overshoot plateaus follow J* = 1/(1 + (α/c)²)",
               bool(fit_ov is not None and math.isfinite(fit_ov[1]) and fit_ov[1] > 0.8),
               (f"c = {fit_ov[0]:.3g}, R² = {fit_ov[1]:.2f} over {int(ov_fit.sum())} GRPO overshoot plateaus" if fit_ov is not None
-               else f"{int(ov_fit.sum())} GRPO overshoot plateaus at {len(np.unique(scol['lr'][ov_fit]))} rates: too few to fit"),
-              "R² > 0.8", kind="claim", enough=fit_ov is not None),
-        Check("Dr. GRPO stalls less than GRPO at the same rate (sampled)",
-              all(stall_d[st] < stall_g[st] for st in SETTINGS),
-              "stalled runs: " + "; ".join(f"{st} prompt(s) Dr. GRPO {stall_d[st]:.1%}, GRPO {stall_g[st]:.1%}" for st in SETTINGS)
+               else f"{int(ov_fit.sum())} GRPO overshoot plateaus in {n_pairs} sampled GRPO runs (at "
+                    f"{len(np.unique(scol['lr'][ov_fit]))} rates): nothing to fit")
+              + f"; the exact runs' plateaus (interference) fit with c = {c:.3g}, R² = {r2:.2f}",
+              "R² > 0.8", kind="claim", enough=fit_ov is not None or (ov_fit.sum() == 0 and n_pairs >= 100)),
+        Check("Dr. GRPO does not stall where GRPO does (sampled, paired runs)", both_stall <= 0.05,
+              f"of the {int(g_stalled.sum())} paired runs where GRPO stalls, Dr. GRPO stalls too in {both_stall:.0%}; stalled runs: "
+              + "; ".join(f"{st} prompt(s) Dr. GRPO {stall_d[st]:.1%}, GRPO {stall_g[st]:.1%}" for st in SETTINGS)
               + f"; exact 40 prompts Dr. GRPO {stall['dr-grpo']:.0%}, GRPO {stall['grpo']:.0%}",
-              "fewer stalls than GRPO in both sampled settings", kind="claim"),
+              "Dr. GRPO stalls in <= 5% of the runs where GRPO stalls", kind="claim"),
         Check("The gap-adaptive step size does not stall", stall["gap-adaptive"] == 0,
               f"stalled runs: {stall['gap-adaptive']:.0%} (one setting, fraction {config.adaptive_fraction})", "none", kind="claim"),
     ]
@@ -461,6 +465,7 @@ def run(config: StagnationConfig, progress: Progress, workdir: Path) -> Result:
                                               "grpo_only": only_grpo, "dr_grpo_only": only_dr},
                "overshoot_collapse_fraction": {"grpo": float(collapse_g), "dr-grpo": float(collapse_d)},
                "sampled_stalled_fraction": {"grpo": stall_g, "dr-grpo": stall_d},
+               "dr_grpo_stalls_where_grpo_stalls": both_stall,
                "single_prompt_stalled_by_J0_and_G": {r: {f"J0={J0:g}, G={G}": float((smech[(srule == r) & (sset == "single")
                                                                                              & (scol["J0"] == J0) & (scol["G"] == G)]
                                                                                        != "none").mean())
