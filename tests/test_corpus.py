@@ -93,21 +93,28 @@ def test_alignment_against_progress_interval_by_interval_and_at_the_same_step():
 
 
 def test_prompt_success_scaling_reads_the_exponent_of_one_minus_J():
-    # η_crit/Δμ = 2/(var- - var+) = 0.5·(1 - J)^1 exactly, with one censored row (var- <= var+) per bucket
-    J = np.repeat([1 / 8, 2 / 8, 4 / 8, 6 / 8, 7 / 8], 5)
+    # two groups (tasks) with var- - var+ = 4c/(1 - J) on average over each (group, J) pair of rows (c = 1, 2), the rows
+    # ±5 around it: the pooled η_crit/Δμ = 2/(mean var- - mean var+) = (1 - J)/(2c) exactly, slope 1 with an intercept per
+    # group; one row (group a, J = 1/8, where 4/(1 - J) = 4.57 < 5) has var- < var+: no threshold, censored
+    Js = np.array([1 / 8, 2 / 8, 4 / 8, 6 / 8, 7 / 8])
+    J = np.repeat(Js, 4)
+    g = np.tile(["a", "a", "b", "b"], 5)
+    c = np.where(g == "a", 1.0, 2.0)
     vp = np.full(J.shape, 1.0)
-    vm = vp + 4 / (1 - J)
-    vm[::5] = 0.5  # censored: no second-order threshold
+    vm = vp + 4 * c / (1 - J) + np.tile([5.0, -5.0], 10)
     ratio = np.where(vm > vp, 0.1 / (1 - J), 0.0)
-    out = prompt_success_scaling(J, vp, vm, ratio, groups=np.tile(["a", "b", "c", "d", "e"], 5))
-    assert out["prompts"] == 25 and out["censored"] == pytest.approx(0.2)
+    out = prompt_success_scaling(J, vp, vm, ratio, groups=g)
+    assert out["prompts"] == 20 and out["censored"] == pytest.approx(1 / 20)
+    assert out["exponent"]["slope"] == pytest.approx(1.0) and out["exponent"]["cells"] == 10
+    assert out["exponent"]["censored_cells"] == 0
     b = {round(x["J"], 3): x for x in out["buckets"]}
-    assert b[0.5]["prompts"] == 5 and b[0.5]["censored"] == pytest.approx(0.2)
-    assert b[0.5]["median_eta_crit_per_delta_mu"] == pytest.approx(0.25)  # 4 rows of 0.25 and one of inf
-    assert out["exponent"]["slope"] == pytest.approx(1.0) and out["exponent"]["points"] == 20
-    assert out["exponent_buckets"]["slope"] == pytest.approx(1.0)
-    # the ratio grows with J where there is a threshold and is 0 where there is none: scipy's ρ over all 25 rows
+    assert b[0.125]["censored"] == pytest.approx(0.25) and b[0.5]["prompts"] == 4
+    assert b[0.5]["pooled_eta_crit_per_delta_mu"] == pytest.approx(2 / ((8 + 16) / 2))  # groups pooled: mean of 8 and 16
+    assert b[0.5]["median_eta_crit_per_delta_mu"] == pytest.approx(np.median(2 / np.array([13.0, 3.0, 21.0, 11.0])))
+    # the ratio grows with J where there is a threshold and is 0 where there is none: scipy's ρ over all 20 rows
     assert out["ratio_spearman"] == pytest.approx(stats.spearmanr(J, ratio).statistic)
-    with_length = prompt_success_scaling(J, vp, vm, ratio, length=np.tile([10.0, 20.0, 30.0, 40.0, 50.0], 5))
-    assert with_length["exponent_with_length"]["slope"] == pytest.approx(1.0)
-    assert with_length["exponent_with_length"]["length_slope"] == pytest.approx(0.0, abs=1e-9)
+    # without the ±5 spread every row is exact: the row-level fit and the length-controlled one read slope 1 as well
+    exact = prompt_success_scaling(J, vp, vp + 4 * c / (1 - J), ratio, groups=g, length=np.tile([10.0, 20.0, 30.0, 40.0], 5))
+    assert exact["exponent_prompt_level"]["slope"] == pytest.approx(1.0) and exact["exponent_prompt_level"]["points"] == 20
+    assert exact["exponent_with_length"]["slope"] == pytest.approx(1.0)  # every J meets the same lengths: orthogonal to it
+    assert exact["exponent_bucket_medians"]["slope"] == pytest.approx(1.0)

@@ -33,6 +33,7 @@ __all__ = ["alignment_against_progress", "figure2_relation", "prompt_success_sca
            "vanishing_gap_against_progress"]
 
 Row = Mapping[str, float]
+_NO_FIT = SlopeFit(math.nan, math.nan, math.nan, 0, math.nan)
 
 
 def _col(rows: Sequence[Row], key: str) -> np.ndarray:
@@ -181,56 +182,69 @@ def prompt_success_scaling(J: Any, var_plus: Any, var_minus: Any, crit_ratio: An
     mixed prompt and step: its group's J_q, var± = Var±(ΔL)/η² and ratio η/η_crit,q).
 
     Eq. (18) allows η ≲ Δμ_q(1−J_q)/T_ψ1: the second-order critical step per unit alignment,
-    η_crit,q/Δμ_q = 2/(var− − var+), should grow like (1 − J_q)¹. Returns
+    η_crit/Δμ = 2/(var− − var+), should grow like (1 − J)¹. A group of G completions estimates var±
+    from its n+ and n− samples, unbiased but, at n = 2 or 3, so noisy that a median of per-prompt
+    ratios is biased where one side is small (the sample variance's median lies below its mean),
+    i.e. at both ends of J. So the primary estimate pools: per group label and value of J_q (k/G),
+    η_crit/Δμ = 2/(mean var− − mean var+) over its prompts (∞ where the means give no threshold:
+    censored), and the exponent is the least-squares slope of its log on log(1 − J) with a fixed
+    effect per group label (``groups``, e.g. the task), with its 95% CI. Returns
 
-    - ``buckets``: per value of J_q (k/G), the prompts, the share without a second-order threshold
-      (var− ≤ var+: censored, η_crit = ∞), the median η_crit/Δμ counting censored rows as ∞ (NaN
-      where half or more are censored) and the median ratio η/η_crit (0 for censored rows);
-    - ``exponent``: the least-squares exponent of (1 − J_q) over the uncensored rows, with a
-      fixed effect per group (e.g. run: steps of one run share η and the model) and, with
-      ``length``, log mean completion length as a second regressor (T_ψ1); its 95% CI;
-    - ``exponent_buckets``: the slope of the log bucket medians on log(1 − J), where defined;
-    - ``ratio_spearman``: Spearman's ρ of the ratio against J_q (eq. 17 vs 18: GRPO's step
-      overshoots more as J → 1, so ρ > 0 for GRPO).
+    - ``exponent``: that slope, its CI and the (group, J) cells used / censored;
+    - ``buckets``: per value of J (all groups), the prompts, the share without a threshold
+      (var− ≤ var+), the pooled estimate, the median of the per-prompt ratios (∞ for censored
+      rows; NaN where half or more are) and the median ratio η/η_crit (0 for censored rows);
+    - ``exponent_prompt_level``: the slope over the uncensored rows one by one (fixed effect per
+      group), and, with ``length``, ``exponent_with_length``: log mean completion length (T_ψ1)
+      as a second regressor (pooled);
+    - ``exponent_bucket_medians``: the slope of the log bucket medians;
+    - ``ratio_spearman``: Spearman's ρ of the ratio against J (GRPO overshoots more as J → 1).
     """
     J, vp, vm, ratio = (np.asarray(v, float) for v in (J, var_plus, var_minus, crit_ratio))
+    g = np.asarray(["all"] * len(J) if groups is None else groups).astype(str)
     ok = np.isfinite(J) & (J > 0) & (J < 1) & np.isfinite(vp) & np.isfinite(vm)
-    diff = vm - vp
-    with np.errstate(divide="ignore"):
-        per_unit = np.where(diff > 0, 2 / np.where(diff > 0, diff, 1.0), math.inf)
+
+    def per_unit(minus: np.ndarray, plus: np.ndarray) -> np.ndarray:
+        diff = np.asarray(minus - plus, float)
+        return np.where(diff > 0, 2 / np.where(diff > 0, diff, 1.0), math.inf)
+
+    row_value = per_unit(vm, vp)
     buckets = []
     for j in np.unique(J[ok]):
         sel = ok & (J == j)
-        x = per_unit[sel]
+        x, r = row_value[sel], ratio[sel]
         censored = float(np.mean(~np.isfinite(x)))
-        r = ratio[sel]
         buckets.append({"J": float(j), "prompts": int(sel.sum()), "censored": censored,
+                        "pooled_eta_crit_per_delta_mu": float(per_unit(vm[sel].mean(), vp[sel].mean())),
                         "median_eta_crit_per_delta_mu": float(np.median(x)) if censored < 0.5 else math.nan,
                         "median_crit_ratio": float(np.median(np.where(np.isfinite(r), r, 0.0))) if np.isfinite(r).any() else math.nan})
-    use = ok & np.isfinite(per_unit)
-    one_minus = 1 - J
-    g = None if groups is None else np.asarray(groups)
-    if length is not None:  # joint fit on log(1 − J) and log length, with a group's intercept as a dummy regressor would need
+    cells = [(label, j, float(per_unit(vm[s].mean(), vp[s].mean())))
+             for label in np.unique(g[ok]) for j in np.unique(J[ok & (g == label)]) if (s := ok & (g == label) & (J == j)).any()]
+    cx = np.array([1 - j for _, j, _ in cells])
+    cy = np.array([v for _, _, v in cells])
+    pooled = loglog_slope(cx, cy, groups=[label for label, _, _ in cells]) if len(cells) >= 3 else _NO_FIT
+    use = ok & np.isfinite(row_value)
+    within = loglog_slope(np.where(use, 1 - J, 0.5), np.where(use, row_value, math.nan), groups=g)
+    with_length = None
+    if length is not None:
         L = np.asarray(length, float)
-        use &= np.isfinite(L) & (L > 0)
-        fits = loglog_exponents(np.where(use, per_unit, math.nan), one_minus_J=np.where(use, one_minus, 0.5),
-                                length=np.where(use, L, 1.0))
-        exponent, length_exponent = fits["one_minus_J"], fits["length"]
-    else:
-        exponent, length_exponent = None, None
-    within = loglog_slope(np.where(use, one_minus, 0.5), np.where(use, per_unit, math.nan), groups=g)
+        use_l = use & np.isfinite(L) & (L > 0)
+        fits = loglog_exponents(np.where(use_l, row_value, math.nan), one_minus_J=np.where(use_l, 1 - J, 0.5),
+                                length=np.where(use_l, L, 1.0))
+        e, el = fits["one_minus_J"], fits["length"]
+        with_length = {"slope": e.slope, "ci95": [e.low, e.high], "length_slope": el.slope, "length_ci95": [el.low, el.high],
+                       "points": e.n}
     xb = np.array([1 - b["J"] for b in buckets])
     yb = np.array([b["median_eta_crit_per_delta_mu"] for b in buckets])
-    over = loglog_slope(xb, yb) if len(buckets) >= 3 else SlopeFit(math.nan, math.nan, math.nan, 0, math.nan)
+    medians = loglog_slope(xb, yb) if len(buckets) >= 3 else _NO_FIT
     rok = ok & np.isfinite(ratio)
     return {
-        "prompts": int(ok.sum()), "censored": float(np.mean(~np.isfinite(per_unit[ok]))) if ok.any() else math.nan,
+        "prompts": int(ok.sum()), "censored": float(np.mean(~np.isfinite(row_value[ok]))) if ok.any() else math.nan,
         "G": G, "buckets": buckets,
-        "exponent": {"slope": within.slope, "ci95": [within.low, within.high], "points": within.n,
-                     "fit": "within groups" if g is not None else "pooled"},
-        "exponent_with_length": None if exponent is None else {
-            "slope": exponent.slope, "ci95": [exponent.low, exponent.high], "length_slope": length_exponent.slope,
-            "length_ci95": [length_exponent.low, length_exponent.high], "points": exponent.n},
-        "exponent_buckets": {"slope": over.slope, "ci95": [over.low, over.high], "points": over.n},
+        "exponent": {"slope": pooled.slope, "ci95": [pooled.low, pooled.high], "cells": len(cells),
+                     "censored_cells": int(np.sum(~np.isfinite(cy))), "fit": "pooled variances per (group, J), fixed effect per group"},
+        "exponent_prompt_level": {"slope": within.slope, "ci95": [within.low, within.high], "points": within.n},
+        "exponent_with_length": with_length,
+        "exponent_bucket_medians": {"slope": medians.slope, "ci95": [medians.low, medians.high], "points": medians.n},
         "ratio_spearman": spearman(J[rok], ratio[rok]) if rok.sum() >= 4 else math.nan,
     }

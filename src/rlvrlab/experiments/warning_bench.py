@@ -34,7 +34,6 @@ runs as in rlvrlab's trainer.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,7 +233,7 @@ def run(config: WarningBenchConfig, progress: Progress, workdir: Path) -> Result
         from rlvrlab.lm.sweep import expand_grid
 
         subset = [c for _, c in expand_grid({**grid, "task": config.trl_task, "preset": "grpo", "seed": list(config.trl_seeds)})]
-        cells = [dataclasses.asdict(c) for c in subset]
+        cells = [c.identity() for c in subset]  # named by the non-default settings: a setting added later keeps the cells
         advance_trl = progress.task(f"{len(cells)} TRL runs (GapGRPOTrainer)", len(cells))
         table_trl = run_sweep(_trl_cell, cells, workdir / "trl", workers=config.workers, on_cell=advance_trl)
     return analyse(config, runs, workdir / "runs", table_trl, model)
@@ -286,12 +285,13 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
     # the TRL subset: the same settings through GapGRPOTrainer, the same labels and detectors
     trl_rows, trl_summary = [], {}
     if table_trl is not None:
-        from rlvrlab.lm.config import TrainConfig
+        from rlvrlab.lm.config import DEFAULT_SETTINGS
 
-        settings = {f.name for f in dataclasses.fields(TrainConfig)}  # a TRL cell's columns that are its settings
+        settings = set(DEFAULT_SETTINGS)  # a TRL cell's columns that are its settings (its non-default ones; None: the default)
+        setting = lambda r, k: DEFAULT_SETTINGS[k] if r.get(k) is None else r[k]  # noqa: E731
         by_cell: dict[tuple[float, int], list[dict[str, float]]] = {}
         for r in table_trl.to_pylist():
-            by_cell.setdefault((r["lr"], r["seed"]), []).append(
+            by_cell.setdefault((setting(r, "lr"), setting(r, "seed")), []).append(
                 {k: (math.nan if v is None else float(v)) for k, v in r.items() if k not in settings})
         mine = {(r["lr"], r["seed"]): r["run"] for r in runs if r["task"] == config.trl_task and r["preset"] == "grpo"}
         watched = list(dict.fromkeys(["rlvrlab/current (default)", best_trl]))
