@@ -50,7 +50,7 @@ from rlvrlab.lm.config import TrainConfig
 from rlvrlab.lm.diagnostics import critical_ratio
 from rlvrlab.lm.logprobs import token_logprobs
 
-__all__ = ["MAX_PROBE_STEPS", "ProbeResult", "check_probe", "crossing", "probe", "probe_curve", "scan"]
+__all__ = ["MAX_PROBE_STEPS", "ProbeResult", "check_probe", "crossing", "probe", "probe_curve", "scan", "scan_rates", "success_rate"]
 
 MAX_PROBE_STEPS = 10  # issue 14: a probe spends at most 10 optimizer steps
 
@@ -132,6 +132,30 @@ def check_probe(steps: int, fresh: int, lr_probe: float, lr_low: float, lr_high:
         _checks.fail(f"{prefix}points", points, "an integer >= 3 (rates on the grid)")
 
 
+def success_rate(success: torch.Tensor) -> tuple[float, float]:
+    """(J, se) from (P, n) 0/1 successes, n completions of each of P prompts: the prompts are
+    independent, their completions are not (they share the prompt), so the standard error is that
+    of the mean over prompts of each prompt's success rate."""
+    per_prompt = success.float().mean(-1)  # (P,)
+    return float(per_prompt.mean()), float(per_prompt.std() / math.sqrt(len(per_prompt)))
+
+
+def scan_rates(rate_J: Callable[[float], tuple[float, float]], *, J0: float, se0: float, lr_low: float, lr_high: float,
+               points: int, steps: int, displacement: float, second_order: float, completions: int,
+               start: float) -> ProbeResult:
+    """The scan over rates and its reading, shared by every trainer's probe: J(θ0 + lr·U) from
+    ``rate_J(lr) -> (J, se)`` on ``points`` geometric rates from ``lr_low`` to ``lr_high``
+    (probe_curve), the critical and peak rates (crossing), and the ProbeResult (``start``: the
+    probe's perf_counter at its start)."""
+    rates = np.geomspace(lr_low, lr_high, points)
+    J, se = probe_curve(rate_J, rates, J0, se0)
+    scanned = np.isfinite(J)
+    critical, peak = crossing(rates, J - J0)
+    return ProbeResult(critical, critical / 2, peak, second_order, steps, tuple(map(float, rates[scanned])),
+                       tuple(map(float, J[scanned])), tuple(map(float, se[scanned])), J0, displacement, completions,
+                       time.perf_counter() - start)
+
+
 def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5, lr_low: float = 1e-5, lr_high: float = 1e-1,
          points: int = 25) -> ProbeResult:
     """The probe from a trainer's current state (rlvrlab.lm.trainer.GRPOTrainer, at its current step):
@@ -147,17 +171,13 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
     saved = (copy.deepcopy(trainer.opt.state_dict()), copy.deepcopy(trainer.sched.state_dict()), trainer.gen.get_state(),
              trainer.fresh_gen.get_state())
     seed = config.seed * 1_000_003 + step0 + 2_000_003  # the scan's random numbers: one stream, restarted at every rate
-    def success(reward: torch.Tensor) -> tuple[float, float]:
-        per_prompt = reward.float().mean(-1)  # prompts are independent; their completions are not
-        return float(per_prompt.mean()), float(per_prompt.std() / math.sqrt(len(per_prompt)))
-
     def rate_J(lr: float) -> tuple[float, float]:
         torch.nn.utils.vector_to_parameters(theta0 + lr * U, params)
         try:
             r = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))[1]
         except DivergedError:  # a forward that overflows solves nothing
             return 0.0, 0.0
-        return success(r)
+        return success_rate(r)
 
     try:
         # the probe's steps at lr_probe: no diagnostics, and no scheduler step (schedule "probe" sets its rate itself),
@@ -171,7 +191,7 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
         # step's second-order ratio
         torch.nn.utils.vector_to_parameters(theta0.clone(), params)  # a copy: the steps below write into the parameters
         measured = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))
-        J0, se0 = success(measured[1])
+        J0, se0 = success_rate(measured[1])
         with torch.inference_mode():
             old = token_logprobs(trainer.model, measured[0])[0]
         trainer._set_lr(lr_probe)
@@ -186,8 +206,9 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
                 ratio = float(critical_ratio(stats.delta_mu, stats.var_plus, stats.var_minus)[0])
                 second_order = math.nan if math.isnan(ratio) else math.inf if ratio == 0 else lr_probe / ratio
         U = (torch.nn.utils.parameters_to_vector(params).detach() - theta0) / lr_probe
-        rates = np.geomspace(lr_low, lr_high, points)
-        J, se = probe_curve(rate_J, rates, J0, se0)
+        return scan_rates(rate_J, J0=J0, se0=se0, lr_low=lr_low, lr_high=lr_high, points=points, steps=steps,
+                          displacement=float(U.norm()), second_order=second_order, completions=len(problems) * fresh,
+                          start=start)
     finally:
         torch.nn.utils.vector_to_parameters(theta0.clone(), params)
         trainer.opt.load_state_dict(saved[0])
@@ -195,11 +216,6 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
         trainer.gen.set_state(saved[2])
         trainer.fresh_gen.set_state(saved[3])
         trainer.config, trainer.step = config, step0
-    scanned = np.isfinite(J)
-    critical, peak = crossing(rates, J - J0)
-    return ProbeResult(critical, critical / 2, peak, second_order, steps, tuple(map(float, rates[scanned])),
-                       tuple(map(float, J[scanned])), tuple(map(float, se[scanned])), J0, float(U.norm()), len(problems) * fresh,
-                       time.perf_counter() - start)
 
 
 def probe(config: TrainConfig, out: str | Path, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5,
