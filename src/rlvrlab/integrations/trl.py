@@ -28,6 +28,9 @@ What it adds to TRL (pinned: trl 1.16):
 - **Low-probability advantage reweighting** (`gap_alpha` = α > 0; METHODS.md §B, "Direction of RLVR
   updates"): every token's advantage becomes [1 + α(1 − π_old(y_t))]·Â, on top of any TRL loss
   (rlvrlab.updates' "low-prob" weighting, the one of the dapo-lowprob preset).
+- **A learning rate before training** (`probe_trl(trainer)`, rlvrlab.integrations.trl_probe; any
+  GRPOTrainer): rlvrlab.lm.probe's critical and recommended rate from a few of TRL's own steps at
+  a tiny rate, with the trainer put back so that `trainer.train()` is the run it would have been.
 
 Supported: trl 1.16.x (pinned by the `trl` extra, `>=1.16,<1.17`), on transformers 5; `check_trl()`
 refuses at import a TRL that lacks a hook below, naming the version to install.
@@ -99,7 +102,7 @@ try:
 except ImportError as err:  # an extra, not a dependency
     raise ImportError(f"rlvrlab.integrations.trl needs TRL: pip install 'rlvrlab[trl]' ({err})") from err
 
-__all__ = ["GapConfig", "GapGRPOTrainer", "GapWarning", "check_trl", "matched_config"]
+__all__ = ["GapConfig", "GapGRPOTrainer", "GapWarning", "check_trl", "matched_config", "probe_trl"]
 
 TRL_TESTED = "1.16"  # the TRL release line these hooks were read from and tested with
 _HOOKS = {  # TRL / transformers methods the subclass overrides, with the parameters it relies on
@@ -423,3 +426,13 @@ class GapGRPOTrainer(GRPOTrainer):
     def _gap_write_metrics(self) -> None:
         if self.gap.gap_diagnostics and self.args.should_save and self.gap_history:
             write_table(os.path.join(self.args.output_dir, METRICS), self.gap_monitor.table())
+
+
+def __getattr__(name: str):
+    # probe_trl lives in rlvrlab.integrations.trl_probe, which builds on this module: imported on first use, so that
+    # either module can be imported first
+    if name == "probe_trl":
+        from rlvrlab.integrations.trl_probe import probe_trl
+
+        return probe_trl
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
