@@ -66,11 +66,12 @@ def _adam_with_lambda(model):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
 
 
-@pytest.mark.parametrize("case", ["gap", "plain-trl", "accumulation-iterations-alpha", "own-optimizer"])
+@pytest.mark.parametrize("case", ["gap", "plain-trl", "accumulation-iterations-alpha", "own-optimizer", "bf16-checkpointing"])
 def test_a_run_trained_after_the_probe_is_bit_identical_to_one_without_it(tiny_base_model, tmp_path, case):
     kw = {"gap": {}, "plain-trl": dict(cls=TRLGRPOTrainer, loss_type="dapo"),
           "accumulation-iterations-alpha": dict(gradient_accumulation_steps=2, num_iterations=2, gap=GapConfig(gap_alpha=0.2)),
-          "own-optimizer": dict(optimizers=_adam_with_lambda)}[case]
+          "own-optimizer": dict(optimizers=_adam_with_lambda),
+          "bf16-checkpointing": dict(bf16=True, activation_checkpointing=True)}[case]
     plain = _trainer(tiny_base_model, tmp_path / "plain", **kw)
     plain.train()
 
@@ -117,11 +118,13 @@ def test_the_equality_above_is_sensitive_to_one_random_draw(tiny_base_model, tmp
     assert not all(torch.equal(p, q) for p, q in zip(plain.model.parameters(), drawn.model.parameters()))
 
 
-def test_the_probes_steps_are_trls_first_steps_at_lr_probe(tiny_base_model, tmp_path):
+@pytest.mark.parametrize("precision", [{}, {"bf16": True}])
+def test_the_probes_steps_are_trls_first_steps_at_lr_probe(tiny_base_model, tmp_path, precision):
     """U = (θ_steps − θ0)/lr_probe with θ_steps the weights of a TRL run at rate lr_probe after the same
-    number of steps (its own batches, loss, clipping and optimizer): the same float32 vector, so the same norm."""
-    r = probe_trl(_trainer(tiny_base_model, tmp_path / "probed"), steps=2, lr_probe=1e-5, **SCAN)
-    run = _trainer(tiny_base_model, tmp_path / "run", learning_rate=1e-5, max_steps=2)
+    number of steps (its own batches, loss, clipping and optimizer; bf16 autocast too): the same float32
+    vector, so the same norm."""
+    r = probe_trl(_trainer(tiny_base_model, tmp_path / "probed", **precision), steps=2, lr_probe=1e-5, **SCAN)
+    run = _trainer(tiny_base_model, tmp_path / "run", learning_rate=1e-5, max_steps=2, **precision)
     theta0 = _theta(run)
     run.train()
     assert r.displacement == float(((_theta(run) - theta0) / 1e-5).norm())

@@ -39,9 +39,9 @@ and rates back. Tested: a run trained after the probe ends bit-identical to one 
 Limits: one process, before train() (the steps do not all-reduce gradients: probe on one process,
 then launch); transformers' own generation (vLLM's weights would need a sync per rate; a
 rollout_func or environments keep state of their own); no fp16 loss scaling (bf16 and float32 are
-fine). Under bf16 mixed precision the probe's forwards run in accelerate's autocast, as train()'s
-do, but their logits are not cast back to float32 as accelerate's wrapped forward does: the
-probe's steps then differ from train()'s by bf16 rounding, which the probe does not need to match.
+fine). Under bf16 mixed precision the probe's steps run in accelerate's autocast, as the model
+train() prepares does its forwards (tested: the probe's steps are train()'s, bit for bit, in bf16
+too, on CPU).
 The probe costs ``steps`` training steps, a first-step forward pair for the second-order rate and
 up to ``points + 1`` generations of steps × prompts × fresh completions, and holds three copies
 of the trainable weights (θ0, θ after the first step, θ after the last).
@@ -58,14 +58,13 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import set_seed
+from trl.models.utils import disable_gradient_checkpointing
 
 from rlvrlab import _checks
+from rlvrlab.gap import gap_stats_mc
 from rlvrlab.integrations.trl import _MULTIMODAL, GapGRPOTrainer, GRPOTrainer, _recording
 from rlvrlab.lm.diagnostics import critical_ratio
-from rlvrlab.gap import gap_stats_mc
 from rlvrlab.lm.probe import ProbeResult, check_probe, scan_rates, success_rate
-
-from trl.models.utils import disable_gradient_checkpointing
 
 __all__ = ["probe_trl"]
 
