@@ -29,10 +29,11 @@ import numpy as np
 
 from rlvrlab.analysis.stats import SlopeFit, loglog_exponents, loglog_slope, spearman, spearman_ci
 
-__all__ = ["alignment_against_progress", "figure2_relation", "prompt_success_scaling", "proxy_against_gap",
+__all__ = ["MIN_INTERVALS", "alignment_against_progress", "figure2_relation", "prompt_success_scaling", "proxy_against_gap",
            "vanishing_gap_against_progress"]
 
 Row = Mapping[str, float]
+MIN_INTERVALS = 20  # fewer evaluation intervals than this cannot decide Figure 2's interval check (lm-grpo's quick run has 15)
 _NO_FIT = SlopeFit(math.nan, math.nan, math.nan, 0, math.nan)
 
 

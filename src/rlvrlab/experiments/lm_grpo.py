@@ -40,7 +40,6 @@ from rlvrlab.lm.diagnostics import vocabulary
 __all__ = ["EXPERIMENT", "LmGrpoConfig", "plot", "run"]
 
 LOSS_MARGIN = 0.05  # a run "loses accuracy" when it ends more than this below its start (evaluation noise is ~0.03)
-MIN_INTERVALS = 20  # fewer evaluation intervals than this cannot decide Figure 2's interval check (the quick run has 15)
 SLOPE_HALF_WIDTH = 0.25  # an exponent's CI must be at most this wide on each side to decide (success-scaling's rule)
 
 
@@ -110,7 +109,7 @@ def _table(rows: list[dict], task: str, lr: float, run_name: str) -> pa.Table:
 
 
 def run(config: LmGrpoConfig, progress: Progress, workdir: Path) -> Result:
-    from rlvrlab.analysis.corpus import alignment_against_progress, prompt_success_scaling
+    from rlvrlab.analysis.corpus import MIN_INTERVALS, alignment_against_progress, prompt_success_scaling
     from rlvrlab.lm.pretrain import PretrainConfig, pretrain
     from rlvrlab.lm.trainer import GRPOTrainer, gap_warnings, summary_of
 

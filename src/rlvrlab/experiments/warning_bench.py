@@ -46,7 +46,6 @@ from rlvrlab import _checks, plotting
 from rlvrlab.analysis import alarms
 from rlvrlab.analysis.stats import bootstrap_ci
 from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_positive_floats, check_positive_int, setting
-from rlvrlab.experiments.lm_grpo import MIN_INTERVALS
 from rlvrlab.io import read_table, rows_table, table_rows
 from rlvrlab.lm.diagnostics import vocabulary
 
@@ -402,7 +401,8 @@ def analyse(config: WarningBenchConfig, runs: list[dict[str, Any]], run_dir: Pat
                             f"or in neither; labels agree in {trl_summary['agreement']['label']}",
                             f"agreement in at least {TRL_AGREEMENT:.0%} of the runs", "claim"))
     # two of the paper's statements read on the same corpus (rlvrlab.analysis.corpus)
-    from rlvrlab.analysis.corpus import alignment_against_progress, figure2_relation, proxy_against_gap, vanishing_gap_against_progress
+    from rlvrlab.analysis.corpus import (MIN_INTERVALS, alignment_against_progress, figure2_relation, proxy_against_gap,
+                                         vanishing_gap_against_progress)
 
     tasks = {r["run"]: r["task"] for r in runs}
     fell = {n for n in rows if labels[n].kind == "collapsed"}
