@@ -304,6 +304,8 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
     tables = run_sweep(phase_group, groups, workdir / "sweep", backend=config.backend, workers=config.workers,
                        on_cell=progress.task("phase: (preset, T, instance) cells, their J0s together", len(groups)))
     tables = {name: _in_cell_order(t, cells) for name, t in tables.items()}
+    if "prediction" not in tables:  # predict_steps = 0: every cell's table is empty, and a sweep keeps no empty part
+        tables["prediction"] = _predict(dict(cells[0], predict_steps=0), None, None)[1]
     cols = columns(tables["critical"], ("preset", "T", "J0", "seed", "lr", "lr_crit_low", "lr_crit_high"))
     preset = np.asarray(tables["critical"].column("preset").to_pylist())
     checks, slopes = [], {}
