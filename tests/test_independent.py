@@ -320,3 +320,72 @@ def test_simulation_records_and_exact_state_agree_with_both_models():
     torch.testing.assert_close(a.theta, b.theta, rtol=1e-10, atol=1e-12)
     for name in ("J", "log_odds", "delta_mu", "var_plus", "var_minus", "curv_plus", "curv_minus", "log_odds_change", "M"):
         torch.testing.assert_close(a.metrics[name], b.metrics[name], rtol=1e-9, atol=1e-11, equal_nan=True, msg=name)
+
+
+def _dp_plain(p_hit, p_miss, moments, T):
+    """_dp's recursion as first written: zero-padded shifts, M0, M1, M2 one at a time."""
+    pad = torch.nn.functional.pad
+    M0 = torch.zeros((*p_hit.shape[:-1], T + 1), dtype=p_hit.dtype)
+    M0[..., 0] = 1.0
+    M1, M2 = torch.zeros_like(M0), torch.zeros_like(M0)
+    for t in range(T):
+        p1, p0 = p_hit[..., t : t + 1], p_miss[..., t : t + 1]
+        hit0 = p1 * M0
+        if moments is None:
+            M0 = p0 * M0 + pad(hit0[..., :-1], (1, 0))
+            continue
+        a1, a0, b1, b0 = (m[..., t : t + 1] for m in moments)
+        hit1 = p1 * M1 + a1 * M0
+        hit2 = p1 * M2 + 2 * a1 * M1 + b1 * M0
+        M2 = p0 * M2 + 2 * a0 * M1 + b0 * M0 + pad(hit2[..., :-1], (1, 0))
+        M1 = p0 * M1 + a0 * M0 + pad(hit1[..., :-1], (1, 0))
+        M0 = p0 * M0 + pad(hit0[..., :-1], (1, 0))
+    return [M0] if moments is None else [M0, M1, M2]
+
+
+@pytest.mark.parametrize("T", [1, 3, 8, 33])
+def test_dp_is_the_plain_recursion_bit_for_bit(T):
+    from rlvrlab.policies.independent import _dp
+
+    g = _gen(T)
+    p = torch.softmax(torch.randn(5, 7, T, 4, generator=g, dtype=torch.float64) * 3, -1)
+    hit, miss = p[..., 0], p[..., 1:].sum(-1)
+    moments = tuple(torch.randn(5, 7, T, generator=g, dtype=torch.float64) for _ in range(4))
+    for got, want in zip(_dp(hit, miss, moments, T) + _dp(hit, miss, None, T), _dp_plain(hit, miss, moments, T) + _dp_plain(hit, miss, None, T)):
+        assert torch.equal(got, want)
+    states = _dp(hit, miss, None, T, history=True)
+    assert len(states) == T + 1 and torch.equal(states[-1], want)
+
+
+@pytest.mark.parametrize("T", [1, 2, 8, 32])
+@pytest.mark.parametrize("R", [1, 3, 6, 26])
+def test_written_out_gradient_is_autograds_bit_for_bit(T, R):
+    from rlvrlab.simulate.instances import token_bandit
+
+    policy, reward, _ = token_bandit(T + R, T, prompts=40, dim=5, vocab=4, rho=0.5)
+    g = _gen(10 * T + R)
+    for model in (policy.bind(reward), IndependentSoftmax(4, T).bind(reward)):
+        theta = torch.randn(R, model.n_params, generator=g, dtype=torch.float64) * 3
+        coef = torch.randn(R, 40, generator=g, dtype=torch.float64)
+        got = model._weighted_J_gradient(theta, coef)
+        want = model._weighted_J_gradient_autograd(theta, coef)
+        assert torch.equal(got, want)
+        assert got.abs().max() > 0
+
+
+def test_probabilities_are_computed_once_per_theta_and_never_stale():
+    from rlvrlab.simulate.instances import token_bandit
+
+    policy, reward, _ = token_bandit(0, 4, prompts=6, dim=3, vocab=4, rho=0.5)
+    model = policy.bind(reward)
+    theta = torch.randn(2, model.n_params, generator=_gen(1), dtype=torch.float64)
+    first = model._state(theta)
+    assert model._state(theta) is first  # the objective, the update and along share one forward pass
+    assert torch.equal(first.p, torch.softmax(policy.logits(theta), -1))
+    assert torch.equal(model.masses(theta)[0], IndependentSoftmax(4, 4, features=policy.features).bind(reward).masses(theta.clone())[0])
+    theta.mul_(2.0)  # changed in place: recomputed
+    again = model._state(theta)
+    assert again is not first and torch.equal(again.p, torch.softmax(policy.logits(theta), -1))
+    leaf = theta.clone().requires_grad_(True)  # autograd through masses still works, and is not cached
+    model.masses(leaf)[0].sum().backward()
+    assert leaf.grad is not None and model._state(theta) is again

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -60,13 +61,21 @@ class IndependentSoftmax:
         else:
             self.features = None
             self.n_params = length * vocab
+        self._flat = None
 
     def logits(self, theta: torch.Tensor) -> torch.Tensor:
         """(R, d) -> (R, C, T, V), C = 1 for the tabular parametrization."""
         if self.features is None:
             return theta.view(theta.shape[0], 1, self.length, self.vocab)
-        F = self.features.to(theta.dtype)  # a matmul: ~10x faster than the equivalent einsum here
-        return (theta @ F.reshape(-1, self.n_params).T).view(theta.shape[0], *F.shape[:3])
+        # a matmul: ~10x faster than the equivalent einsum here
+        return (theta @ self.flat_features(theta.dtype).T).view(theta.shape[0], *self.features.shape[:3])
+
+    def flat_features(self, dtype: torch.dtype) -> torch.Tensor:
+        """φ as a contiguous (C·T·V, d) matrix, made once (features are often expanded over positions,
+        and reshaping them copied them at every call)."""
+        if self._flat is None or self._flat.dtype != dtype:
+            self._flat = self.features.to(dtype).reshape(-1, self.n_params).contiguous()
+        return self._flat
 
     def init(self, runs: int, *, scale: float = 0.0, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -85,39 +94,89 @@ class IndependentSoftmax:
         return CountModel(self, reward)
 
 
-def _dp(p_hit: torch.Tensor, p_miss: torch.Tensor, moments: tuple[torch.Tensor, ...] | None, T: int) -> list[torch.Tensor]:
+def _dp(p_hit: torch.Tensor, p_miss: torch.Tensor, moments: tuple[torch.Tensor, ...] | None, T: int, *,
+        history: bool = False) -> list[torch.Tensor]:
     """Distribution of the match count (and of S's first two moments per count) over T positions.
 
     p_hit, p_miss (..., T): probabilities that position t matches / does not (the miss mass is
     summed over the other tokens, not taken as 1 - p_hit). moments: per position (a1, a0, b1, b0),
     the expectations of s·1{hit}, s·1{miss}, s²·1{hit}, s²·1{miss}, each (..., T).
-    Returns [M0] or [M0, M1, M2], each (..., T + 1).
+    Returns [M0] or [M0, M1, M2], each (..., T + 1); history (no moments): [M0 before position 0,
+    ..., after position T - 1], the T + 1 states the gradient's backward pass reads.
+
+    Every entry is the same sum of the same products, in the same order, as the plain recursion
+    M_new = p0·M + shift(p1·M) (the shifted term added in place, not through a zero-padded copy,
+    and M0, M1, M2 stacked so that one product serves the three): the results are bit for bit
+    those of that recursion, which tests check, and which phase's exactness relies on.
     """
     shape = (*p_hit.shape[:-1], T + 1)
-    M0 = torch.zeros(shape, dtype=p_hit.dtype)
-    M0[..., 0] = 1.0
-    M1 = M2 = None
-    if moments is not None:
-        M1, M2 = torch.zeros_like(M0), torch.zeros_like(M0)
+    if moments is None:
+        M0 = torch.zeros(shape, dtype=p_hit.dtype)
+        M0[..., 0] = 1.0
+        states = [M0]
+        for t in range(T):
+            new = p_miss[..., t : t + 1] * M0
+            new[..., 1:] += p_hit[..., t : t + 1] * M0[..., :-1]
+            M0 = new
+            if history:
+                states.append(M0)
+        return states if history else [M0]
+    a1, a0, b1, b0 = moments
+    A1, A0 = torch.stack([a1, 2 * a1]), torch.stack([a0, 2 * a0])  # (2, ..., T): the coefficients of M0 and M1
+    M = torch.zeros((3, *shape), dtype=p_hit.dtype)  # M0, M1, M2
+    M[0, ..., 0] = 1.0
     for t in range(T):
         p1, p0 = p_hit[..., t : t + 1], p_miss[..., t : t + 1]
-        hit0 = p1 * M0
-        if moments is None:
-            M0 = p0 * M0 + torch.nn.functional.pad(hit0[..., :-1], (1, 0))
-            continue
-        a1, a0, b1, b0 = (m[..., t : t + 1] for m in moments)
-        hit1 = p1 * M1 + a1 * M0
-        hit2 = p1 * M2 + 2 * a1 * M1 + b1 * M0
-        M2 = p0 * M2 + 2 * a0 * M1 + b0 * M0 + torch.nn.functional.pad(hit2[..., :-1], (1, 0))
-        M1 = p0 * M1 + a0 * M0 + torch.nn.functional.pad(hit1[..., :-1], (1, 0))
-        M0 = p0 * M0 + torch.nn.functional.pad(hit0[..., :-1], (1, 0))
-    return [M0] if moments is None else [M0, M1, M2]
+        new = p0 * M  # p0 M0, p0 M1, p0 M2
+        new[1:] += A0[..., t : t + 1] * M[:2]  # + a0 M0, + 2 a0 M1
+        new[2] += b0[..., t : t + 1] * M[0]
+        hit = p1 * M[..., :-1]  # the same for a hit, shifted by one count
+        hit[1:] += A1[..., t : t + 1] * M[:2, ..., :-1]
+        hit[2] += b1[..., t : t + 1] * M[0, ..., :-1]
+        new[..., 1:] += hit
+        M = new
+    return [M[0], M[1], M[2]]
+
+
+def _dp_backward(g: torch.Tensor, p_hit: torch.Tensor, p_miss: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The gradient of a function of _dp's final M0 with respect to p_hit and p_miss (..., T), given
+    its gradient g (..., T + 1) with respect to M0 and _dp's history ``states``.
+
+    Backward through M_new = p0·M + shift(p1·M): ∂/∂M = p0·g + p1·ĝ, ∂/∂p0 = Σ_k g·M,
+    ∂/∂p1 = Σ_k ĝ·M with ĝ = g shifted down one count (its last entry 0). Each product and each sum
+    over counts is the one autograd forms through _dp (the same operands, the same reductions
+    over T + 1 counts), so the gradient is autograd's bit for bit (tests check), without its graph.
+    """
+    T = len(states) - 1
+    pp = torch.stack([p_miss, p_hit])  # (2, ..., T)
+    B = torch.zeros((2, *g.shape), dtype=g.dtype)  # g and ĝ
+    B[0] = g
+    grads = torch.empty_like(pp)  # (2, ..., T): ∂/∂p0, ∂/∂p1
+    for t in reversed(range(T)):
+        B[1, ..., :-1] = B[0, ..., 1:]
+        grads[..., t] = (B * states[t]).sum(-1)
+        P = B * pp[..., t : t + 1]
+        torch.add(P[0], P[1], out=B[0])
+    return grads[1], grads[0]
 
 
 def _log_mass(mass: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """log of a probability whose complement is ``other``: log1p(-other) where mass is near 1
     (mass itself has rounded to 1 there), log(mass) elsewhere."""
     return torch.where(mass > 0.5, torch.log1p(-other), torch.log(mass))
+
+
+class _State(NamedTuple):
+    """What CountModel computes once per θ: π before (R, C', T, V) and after expanding over prompts
+    (R, C, T, V), the hit and miss probabilities (R, C, T), and _dp's states (R, C, T + 1) each."""
+
+    theta: torch.Tensor
+    version: int
+    p_raw: torch.Tensor
+    p: torch.Tensor
+    hit: torch.Tensor
+    miss: torch.Tensor
+    states: list[torch.Tensor]
 
 
 class CountModel(Model):
@@ -137,13 +196,30 @@ class CountModel(Model):
         self.policy, self.targets, self.m = policy, targets, reward.threshold
         self.n_params, self.n_prompts = policy.n_params, targets.shape[0]
         self.T = T
+        self._cache: _State | None = None
 
     # --- the per-position pieces ---------------------------------------------------------------
 
     def _probs(self, theta: torch.Tensor) -> torch.Tensor:
         """π (R, C, T, V), expanded over prompts."""
-        p = torch.softmax(self.policy.logits(theta), -1)
-        return p.expand(theta.shape[0], self.n_prompts, self.T, self.policy.vocab)
+        return self._state(theta).p
+
+    def _state(self, theta: torch.Tensor) -> _State:
+        """π, the hit and miss probabilities and the count DP's history at θ, computed once per θ:
+        simulate asks for the objective, the update and the statistics along it at the same θ, and
+        each used to recompute π (a softmax over V = 4 is slow per element) and the DP. Kept for the
+        last θ only, while it is the same tensor unchanged (its version counter); a θ that requires
+        grad is never cached, so that autograd through masses sees its graph."""
+        cache = self._cache
+        if cache is not None and cache.theta is theta and cache.version == theta._version:
+            return cache
+        p_raw = torch.softmax(self.policy.logits(theta), -1)  # (R, C', T, V)
+        p = p_raw.expand(theta.shape[0], self.n_prompts, self.T, self.policy.vocab)
+        hit, miss = self._hit(p)
+        state = _State(theta, theta._version, p_raw, p, hit, miss, _dp(hit, miss, None, self.T, history=not theta.requires_grad))
+        if not theta.requires_grad:
+            self._cache = state
+        return state
 
     def _hit(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Probability of matching the target at each position, and of missing it: (R, C, T) each."""
@@ -157,15 +233,14 @@ class CountModel(Model):
     # --- Model ------------------------------------------------------------------------------------
 
     def masses(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (M0,) = _dp(*self._hit(self._probs(theta)), None, self.T)
-        J, Jm = self._split(M0)
+        J, Jm = self._split(self._state(theta).states[-1])
         return _log_mass(J, Jm), _log_mass(Jm, J)
 
     def along(self, theta: torch.Tensor, w: torch.Tensor, *, curvature: bool = False) -> GapStats:
-        p = self._probs(theta)
+        st = self._state(theta)
+        p, hit, miss = st.p, st.hit, st.miss
         dl = self.policy.logits(w).expand_as(p)
         s = dl - (p * dl).sum(-1, keepdim=True)  # projected token scores (R, C, T, V)
-        hit, miss = self._hit(p)
         onehot = torch.nn.functional.one_hot(self.targets, self.policy.vocab).to(p.dtype)
         a1, b1 = (p * s * onehot).sum(-1), (p * s * s * onehot).sum(-1)
         a0, b0 = (p * s * (1 - onehot)).sum(-1), (p * s * s * (1 - onehot)).sum(-1)
@@ -190,9 +265,35 @@ class CountModel(Model):
 
     def _weighted_J_gradient(self, theta: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """∇_θ Σ_c coef_c J_c (R, d), differentiating J where J < 1/2 and -(1 - J) elsewhere,
-        so that the result keeps its relative precision as J -> 0 or 1."""
+        so that the result keeps its relative precision as J -> 0 or 1.
+
+        The backward pass written out (_dp_backward, then softmax's and the logits' own backward
+        functions) on the cached forward pass: autograd's gradient bit for bit (tests hold the two
+        equal), at about half its cost."""
+        if theta.requires_grad:
+            return self._weighted_J_gradient_autograd(theta, coef)
+        st = self._state(theta)
+        J, Jm = self._split(st.states[-1])
+        # the objective's gradient with respect to the final count distribution, as autograd forms it
+        low = J < 0.5
+        zero = torch.zeros((), dtype=coef.dtype)
+        g = torch.zeros_like(st.states[-1])
+        g[..., self.m :] = torch.where(low, coef, zero).unsqueeze(-1)
+        g[..., : self.m] = (-torch.where(low, zero, coef)).unsqueeze(-1)
+        g_hit, g_miss = _dp_backward(g, st.hit, st.miss, st.states)
+        onehot = torch.nn.functional.one_hot(self.targets, self.policy.vocab).to(g.dtype)  # (C, T, V)
+        g_p = g_hit.unsqueeze(-1) * onehot + g_miss.unsqueeze(-1) * (1 - onehot)  # (R, C, T, V)
+        g_logits = torch._softmax_backward_data(g_p.sum_to_size(st.p_raw.shape), st.p_raw, -1, st.p_raw.dtype)
+        if self.policy.features is None:
+            return g_logits.reshape(theta.shape)
+        return g_logits.reshape(theta.shape[0], -1).mm(self.policy.flat_features(theta.dtype))
+
+    def _weighted_J_gradient_autograd(self, theta: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """_weighted_J_gradient through autograd: the reference its written-out backward is tested
+        against, and the path for a θ that requires grad."""
         t = theta.detach().requires_grad_(True)
-        (M0,) = _dp(*self._hit(self._probs(t)), None, self.T)
+        (M0,) = _dp(*self._hit(torch.softmax(self.policy.logits(t), -1).expand(t.shape[0], self.n_prompts, self.T,
+                                                                              self.policy.vocab)), None, self.T)
         J, Jm = self._split(M0)
         objective = torch.where(J.detach() < 0.5, J, -Jm)
         return torch.autograd.grad((coef * objective).sum(), t)[0]
