@@ -389,3 +389,19 @@ def test_probabilities_are_computed_once_per_theta_and_never_stale():
     leaf = theta.clone().requires_grad_(True)  # autograd through masses still works, and is not cached
     model.masses(leaf)[0].sum().backward()
     assert leaf.grad is not None and model._state(theta) is again
+
+
+@pytest.mark.parametrize("R", [1, 2, 3])
+def test_lead_rows_compute_a_run_as_after_other_runs(R):
+    """A policy with lead = L gives each run the bits it gets after L other runs in one product
+    (phase's bisection runs rely on it), and its gradient is that run's rows of the longer batch's."""
+    from rlvrlab.simulate.instances import token_bandit
+
+    policy, reward, _ = token_bandit(3, 8, prompts=40, dim=5, vocab=4, rho=0.5)
+    placed = IndependentSoftmax(4, 8, features=policy.features, lead=4)
+    g = _gen(R)
+    theta = torch.randn(4 + R, 20, generator=g, dtype=torch.float64) * 3
+    coef = torch.randn(4 + R, 40, generator=g, dtype=torch.float64)
+    assert torch.equal(placed.logits(theta[4:]), policy.logits(theta)[4:])
+    got = placed.bind(reward)._weighted_J_gradient(theta[4:], coef[4:])
+    assert torch.equal(got, policy.bind(reward)._weighted_J_gradient(theta, coef)[4:])

@@ -48,12 +48,14 @@ class IndependentSoftmax:
     """T independent positions over V tokens; tabular logits θ (T, V) shared by all prompts, or
     features (C, T, V, d) with h[c, t, v] = φ[c, t, v]·θ."""
 
-    def __init__(self, vocab: int, length: int, *, features: torch.Tensor | None = None):
+    def __init__(self, vocab: int, length: int, *, features: torch.Tensor | None = None, lead: int = 0):
         if not (isinstance(vocab, int) and vocab >= 2):
             _checks.fail("vocab", vocab, "an integer >= 2")
         if not (isinstance(length, int) and length >= 1):
             _checks.fail("length", length, "an integer >= 1")
-        self.vocab, self.length = vocab, length
+        if not (isinstance(lead, int) and lead >= 0):
+            _checks.fail("lead", lead, "an integer >= 0")
+        self.vocab, self.length, self.lead = vocab, length, lead
         if features is not None:
             _checks.shape("features", features, (length, vocab, None), "(C, T, V, d)")
             self.features = features.to(torch.float64)
@@ -68,7 +70,15 @@ class IndependentSoftmax:
         if self.features is None:
             return theta.view(theta.shape[0], 1, self.length, self.vocab)
         # a matmul: ~10x faster than the equivalent einsum here
-        return (theta @ self.flat_features(theta.dtype).T).view(theta.shape[0], *self.features.shape[:3])
+        return self.product(theta, self.flat_features(theta.dtype).T).view(theta.shape[0], *self.features.shape[:3])
+
+    def product(self, x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
+        """x @ mat (R, ·), with ``lead`` rows of zeros before x's: MKL computes a row by a path that
+        depends on its place in the matrix (rlvrlab.experiments.phase.TILE), and a policy with
+        lead = L computes every run as it would after L other runs, without simulating them."""
+        if not self.lead:
+            return x @ mat
+        return (torch.cat([x.new_zeros(self.lead, x.shape[1]), x]) @ mat)[self.lead :]
 
     def flat_features(self, dtype: torch.dtype) -> torch.Tensor:
         """φ as a contiguous (C·T·V, d) matrix, made once (features are often expanded over positions,
@@ -286,7 +296,7 @@ class CountModel(Model):
         g_logits = torch._softmax_backward_data(g_p.sum_to_size(st.p_raw.shape), st.p_raw, -1, st.p_raw.dtype)
         if self.policy.features is None:
             return g_logits.reshape(theta.shape)
-        return g_logits.reshape(theta.shape[0], -1).mm(self.policy.flat_features(theta.dtype))
+        return self.policy.product(g_logits.reshape(theta.shape[0], -1), self.policy.flat_features(theta.dtype))
 
     def _weighted_J_gradient_autograd(self, theta: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """_weighted_J_gradient through autograd: the reference its written-out backward is tested
