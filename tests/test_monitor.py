@@ -119,6 +119,34 @@ def test_state_round_trips_through_json_with_nan_and_inf():
     assert json.dumps(a) == json.dumps(b)  # the resumed monitor continues exactly
 
 
+def test_the_ratchet_aims_at_the_lowest_running_critical_rate_after_its_warm_up():
+    # smoothing 0: the running mean is the last estimate lr/ratio, warm-up 1 estimate; fraction 1/2
+    plain, ratchet = GapAdaptiveRate(0.5, 0.0, 1.1, 1e-6, 1.0), GapAdaptiveRate(0.5, 0.0, 1.1, 1e-6, 1.0, ratchet=True)
+    for rule in (plain, ratchet):
+        assert rule(1.0, 1e-3) == pytest.approx(5e-4)  # critical 1e-3
+    assert plain(0.25, 5e-4) == pytest.approx(1e-3)  # critical 2e-3: the plain rule follows it up, 2x a step at most
+    assert ratchet(0.25, 5e-4) == pytest.approx(5e-4)  # the ratchet keeps aiming at half the lowest, 1e-3
+    assert ratchet(2.0, 5e-4) == pytest.approx(2.5e-4)  # a lower estimate, 2.5e-4: half of it, within 2x a step
+    assert math.exp(ratchet.log_lr_crit_min) == pytest.approx(2.5e-4) and ratchet.estimates == 3
+    # with smoothing 0.8 the minimum starts after round(1 / 0.2) = 5 estimates: a first outlier does not lock in
+    slow = GapAdaptiveRate(0.5, 0.8, 1.1, 1e-6, 1.0, ratchet=True)
+    slow(100.0, 1e-3)  # one estimate of 1e-5
+    assert math.isnan(slow.log_lr_crit_min)
+    for _ in range(4):
+        slow(1.0, 1e-3)
+    x = math.log(1e-5)
+    for _ in range(4):
+        x = 0.8 * x + 0.2 * math.log(1e-3)
+    assert slow.estimates == 5 and slow.log_lr_crit_min == pytest.approx(x)
+    # the monitor's checkpoint carries the minimum and the count
+    m = GapMonitor(adaptive=GapAdaptiveRate(0.5, 0.0, 1.1, 1e-6, 1.0, ratchet=True), on_warning=lambda message: None)
+    for step, ratio in enumerate((1.0, 0.25), 1):
+        m.record({"step": step, "learning_rate": 1e-3, "gap/crit_ratio": ratio, "gap/zero_variance_groups": 0.0})
+    n = GapMonitor(adaptive=GapAdaptiveRate(0.5, 0.0, 1.1, 1e-6, 1.0, ratchet=True), on_warning=lambda message: None)
+    n.load_state_dict(json.loads(json.dumps(m.state_dict())))
+    assert n.adaptive.log_lr_crit_min == m.adaptive.log_lr_crit_min and n.adaptive.estimates == 2
+
+
 def test_bad_patience_is_refused():
     with pytest.raises(ValueError, match=r"^patience: got 0; allowed: an integer >= 1"):
         GapMonitor(patience=0)

@@ -1,6 +1,6 @@
 """Schedule probe scored on a seed no grid used (issue 14, part 3): the rule against the tuned fixed rate, paired.
 
-    OMP_NUM_THREADS=1 python results/lr-oracle/seed3.py RUNS LOWER ANY OUT
+    OMP_NUM_THREADS=1 python results/lr-oracle/seed3.py RUNS LOWER ANY OUT [--gap-adaptive]
 
 RUNS: lr-oracle's run directories (grid runs, each with config.json); LOWER, ANY: the output folders of
 
@@ -16,7 +16,9 @@ This script trains, for every cell, one run at the cell's best fixed rate (chose
 runner), and scores both rules against it on the same seed: within max(0.02, one binomial SE of that
 run's final accuracy), no collapse (an evaluation at or below half the start), and 90% of the best run's
 final accuracy in at most 1.5x its steps. It prints the table and writes `seed3.parquet` and
-`seed3.json` beside this script.
+`seed3.json` beside this script. With --gap-adaptive it also trains the gap-adaptive rule from both
+starts on seed 3, plain (`gap`) and with its ratchet (`ratchet`: `adaptive_ratchet`, the lowest
+running critical rate so far), and scores them the same way.
 """
 
 from __future__ import annotations
@@ -52,12 +54,35 @@ def _final(rows: list[dict]) -> tuple[float, dict[int, float]]:
     return float(np.mean([ev[s] for s in sorted(ev)[-2:]])), ev
 
 
+STARTS = (3e-5, 3e-3)  # lr-oracle's adaptive_starts: the grid's lowest and highest rate
+GAP_RULES = {"gap": {"schedule": "gap-adaptive"}, "ratchet": {"schedule": "gap-adaptive", "adaptive_ratchet": True}}
+
+
+def gap_adaptive(cells: list[dict], todo: list[dict], out: Path) -> dict[str, list[dict]]:
+    """The gap-adaptive rule, plain and with its ratchet (``adaptive_ratchet``), from both starts on seed 3:
+    rows shaped like lr-oracle's adaptive.parquet (task, preset, start_lr, accuracy_final, collapsed, steps_to_90pct)."""
+    rows: dict[str, list[dict]] = {}
+    for name, rule in GAP_RULES.items():
+        runs = [params | {"lr": lr} | rule for params in todo for lr in STARTS]
+        got = run_sweep(_recommended_cell, runs, out / name, workers=2).to_pylist()
+        rows[name] = []
+        for c in cells:
+            for lr in STARTS:
+                mine = [r for r in got if r["task"] == c["task"] and r["preset"] == c["preset"] and r["lr"] == lr]
+                final, curve = _final(mine)
+                start = curve[min(curve)]
+                rows[name].append({"task": c["task"], "preset": c["preset"], "start_lr": lr, "accuracy_final": final,
+                                   "collapsed": min(curve.values()) <= start / 2, "curve": curve})
+    return rows
+
+
 def main(runs: Path, lower: Path, any_: Path, out: Path) -> None:
     cells = pq.read_table(HERE / "cells.parquet").to_pylist()
     settings = _settings(runs)
     todo = [{k: settings[(c["task"], c["preset"], c["best_lr"])][k] for k in _RUN_KEYS} | {"lr": c["best_lr"], "seed": SEED}
             for c in cells]
     best = run_sweep(_recommended_cell, todo, out / "best3", workers=2).to_pylist()
+    gap_rows = gap_adaptive(cells, todo, out) if "--gap-adaptive" in FLAGS else {}
     rows = []
     for c, params in zip(cells, todo):
         mine = [r for r in best if r["task"] == c["task"] and r["preset"] == c["preset"]]
@@ -78,11 +103,20 @@ def main(runs: Path, lower: Path, any_: Path, out: Path) -> None:
                     row[key + "_collapsed"] = bool(a["collapsed"])
                     row[key + "_fast"] = bool(a["steps_to_90pct"] <= 1.5 * ref_steps) if math.isfinite(ref_steps) else bool(
                         a["steps_to_90pct"] < math.inf)
+        for name, t in gap_rows.items():
+            for a in t:
+                if a["task"] == c["task"] and a["preset"] == c["preset"]:
+                    key = f"{name}_{a['start_lr']:g}"
+                    reach = min([s for s, acc in sorted(a["curve"].items()) if acc >= goal], default=math.inf)
+                    row[key] = a["accuracy_final"]
+                    row[key + "_ok"] = bool(a["accuracy_final"] >= ref - tol)
+                    row[key + "_collapsed"] = bool(a["collapsed"])
+                    row[key + "_fast"] = bool(reach <= 1.5 * ref_steps) if math.isfinite(ref_steps) else bool(reach < math.inf)
         rows.append(row)
     table = pa.Table.from_pylist(rows)
     pq.write_table(table, HERE / "seed3.parquet")
     summary = {}
-    for name in ("lower", "any"):
+    for name in ("lower", "any", *gap_rows):
         keys = [k for k in rows[0] if k.startswith(name + "_") and k.count("_") == 1]
         ok = sum(r[k + "_ok"] for r in rows for k in keys)
         coll = sum(r[k + "_collapsed"] for r in rows for k in keys)
@@ -95,10 +129,14 @@ def main(runs: Path, lower: Path, any_: Path, out: Path) -> None:
     print(json.dumps(summary, indent=2))
     for r in rows:
         print(f"{r['task'][:40]:40s} {r['preset']:8s} best {r['best_lr']:.2g}: {r['best3']:.3f} ±{r['tolerance']:.3f} | "
-              + " ".join(f"{k} {r[k]:.3f}{'' if r[k + '_ok'] else '*'}" for k in r if k.count("_") == 1 and k.split("_")[0] in ("lower", "any")))
+              + " ".join(f"{k} {r[k]:.3f}{'' if r[k + '_ok'] else '*'}" for k in r if k.count("_") == 1 and k.split("_")[0] in
+                         ("lower", "any", *gap_rows)))
 
+
+FLAGS = [a for a in sys.argv[1:] if a.startswith("--")]
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if len(args) != 4:
         sys.exit(__doc__)
-    main(*(Path(a) for a in sys.argv[1:]))
+    main(*(Path(a) for a in args))

@@ -141,6 +141,8 @@ class GapConfig:
     gap_fraction: float = field(default=0.5, metadata={"help": "gap-adaptive: aim at this fraction of the critical rate"})
     gap_smoothing: float = field(default=0.8, metadata={"help": "gap-adaptive: weight of the past in the running estimate"})
     gap_growth: float = field(default=1.1, metadata={"help": "gap-adaptive: growth per step while no threshold is in sight"})
+    gap_ratchet: bool = field(default=False, metadata={
+        "help": "gap-adaptive: aim at the lowest running critical rate seen so far (the critical rate falls as J rises)"})
     gap_lr_min: float | None = field(default=None, metadata={"help": "gap-adaptive: lowest peak rate (default learning_rate / 100)"})
     gap_lr_max: float | None = field(default=None, metadata={"help": "gap-adaptive: highest peak rate (default learning_rate × 100)"})
     gap_alpha: float = field(default=0.0, metadata={
@@ -286,7 +288,7 @@ class GapGRPOTrainer(GRPOTrainer):
         if g.gap_schedule == "gap-adaptive":
             rule = GapAdaptiveRate(g.gap_fraction, g.gap_smoothing, g.gap_growth,
                                    g.gap_lr_min if g.gap_lr_min is not None else a.learning_rate / 100,
-                                   g.gap_lr_max if g.gap_lr_max is not None else a.learning_rate * 100)
+                                   g.gap_lr_max if g.gap_lr_max is not None else a.learning_rate * 100, g.gap_ratchet)
         self.gap_monitor = GapMonitor(patience=g.gap_patience, adaptive=rule, on_warning=self._gap_warn)
         self.gap_scale = 1.0  # the rule's peak rate / learning_rate (gap-adaptive)
         self._gap_batch: dict | None = None  # the local generation batch (before TRL shuffles it)

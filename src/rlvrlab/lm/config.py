@@ -53,6 +53,8 @@ class TrainConfig:
     adaptive_fraction: float = _doc(0.5, "gap-adaptive: the next rate is this fraction of the smoothed critical rate, in (0, 1].")
     adaptive_smoothing: float = _doc(0.8, "gap-adaptive: weight on the past in the running mean of the critical rate, in [0, 1).")
     adaptive_growth: float = _doc(1.1, "gap-adaptive: factor the rate grows by while no critical rate is in sight, in [1, 2].")
+    adaptive_ratchet: bool = _doc(False, "gap-adaptive: aim at the lowest running critical rate seen so far (after its warm-up), "
+                                         "not the current one: the critical rate falls as J rises (eq. 17-18).")
     probe_every: int = _doc(0, "probe: scan again every this many steps (0: only before the first step).")
     probe_rescan: str = _doc("any", "probe: what a re-scan may do to the aim: any (follow it) or lower (only lower it: the "
                                     "critical rate falls as the success rate rises, eq. 17-18).")

@@ -157,6 +157,12 @@ class GapAdaptiveRate:
     a factor 2 per step and kept in [lr_min, lr_max]. While no threshold is in sight (r undefined
     or ≤ 0) the rate grows by `growth`. A step at rate 0 (a warm-up's first) carries no
     information and leaves everything as it is.
+
+    With `ratchet` the rule aims at the lowest running mean seen so far instead of the current
+    one, once the mean has averaged about 1/(1 − smoothing) estimates (`estimates`): the critical
+    rate falls as the success rate rises (eq. 17–18), so an estimate that rises during training
+    (as `gap/lr_crit` does on the language models, 2–4.6e-4 early to 1.1–1.9e-3 late on add) is
+    read as the estimate's drift, not as room for a larger step.
     """
 
     fraction: float = 0.5
@@ -164,7 +170,10 @@ class GapAdaptiveRate:
     growth: float = 1.1
     lr_min: float = 1e-6
     lr_max: float = 1e-1
+    ratchet: bool = False
     log_lr_crit: float = math.nan
+    log_lr_crit_min: float = math.nan  # ratchet: the lowest running mean since the warm-up
+    estimates: int = 0  # finite estimates folded into the running mean
 
     @staticmethod
     def check(fraction: float, smoothing: float, growth: float, *, prefix: str) -> None:
@@ -184,9 +193,14 @@ class GapAdaptiveRate:
             x = math.log(lr / ratio)
             a = self.smoothing
             self.log_lr_crit = x if math.isnan(self.log_lr_crit) else a * self.log_lr_crit + (1 - a) * x
+            self.estimates += 1
+            if self.ratchet and self.estimates >= round(1 / (1 - a)):
+                self.log_lr_crit_min = min(self.log_lr_crit, self.log_lr_crit_min) if math.isfinite(self.log_lr_crit_min) \
+                    else self.log_lr_crit
         if math.isnan(self.log_lr_crit):
             target = self.growth * lr
         else:
-            target = self.fraction * math.exp(self.log_lr_crit)
+            aim = min(self.log_lr_crit, self.log_lr_crit_min) if math.isfinite(self.log_lr_crit_min) else self.log_lr_crit
+            target = self.fraction * math.exp(aim)
         new = min(max(target, lr / 2), 2 * lr)
         return min(max(new, self.lr_min), self.lr_max)

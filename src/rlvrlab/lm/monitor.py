@@ -168,9 +168,12 @@ class GapMonitor:
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs (JSON-able: non-finite floats are kept as such by json)."""
-        log_crit = self.adaptive.log_lr_crit if self.adaptive is not None else math.nan
+        rule = self.adaptive
+        log_crit = rule.log_lr_crit if rule is not None else math.nan
+        log_min = rule.log_lr_crit_min if rule is not None else math.nan
         return {"M": dict(self.M), "warned": sorted(self.warned), "history": list(self.history),
-                "prompt_history": list(self.prompt_history), "log_lr_crit": None if math.isnan(log_crit) else log_crit}
+                "prompt_history": list(self.prompt_history), "log_lr_crit": None if math.isnan(log_crit) else log_crit,
+                "log_lr_crit_min": None if math.isnan(log_min) else log_min, "estimates": rule.estimates if rule is not None else 0}
 
     def load_state_dict(self, state: dict) -> None:
         self.M = dict(state["M"])
@@ -179,3 +182,6 @@ class GapMonitor:
         self.prompt_history = list(state.get("prompt_history", []))  # checkpoints from before per_prompt have none
         if self.adaptive is not None:
             self.adaptive.log_lr_crit = math.nan if state["log_lr_crit"] is None else state["log_lr_crit"]
+            log_min = state.get("log_lr_crit_min")  # checkpoints from before the ratchet have neither
+            self.adaptive.log_lr_crit_min = math.nan if log_min is None else log_min
+            self.adaptive.estimates = state.get("estimates", 0)

@@ -139,7 +139,7 @@ class GRPOTrainer:
         self.step = 0
         self.probe_target = math.nan  # schedule "probe": the rate it aims at, from the last scan
         rule = GapAdaptiveRate(config.adaptive_fraction, config.adaptive_smoothing, config.adaptive_growth,
-                               config.lr_min, config.lr_max) if config.schedule == "gap-adaptive" else None
+                               config.lr_min, config.lr_max, config.adaptive_ratchet) if config.schedule == "gap-adaptive" else None
         self.monitor = GapMonitor(adaptive=rule, on_warning=self.on_warning, per_prompt=config.prompt_table)
         self.prompt_index = {p.prompt: i for i, p in enumerate(self.train_set)}  # a prompt's id in prompts.parquet
         self.writer = None
