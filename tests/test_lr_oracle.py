@@ -49,3 +49,13 @@ def test_the_adaptive_rules_settings_are_refused_with_their_allowed_values(setti
 
     with pytest.raises(ValueError, match=message):
         resolve_config("lr-oracle", settings=[setting])
+
+
+def test_the_lists_whose_empty_value_means_something_take_none_and_others_refuse_it():
+    from rlvrlab.experiments.runner import resolve_config
+
+    c = resolve_config("lr-oracle", settings=["adaptive_starts=none", "adaptive_seeds="])
+    assert c.adaptive_starts == () and c.adaptive_seeds == ()
+    assert resolve_config("lr-oracle", settings=["adaptive_seeds=3,4"]).adaptive_seeds == (3, 4)
+    with pytest.raises(ValueError, match="--set seeds: got 'none'; allowed: a comma-separated list of integers"):
+        resolve_config("lr-oracle", settings=["seeds=none"])  # the grid's seeds have no empty meaning

@@ -35,7 +35,9 @@ __all__ = ["Check", "Experiment", "Progress", "Result", "apply_settings", "descr
 
 
 def setting(default: Any, help: str, **kw: Any) -> Any:
-    """A config field with its documentation (shown by ``rlvrlab list``)."""
+    """A config field with its documentation (shown by ``rlvrlab list``). ``empty=True`` on a list
+    setting lets ``--set NAME=none`` (or ``NAME=``) give the empty list, where its help says what
+    empty means; other lists refuse it."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults (configs are frozen)")
     return field(default=default, metadata={"help": help, **kw})
@@ -156,7 +158,11 @@ def apply_settings(config: Any, assignments: Sequence[str] | Mapping[str, Any]) 
     for key, value in items:
         if key not in names:
             _checks.fail(f"setting '{key}'", key, "the settings of this experiment: " + ", ".join(names))
-        changes[key] = _parse(value, hints[key], key) if isinstance(value, str) else value
+        empty = dataclasses.fields(config)[names.index(key)].metadata.get("empty", False)
+        if isinstance(value, str) and empty and value.strip().lower() in ("", "none"):
+            changes[key] = ()
+        else:
+            changes[key] = _parse(value, hints[key], key) if isinstance(value, str) else value
     return dataclasses.replace(config, **changes)
 
 

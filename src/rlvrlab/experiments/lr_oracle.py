@@ -86,11 +86,11 @@ class LrOracleConfig:
     probe_tuned_on: tuple[int, ...] = setting((1,), "seeds of grid (a) whose probe scans chose probe_steps")
     recommended_runs: bool = setting(True, "train one run per cell and seed at the probe's recommended rate")
     adaptive_starts: tuple[float, ...] = setting((3e-5, 3e-3), "schedule probe (rlvrlab.lm.trainer): one run per cell, seed "
-                                                              "and start rate (the grid's lowest and highest); empty: none")
+                                                              "and start rate (the grid's lowest and highest); none: no such runs", empty=True)
     probe_every: int = setting(20, "schedule probe: steps between scans")
     probe_rescan: str = setting("any", "schedule probe: what a re-scan may do to the aim, any or lower (rlvrlab.lm.config)")
-    adaptive_seeds: tuple[int, ...] = setting((), "schedule probe: seeds of its runs; empty: the grids' own (a rule chosen by "
-                                                  "looking at runs is scored on other seeds)")
+    adaptive_seeds: tuple[int, ...] = setting((), "schedule probe: seeds of its runs; none: the grids' own (a rule chosen by "
+                                                  "looking at runs is scored on other seeds)", empty=True)
     runs_from: str = setting("", "a directory of finished grid-(a) runs to use (e.g. warning-bench's runs/); empty: none")
     workers: int = setting(2, "runs trained at once (one torch thread each)")
 
