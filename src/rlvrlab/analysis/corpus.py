@@ -219,8 +219,11 @@ def prompt_success_scaling(J: Any, var_plus: Any, var_minus: Any, crit_ratio: An
                         "pooled_eta_crit_per_delta_mu": float(per_unit(vm[sel].mean(), vp[sel].mean())),
                         "median_eta_crit_per_delta_mu": float(np.median(x)) if censored < 0.5 else math.nan,
                         "median_crit_ratio": float(np.median(np.where(np.isfinite(r), r, 0.0))) if np.isfinite(r).any() else math.nan})
-    cells = [(label, j, float(per_unit(vm[s].mean(), vp[s].mean())))
-             for label in np.unique(g[ok]) for j in np.unique(J[ok & (g == label)]) if (s := ok & (g == label) & (J == j)).any()]
+    cells = []  # (group, J, pooled η_crit/Δμ) for every pair that has prompts
+    for label in np.unique(g[ok]):
+        for j in np.unique(J[ok & (g == label)]):
+            sel = ok & (g == label) & (J == j)
+            cells.append((label, j, float(per_unit(vm[sel].mean(), vp[sel].mean()))))
     cx = np.array([1 - j for _, j, _ in cells])
     cy = np.array([v for _, _, v in cells])
     pooled = loglog_slope(cx, cy, groups=[label for label, _, _ in cells]) if len(cells) >= 3 else _NO_FIT

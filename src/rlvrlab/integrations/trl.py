@@ -83,7 +83,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -229,6 +229,24 @@ def _active_dropout(model: torch.nn.Module) -> str:
     return " and ".join(parts)
 
 
+def success_reward_index(trainer: GRPOTrainer, name: str | None, *, setting: str, unnamed: Any) -> int:
+    """The index of the reward function named ``name`` that verifies success (the only one when
+    ``name`` is empty); refused, as ``setting`` (showing ``unnamed`` when no name was given), when the
+    name is unknown, several functions leave it ambiguous, or it names a reward model."""
+    names = list(trainer.reward_func_names)
+    if name:
+        _checks.choose(setting, name, names)
+        index = names.index(name)
+    elif len(names) == 1:
+        index = 0
+    else:
+        _checks.fail(setting, unnamed, f"the name of the reward function that verifies success, one of {', '.join(names)} "
+                     "(the theory needs a 0/1 success per completion)")
+    if isinstance(trainer.reward_funcs[index], torch.nn.Module):
+        _checks.fail(setting, names[index], "a reward function that verifies success (a callable returning 0/1), not a reward model")
+    return index
+
+
 def _recording(func, sink: list):
     """``func`` (a TRL reward function, sync or async) with each call's outputs appended to ``sink``."""
     if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):
@@ -261,17 +279,7 @@ class GapGRPOTrainer(GRPOTrainer):
         self._gap_inputs: dict | None = None  # the micro-batch whose training forward is under way
         super().__init__(*args, **kwargs)
         g, a = self.gap, self.args
-        if g.gap_success_reward:
-            _checks.choose("gap_success_reward", g.gap_success_reward, self.reward_func_names)
-            index = self.reward_func_names.index(g.gap_success_reward)
-        elif len(self.reward_func_names) == 1:
-            index = 0
-        else:
-            _checks.fail("gap_success_reward", "", f"the name of the reward function that verifies success, one of "
-                         f"{', '.join(self.reward_func_names)} (the theory needs a 0/1 success per completion)")
-        if isinstance(self.reward_funcs[index], torch.nn.Module):
-            _checks.fail("gap_success_reward", self.reward_func_names[index],
-                         "a reward function that verifies success (a callable returning 0/1), not a reward model")
+        index = success_reward_index(self, g.gap_success_reward, setting="gap_success_reward", unnamed="")
         self._gap_rewards: list[list] = []  # the success reward's outputs since the last generation batch
         self.reward_funcs[index] = _recording(self.reward_funcs[index], self._gap_rewards)
         if g.gap_diagnostics and a.steps_per_generation != a.gradient_accumulation_steps:

@@ -62,7 +62,7 @@ from trl.models.utils import disable_gradient_checkpointing
 
 from rlvrlab import _checks
 from rlvrlab.gap import gap_stats_mc
-from rlvrlab.integrations.trl import _MULTIMODAL, GapGRPOTrainer, GRPOTrainer, _recording
+from rlvrlab.integrations.trl import _MULTIMODAL, GapGRPOTrainer, GRPOTrainer, _recording, success_reward_index
 from rlvrlab.lm.diagnostics import critical_ratio
 from rlvrlab.lm.probe import ProbeResult, check_probe, scan_rates, success_rate
 
@@ -157,19 +157,10 @@ def _check_trainer(trainer: Any, success_reward: str | None, success_threshold: 
                      "none: their state is the user's, and the probe could not put it back")
     if trainer.accelerator.scaler is not None:
         _checks.fail("fp16", a.fp16, "False (bf16 or float32): fp16's loss scaling is the prepared optimizer's")
-    names = list(trainer.reward_func_names)
     gap = trainer.gap if isinstance(trainer, GapGRPOTrainer) else None
     if success_reward is None and gap is not None and gap.gap_success_reward:
         success_reward = gap.gap_success_reward
-    if success_reward is not None:
-        _checks.choose("success_reward", success_reward, names)
-        index = names.index(success_reward)
-    elif len(names) == 1:
-        index = 0
-    else:
-        _checks.fail("success_reward", None, f"the name of the reward function that verifies success, one of {', '.join(names)}")
-    if isinstance(trainer.reward_funcs[index], torch.nn.Module):
-        _checks.fail("success_reward", names[index], "a reward function that verifies success (a callable), not a reward model")
+    index = success_reward_index(trainer, success_reward, setting="success_reward", unnamed=None)
     if success_threshold is None:
         success_threshold = gap.gap_success_threshold if gap is not None else 1.0
     if isinstance(success_threshold, bool) or not isinstance(success_threshold, (int, float)) or not math.isfinite(success_threshold):

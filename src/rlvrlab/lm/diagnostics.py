@@ -84,20 +84,21 @@ def prompt_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: f
 
 
 def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
-                     mean_length: float = math.nan) -> dict[str, float]:
+                     mean_length: float = math.nan, per: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """``gap/...`` diagnostics of one step from the post-step log-ratios.
 
     delta_logp: (B, G) log π_new(o) - log π_old(o) of each sampled completion
     reward:     (B, G) 0/1
     eta:        ‖θ_new - θ_old‖ (for the score-unit variances and eta_crit; NaN: not measured)
     grad_norm, mean_length: for the paper's ‖g_GRPO‖ proxy
+    per:        ``prompt_diagnostics`` of the same inputs, when the caller has it already
 
     The critical step follows rlvrlab.theory's convention (see ``critical_ratio``): crit_ratio
     is 0 and eta_crit inf where there is no threshold, crit_ratio inf and eta_crit 0 after a step
     against the gap, NaN where no group has both outcomes. The per-prompt mean and max are over
     prompts with a finite ratio; ``prompts_past_crit`` counts every mixed prompt above 1.
     """
-    per = prompt_diagnostics(delta_logp, reward, eta=eta)
+    per = prompt_diagnostics(delta_logp, reward, eta=eta) if per is None else per
     pooled = gap_stats_mc(reward.reshape(1, -1), proj=delta_logp.reshape(1, -1))
     pooled_change = log_odds_change_mc(delta_logp.reshape(1, -1), reward.reshape(1, -1))
     mixed, ratio = per["mixed"], per["crit_ratio"]

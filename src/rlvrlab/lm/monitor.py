@@ -107,9 +107,9 @@ class GapMonitor:
         prompt_ids, lengths: with per_prompt, each group's prompt (default: its index in the batch)
                     and the (B, G) completion lengths, kept in its prompt row
         """
-        diag = step_diagnostics(delta_logp, success, eta=eta, grad_norm=grad_norm, mean_length=mean_length)
+        per = prompt_diagnostics(delta_logp, success, eta=eta)  # once: the step's means and the prompt rows share it
+        diag = step_diagnostics(delta_logp, success, eta=eta, grad_norm=grad_norm, mean_length=mean_length, per=per)
         if self.per_prompt:
-            per = prompt_diagnostics(delta_logp, success, eta=eta)
             B, G = success.shape
             ids = list(range(B)) if prompt_ids is None else list(prompt_ids)
             length = lengths.float().mean(-1).tolist() if lengths is not None else [math.nan] * B
