@@ -50,6 +50,7 @@ from rlvrlab.policies import TokenSoftmax
 from rlvrlab.policies.model import Enumerated, Model
 from rlvrlab.simulate import initial_theta, simulate, token_bandit
 from rlvrlab.updates import Direction, get_preset, make_direction, make_step_size
+from rlvrlab.updates.directions import unit_rows
 
 __all__ = ["EXPERIMENT", "MultiPromptConfig", "alignment_ratio", "batch_alignment_from_prompts", "cosine",
            "dynamic_sampling_weights", "plot", "run"]
@@ -192,19 +193,14 @@ def _instances(config: MultiPromptConfig, gen: torch.Generator) -> list[_Instanc
     return out
 
 
-def _normalize(g: torch.Tensor) -> torch.Tensor:
-    n = g.norm(dim=-1, keepdim=True)
-    return torch.where(n > 0, g / n.clamp(min=1e-300), torch.zeros_like(g))
-
-
 def _grpo_unit(ctx) -> Direction:
     """GRPO's exact expected update (eq. 5), normalized: ‖w‖ = 1 as Lemma 7's proof needs."""
-    return Direction(_normalize(ctx.model.expected_update(ctx.theta, ctx.weights, get_preset("grpo"))))
+    return Direction(unit_rows(ctx.model.expected_update(ctx.theta, ctx.weights, get_preset("grpo"))))
 
 
 def _random_unit(gen: torch.Generator):
     def fn(ctx) -> Direction:
-        return Direction(_normalize(torch.randn(ctx.theta.shape, generator=gen, dtype=ctx.theta.dtype)))
+        return Direction(unit_rows(torch.randn(ctx.theta.shape, generator=gen, dtype=ctx.theta.dtype)))
 
     return fn
 

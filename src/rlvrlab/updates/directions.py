@@ -37,10 +37,11 @@ from rlvrlab import _checks
 from rlvrlab.updates.context import Direction, StepContext, bind
 from rlvrlab.updates.presets import Preset, get_preset, policy_loss
 
-__all__ = ["DIRECTIONS", "make_direction"]
+__all__ = ["DIRECTIONS", "make_direction", "unit_rows"]
 
 
-def _normalize(g: torch.Tensor) -> torch.Tensor:
+def unit_rows(g: torch.Tensor) -> torch.Tensor:
+    """Each row of g (..., d) scaled to norm 1; a zero row stays 0."""
     norm = g.norm(dim=-1, keepdim=True)
     return torch.where(norm > 0, g / norm.clamp(min=torch.finfo(g.dtype).tiny), torch.zeros_like(g))
 
@@ -57,7 +58,7 @@ def normalized_gradient(ctx: StepContext) -> Direction:
 
 def gap(ctx: StepContext) -> Direction:
     """The normalized Gradient Gap g+ - g- (eq. 8): parallel to ∇J by (9) / Lemma 8."""
-    return Direction(_normalize(ctx.model.gap_vector(ctx.theta, ctx.weights)))
+    return Direction(unit_rows(ctx.model.gap_vector(ctx.theta, ctx.weights)))
 
 
 def _sampled_update(ctx: StepContext, preset: Preset, G: int, lr: float | None) -> Direction:
@@ -90,7 +91,7 @@ def reinforce(ctx: StepContext, *, G: int, baseline: str = "loo", normalize: boo
     """Sampled REINFORCE with G responses per prompt and a baseline (eq. 4)."""
     _checks.choose("baseline", baseline, BASELINES)
     d = _sampled_update(ctx, Preset(baseline, "pg", "seq-mean-token-sum"), G, None)
-    return Direction(_normalize(d.w) if normalize else d.w, d.samples, d.metrics)
+    return Direction(unit_rows(d.w) if normalize else d.w, d.samples, d.metrics)
 
 
 def preset_update(ctx: StepContext, *, preset: str, G: int, lr: float | None = None, **overrides: Any) -> Direction:
