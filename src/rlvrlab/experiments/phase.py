@@ -253,6 +253,12 @@ def tolerated_prompts(prompts: int, target_J: float) -> int:
     return math.floor(prompts * (1 - target_J) + 1e-9)
 
 
+def _no_prediction_steps() -> pa.Table:
+    """The safe run's per-step record when there is none (predict_steps = 0): no rows, its columns."""
+    return pa.table({"k": pa.array([], pa.int64()), "J": pa.array([], pa.float64()), "eta": pa.array([], pa.float64()),
+                     "m_min": pa.array([], pa.float64()), "m_tolerant": pa.array([], pa.float64())})
+
+
 def _predict(params: dict, model, theta0: torch.Tensor) -> tuple[dict[str, float], pa.Table]:
     """The cell's predicted critical rates (pred_min, pred_tolerant, pred_second_order) and the safe
     run's record per step (k, J, eta, m_min, m_tolerant); nan and no rows where predict_steps = 0."""
@@ -261,9 +267,7 @@ def _predict(params: dict, model, theta0: torch.Tensor) -> tuple[dict[str, float
     preset = get_preset(name, **overrides)
     second = predicted_critical_rates(model, theta0, preset)[1] if K else math.nan
     if K == 0:
-        return ({"pred_min": math.nan, "pred_tolerant": math.nan, "pred_second_order": second},
-                pa.table({"k": pa.array([], pa.int64()), "J": pa.array([], pa.float64()), "eta": pa.array([], pa.float64()),
-                          "m_min": pa.array([], pa.float64()), "m_tolerant": pa.array([], pa.float64())}))
+        return {"pred_min": math.nan, "pred_tolerant": math.nan, "pred_second_order": second}, _no_prediction_steps()
     direction = make_direction("expected", preset=name, **overrides)
     pred = predict_critical_rate(model, theta0, direction, steps=K, fraction=params["predict_fraction"], eta_max=params["lr_max"])
     m = tolerated_prompts(params["prompts"], params["target_J"])
@@ -315,7 +319,7 @@ def run(config: PhaseConfig, progress: Progress, workdir: Path) -> Result:
                        on_cell=progress.task("phase: (preset, T, instance) cells, their J0s together", len(groups)))
     tables = {name: _in_cell_order(t, cells) for name, t in tables.items()}
     if "prediction" not in tables:  # predict_steps = 0: every cell's table is empty, and a sweep keeps no empty part
-        tables["prediction"] = _predict(dict(cells[0], predict_steps=0), None, None)[1]
+        tables["prediction"] = _no_prediction_steps()
     cols = columns(tables["critical"], ("preset", "T", "J0", "seed", "lr", "lr_crit_low", "lr_crit_high"))
     preset = np.asarray(tables["critical"].column("preset").to_pylist())
     checks, slopes = [], {}
