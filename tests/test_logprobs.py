@@ -244,3 +244,40 @@ def test_grouped_passes_give_the_log_probs_entropy_and_gradients_of_one_pass(mak
             assert float((g - g1).abs().max()) <= 1e-5 * (float(g1.abs().max()) + 1e-12) + 1e-9
         where = torch.cat([w for w, _ in log_softmax_chunks(model, roll, chunk_size=4)])
         assert torch.equal(where, roll.completion_mask.flatten().nonzero().squeeze(1))  # row-major, as documented
+
+
+def test_small_passes_run_eager_attention_with_the_sdpa_values_and_restore_the_setting(monkeypatch):
+    """`attention_for`: a pass with few attention scores runs transformers' eager attention (the
+    same function as SDPA up to rounding: log-probs and gradients within 1e-5 of the SDPA pass);
+    above the limit, and after the pass, the model's own SDPA setting is in place, an error inside
+    included. Which implementation ran is read off the attention functions called."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = _qwen()
+    assert model.config._attn_implementation == "sdpa"
+    roll = _rollout(3, 2, 5, 12, seed=3)
+    N, T = roll.completion_ids.shape
+    scores = N * model.config.num_attention_heads * T * (roll.prompt_ids.shape[1] + T)  # per layer
+    ran = []
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", lambda *a, **k: (ran.append("sdpa"), sdpa(*a, **k))[1])
+    params = list(model.parameters())
+    weight = torch.randn(N, T, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for limit in (scores, scores - 1):  # eager at the limit, SDPA one score above it
+        monkeypatch.setattr(logprobs, "EAGER_ATTENTION_SCORES", limit)
+        ran.clear()
+        logp, _ = token_logprobs(model, roll)
+        results[limit] = (logp, torch.autograd.grad((logp * weight).sum(), params))
+        assert bool(ran) == (limit < scores)  # the SDPA function ran only above the limit
+        assert model.config._attn_implementation == "sdpa"
+    (eager, g_eager), (plain, g_plain) = results[scores], results[scores - 1]
+    torch.testing.assert_close(eager, plain, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_eager, g_plain):
+        assert float((a - b).abs().max()) <= 1e-5 * (float(b.abs().max()) + 1e-12)
+    monkeypatch.setattr(logprobs, "EAGER_ATTENTION_SCORES", scores)
+    with pytest.raises(RuntimeError, match="inside"):
+        with logprobs.attention_for(model, roll):
+            assert model.config._attn_implementation == "eager"
+            raise RuntimeError("inside")
+    assert model.config._attn_implementation == "sdpa"

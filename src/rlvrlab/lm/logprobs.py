@@ -36,12 +36,22 @@ positions, and the forward + backward took 10-20% less time). A group costs one 
 group is split off only where it saves 5% of a pass over the batch (BUCKET_MIN_SAVING; at most
 16 new tokens, where most completions run to the end, groups neither paid nor cost measurably).
 The numbers are those of one pass up to rounding: the same operations, on batches of other shapes.
+
+Attention: where a pass's attention scores are few (`EAGER_ATTENTION_SCORES`), a model that runs
+PyTorch's SDPA runs transformers' eager attention for the pass instead (two matrix products and a
+softmax): the same function up to rounding (a few 1e-6 in the log-probs), and on the CPU cheaper
+at these sizes than SDPA's flash kernel, whose fixed cost per (row, head) block dominates when a
+block is a few dozen positions (the benchmark's 16 new tokens: the forward + backward took 46-47
+ms against 51-56, the no-grad pass 14.5 against 17-18). Eager attention keeps its scores for the
+backward pass (rows · heads · queries · keys per layer), which is why it is used only where they
+are few. The sampler keeps SDPA: one query per step, where eager attention was slower.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,8 +60,9 @@ from torch.utils.checkpoint import checkpoint
 if TYPE_CHECKING:
     from rlvrlab.lm.sampling import Rollout
 
-__all__ = ["BUCKET_MIN_SAVING", "CHUNK_ELEMENTS", "chunk_positions", "head_inputs", "length_buckets", "log_softmax_chunks",
-           "next_token_logprobs", "positions", "prefill", "token_logprobs"]
+__all__ = ["BUCKET_MIN_SAVING", "CHUNK_ELEMENTS", "EAGER_ATTENTION_SCORES", "attention_for", "chunk_positions",
+           "head_inputs", "length_buckets", "log_softmax_chunks", "next_token_logprobs", "positions", "prefill",
+           "token_logprobs"]
 
 # Logits per chunk (C·V): 64 MB of float32; C = 110 positions at V = 151,936. A chunk's working
 # set is a few such tensors (logits, log-softmax, their gradients).
@@ -60,6 +71,10 @@ CHUNK_ELEMENTS = 2**24
 # `length_buckets`: a further pass of the backbone over a group of completions must save at least
 # this share of the padded positions of one pass over the batch (a pass has a fixed cost of its own).
 BUCKET_MIN_SAVING = 0.05
+
+# `attention_for`: a pass whose attention scores (rows · heads · queries · keys, each layer) number at
+# most this runs eager attention instead of SDPA (32 MB of float32 scores per layer, kept for the backward).
+EAGER_ATTENTION_SCORES = 2**23
 
 # Config fields that make a model's logits something other than lm_head(hidden) (TRL's fused LM
 # head reads the same ones): such models use their own logits.
@@ -80,6 +95,27 @@ def prefill(net, ids: torch.Tensor, mask: torch.Tensor, G: int, *, last: Callabl
     if G > 1:
         cache.batch_repeat_interleave(G)
     return last(out)[:, -1].repeat_interleave(G, 0), cache
+
+
+@contextmanager
+def attention_for(model, rollout: Rollout, *, limit: int | None = None):
+    """Run the passes inside with eager attention where the model uses SDPA and the rollout's
+    attention scores, N · heads · T · (P + T) per layer, number at most ``limit`` (default:
+    EAGER_ATTENTION_SCORES; module docstring); the model's own setting is restored on leaving.
+    Any other model is left alone."""
+    limit = EAGER_ATTENTION_SCORES if limit is None else limit
+    config = getattr(model, "config", None)
+    heads = getattr(config.get_text_config(), "num_attention_heads", None) if config is not None else None
+    N, T = rollout.completion_ids.shape
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not heads or \
+            N * heads * T * (rollout.prompt_ids.shape[1] + T) > limit:
+        yield
+        return
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
 
 
 def _backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -215,7 +251,8 @@ def log_softmax_chunks(model, rollout: Rollout, *, chunk_size: int | None = None
     entries, in row-major order), C at a time: (flat indices into (N·T) (C,), log-probs (C, V)
     float32). Two models of one vocabulary given the same rollout and chunk_size yield the same
     positions chunk by chunk (zip them to compare the two distributions)."""
-    where, x, _, head = _selected(model, rollout)
+    with attention_for(model, rollout):
+        where, x, _, head = _selected(model, rollout)
     for c in chunk_positions(len(where), _vocab(model, x), chunk_size):
         yield where[c], torch.log_softmax(head(x[c]).float(), -1)
 
@@ -236,7 +273,8 @@ def token_logprobs(model, rollout: Rollout, *, entropy: bool = False,
     entropy of each next-token distribution (N, T) (0 where masked, never with a gradient), from the
     log-softmax in float32, chunk_size positions at a time (default: CHUNK_ELEMENTS // V).
     Differentiable when grad is enabled, with the gradients of the unchunked computation."""
-    where, x, tokens, head = _selected(model, rollout)
+    with attention_for(model, rollout):
+        where, x, tokens, head = _selected(model, rollout)
     chunks = chunk_positions(len(where), _vocab(model, x), chunk_size)
     recompute = torch.is_grad_enabled() and x.requires_grad and len(chunks) > 1
     parts = [checkpoint(_chunk_logprobs, x[c], tokens[c], head, entropy, use_reentrant=False) if recompute
@@ -255,5 +293,6 @@ def next_token_logprobs(model, rollout: Rollout) -> torch.Tensor:
     """log π(· | q, o_<t) over the whole vocabulary at every completion position (N, T, V), float32,
     differentiable when grad is enabled. This holds all N·T·V of them: at a large vocabulary use
     `log_softmax_chunks` (the analyses) or `token_logprobs` (the trainer) instead."""
-    x, head = head_inputs(model, rollout)
+    with attention_for(model, rollout):
+        x, head = head_inputs(model, rollout)
     return torch.log_softmax(head(x).float(), -1)
