@@ -61,3 +61,34 @@ def test_in_time_drops_a_collapsed_runs_alarms_after_its_onset_only():
     s, w = score(runs, intervals=False), score(kept, intervals=False)
     assert (s.recall, w.recall) == (1.0, pytest.approx(2 / 3))
     assert w.f1 == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # TP 2, FP 1 (the healthy run), FN 1 (the late alarm)
+
+
+def test_a_matched_trl_run_follows_the_configs_schedule(tiny_base_model, tmp_path):
+    """train_matched's schedules: constant keeps config.lr; gap-adaptive is the monitor's rule with
+    the config's settings (each next rate is GapAdaptiveRate's, from the step's crit_ratio); probe
+    scans with probe_trl before train() and trains at the clamped recommended rate; a probe that
+    would scan again mid-run is refused with nothing written."""
+    pytest.importorskip("trl")
+    from rlvrlab.integrations.trl_matched import train_matched
+    from rlvrlab.lm.diagnostics import GapAdaptiveRate
+
+    base = dict(model=str(tiny_base_model), task="add", steps=3, batch_size=16, group=4, prompts=40, eval_every=3,
+                eval_samples=1, max_new_tokens=12, lr=1e-3)
+    const = train_matched(TrainConfig(**base), tmp_path / "constant")
+    assert [r["learning_rate"] for r in const[1:]] == [pytest.approx(1e-3)] * 3
+    adaptive = train_matched(TrainConfig(**base, schedule="gap-adaptive", adaptive_ratchet=True, lr_min=1e-4, lr_max=3e-3),
+                             tmp_path / "adaptive")
+    rule = GapAdaptiveRate(0.5, 0.8, 1.1, 1e-4, 3e-3, ratchet=True)
+    lr = 1e-3
+    for row in adaptive[1:]:
+        assert row["learning_rate"] == pytest.approx(lr, rel=1e-6)
+        lr = rule(row["gap/crit_ratio"], lr)
+    probed = train_matched(TrainConfig(**base, schedule="probe", probe_steps=1, probe_fresh=2, lr_min=1e-5, lr_max=1e-2),
+                           tmp_path / "probe")
+    aim = probed[0]["probe/recommended_rate"]
+    assert "probe/critical_rate" in probed[0] and probed[0]["probe/seconds"] > 0
+    want = 1e-3 if math.isnan(aim) else min(max(aim, 1e-5), 1e-2)
+    assert [r["learning_rate"] for r in probed[1:]] == [pytest.approx(want)] * 3
+    with pytest.raises(ValueError, match="probe with probe_every 5"):
+        train_matched(TrainConfig(**base, schedule="probe", probe_every=5), tmp_path / "again")
+    assert not (tmp_path / "again").exists()

@@ -9,11 +9,23 @@ uses, beside the monitor's ``gap/*``). What differs is TRL: its batches, sampler
 Used by warning-bench to check that the monitor's warnings in TRL match those of rlvrlab's trainer
 on the same settings. Only the "grpo" preset has a matched TRL configuration (matched_config).
 A run is atomic: metrics.parquet is written at the end, and a run without it starts over.
+
+The learning rate follows ``config.schedule`` as TRL can run it:
+- constant: ``config.lr``;
+- gap-adaptive: the monitor's rule (GapConfig gap_schedule "gap-adaptive") from ``config.lr``, with
+  the config's adaptive_* settings, ratchet included, and its lr_min / lr_max;
+- probe: `probe_trl` before ``train()``, scanning as rlvrlab's schedule "probe" scans (lr_probe =
+  10·lr_min, lr_min to lr_max at six rates a decade, probe_steps, probe_fresh), then TRL's constant
+  rate at the recommended rate, clamped to [lr_min, lr_max] (``config.lr`` where the scan found none). TRL cannot scan again mid-run
+  (probe_trl runs before ``train()`` only), so probe_every must be 0; and TRL starts at the aim,
+  where rlvrlab's schedule moves toward it from ``config.lr`` by at most 2× a step.
+The probe's result goes in the first row (``probe/*``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -64,6 +76,9 @@ def train_matched(config: TrainConfig, out: str | Path) -> list[dict[str, float]
     if config.preset != "grpo" or config.advantage or config.alpha is not None or config.epochs != 1:
         _checks.fail("preset", config.preset, "grpo with its own advantage, no alpha and epochs 1 (the update matched_config "
                      "reproduces in TRL)")
+    if config.schedule not in ("constant", "gap-adaptive", "probe") or config.schedule == "probe" and config.probe_every:
+        _checks.fail("schedule", config.schedule if config.schedule != "probe" else f"probe with probe_every {config.probe_every}",
+                     "constant, gap-adaptive, or probe with probe_every 0 (TRL's probe runs before train() only)")
     out = Path(out)
     done = out / "metrics.parquet"
     settings = dataclasses.asdict(config)
@@ -97,10 +112,23 @@ def train_matched(config: TrainConfig, out: str | Path) -> list[dict[str, float]
                           temperature=config.temperature, max_grad_norm=config.max_grad_norm, seed=config.seed,
                           logging_steps=1, disable_dropout=True,
                           use_cpu=config.device == "cpu" or config.device == "auto" and not torch.cuda.is_available())
+    gap = GapConfig() if config.schedule != "gap-adaptive" else GapConfig(
+        gap_schedule="gap-adaptive", gap_fraction=config.adaptive_fraction, gap_smoothing=config.adaptive_smoothing,
+        gap_growth=config.adaptive_growth, gap_ratchet=config.adaptive_ratchet, gap_lr_min=config.lr_min, gap_lr_max=config.lr_max)
     trainer = GapGRPOTrainer(model=model, args=args, reward_funcs=correct, processing_class=tok,
-                             train_dataset=datasets.Dataset.from_dict({"prompt": list(train)}),
-                             gap=GapConfig(), callbacks=[Evaluate()])
+                             train_dataset=datasets.Dataset.from_dict({"prompt": list(train)}), gap=gap, callbacks=[Evaluate()])
     trainer.remove_callback(PrinterCallback)
+    first = {"step": 0, "eval/accuracy": evals[0], "gap/M": 0.0}
+    if config.schedule == "probe":
+        from rlvrlab.integrations.trl_probe import probe_trl
+
+        decades = math.log10(config.lr_max / config.lr_min)
+        r = probe_trl(trainer, steps=config.probe_steps, fresh=config.probe_fresh, lr_probe=config.lr_min * 10,
+                      lr_low=config.lr_min, lr_high=config.lr_max, points=max(3, round(6 * decades) + 1))
+        if not math.isnan(r.recommended_rate):
+            trainer.args.learning_rate = min(max(r.recommended_rate, config.lr_min), config.lr_max)
+        first.update({"probe/critical_rate": r.critical_rate, "probe/recommended_rate": r.recommended_rate, "probe/J": r.J0,
+                      "probe/seconds": r.seconds})
     diverged = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GapWarning)  # the rows carry what the monitor saw
@@ -115,7 +143,7 @@ def train_matched(config: TrainConfig, out: str | Path) -> list[dict[str, float]
         if "step" in entry and "train_runtime" not in entry:
             logged.setdefault(int(entry["step"]), {}).update({k: float(v) for k, v in entry.items()
                                                               if isinstance(v, (int, float)) and k not in ("epoch", "step")})
-    rows = [{"step": 0, "eval/accuracy": evals[0], "gap/M": 0.0}]
+    rows = [first]
     for gap in trainer.gap_history:
         step = int(gap["step"])
         row = {**logged.get(step, {}), **gap, "step": step}
