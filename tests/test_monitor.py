@@ -147,6 +147,17 @@ def test_the_ratchet_aims_at_the_lowest_running_critical_rate_after_its_warm_up(
     assert n.adaptive.log_lr_crit_min == m.adaptive.log_lr_crit_min and n.adaptive.estimates == 2
 
 
+def test_a_prior_starts_the_running_critical_rate_and_is_not_counted_as_an_estimate():
+    rule = GapAdaptiveRate(0.5, 0.8, 1.1, 1e-6, 1.0, ratchet=True)
+    for bad in (math.nan, math.inf, 0.0, -1e-3):
+        assert math.isnan(rule.prior(bad)) and math.isnan(rule.log_lr_crit)  # nothing taken
+    assert rule(math.nan, 1e-4) == pytest.approx(1.1e-4)  # without a prior: no estimate, the rate grows
+    assert rule.prior(4e-3) == pytest.approx(2e-3)  # the aim: half the prior
+    assert rule(math.nan, 1e-4) == pytest.approx(2e-4)  # aimed at 2e-3 now, 2x a step at most
+    assert rule(1.0, 1e-3) == pytest.approx(0.5 * math.exp(0.8 * math.log(4e-3) + 0.2 * math.log(1e-3)))  # one estimate 1e-3
+    assert rule.estimates == 1 and math.isnan(rule.log_lr_crit_min)  # the prior does not count toward the ratchet's warm-up
+
+
 def test_bad_patience_is_refused():
     with pytest.raises(ValueError, match=r"^patience: got 0; allowed: an integer >= 1"):
         GapMonitor(patience=0)

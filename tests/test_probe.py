@@ -163,6 +163,33 @@ def test_a_rescan_moves_the_aim_and_with_lower_only_ever_down(tiny_model, tmp_pa
     assert lrs == pytest.approx([1e-3, 2e-3, 2e-3] + ([4e-3, 8e-3, 8e-3] if rescan == "any" else [2e-3] * 3))
 
 
+@pytest.mark.parametrize("start", [1e-2, 1e-4])
+def test_gap_adaptive_started_by_the_probe_aims_at_half_its_critical_rate_from_the_first_step(tiny_model, tmp_path, monkeypatch,
+                                                                                               start):
+    """adaptive_start "probe": one scan before the first step (never again); its critical rate is the
+    rule's prior, so the first step is at min(lr, half of it) and every later rate is the rule's move."""
+    import types
+
+    import rlvrlab.lm.probe
+    from rlvrlab.lm.diagnostics import GapAdaptiveRate
+    from rlvrlab.lm.trainer import GRPOTrainer
+
+    calls = []
+    monkeypatch.setattr(rlvrlab.lm.probe, "scan", lambda trainer, **kw: calls.append(trainer.step) or types.SimpleNamespace(
+        recommended_rate=2e-3, critical_rate=4e-3, J0=0.5, seconds=0.0))
+    cfg = TrainConfig(model=str(tiny_model), task="add", batch_size=16, group=4, prompts=40, max_new_tokens=8, lr=start, seed=1,
+                      schedule="gap-adaptive", adaptive_start="probe", adaptive_ratchet=True, lr_min=1e-5, lr_max=1.0, steps=5,
+                      eval_every=5, eval_samples=1)
+    rows = GRPOTrainer(cfg, tmp_path / "run", reward_fn=_parity).train()[1:]
+    assert calls == [0] and rows[0]["probe/critical_rate"] == 4e-3 and all("probe/critical_rate" not in r for r in rows[1:])
+    rule = GapAdaptiveRate(0.5, 0.8, 1.1, 1e-5, 1.0, ratchet=True)
+    lr = min(start, rule.prior(4e-3))
+    assert rows[0]["learning_rate"] == pytest.approx(min(start, 2e-3))
+    for r in rows:
+        assert r["learning_rate"] == pytest.approx(lr)
+        lr = rule(r["gap/crit_ratio"], lr)
+
+
 def test_probe_rescan_refuses_an_unknown_rule():
     with pytest.raises(ValueError, match="probe_rescan.*any, lower"):
         TrainConfig(model="m", probe_rescan="up")

@@ -89,6 +89,14 @@ def test_a_matched_trl_run_follows_the_configs_schedule(tiny_base_model, tmp_pat
     assert "probe/critical_rate" in probed[0] and probed[0]["probe/seconds"] > 0
     want = 1e-3 if math.isnan(aim) else min(max(aim, 1e-5), 1e-2)
     assert [r["learning_rate"] for r in probed[1:]] == [pytest.approx(want)] * 3
+    started = train_matched(TrainConfig(**base, schedule="gap-adaptive", adaptive_start="probe", probe_steps=1, probe_fresh=2,
+                                        lr_min=1e-5, lr_max=1e-2), tmp_path / "started")
+    rule = GapAdaptiveRate(0.5, 0.8, 1.1, 1e-5, 1e-2)
+    aim = rule.prior(started[0]["probe/critical_rate"])
+    lr = 1e-3 if math.isnan(aim) else min(max(min(1e-3, aim), 1e-5), 1e-2)
+    for row in started[1:]:  # the first step at min(lr, the prior's aim), then the rule's moves from the prior
+        assert row["learning_rate"] == pytest.approx(lr, rel=1e-6)
+        lr = rule(row["gap/crit_ratio"], lr)
     with pytest.raises(ValueError, match="probe with probe_every 5"):
         train_matched(TrainConfig(**base, schedule="probe", probe_every=5), tmp_path / "again")
     assert not (tmp_path / "again").exists()

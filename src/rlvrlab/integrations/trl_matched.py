@@ -13,7 +13,9 @@ A run is atomic: metrics.parquet is written at the end, and a run without it sta
 The learning rate follows ``config.schedule`` as TRL can run it:
 - constant: ``config.lr``;
 - gap-adaptive: the monitor's rule (GapConfig gap_schedule "gap-adaptive") from ``config.lr``, with
-  the config's adaptive_* settings, ratchet included, and its lr_min / lr_max;
+  the config's adaptive_* settings, ratchet included, and its lr_min / lr_max; with adaptive_start
+  "probe", `probe_trl` scans first (as below), its critical rate starts the rule's running one
+  (GapAdaptiveRate.prior) and TRL starts at the lower of ``config.lr`` and the rule's aim;
 - probe: `probe_trl` before ``train()``, scanning as rlvrlab's schedule "probe" scans (lr_probe =
   10·lr_min, lr_min to lr_max at six rates a decade, probe_steps, probe_fresh), then TRL's constant
   rate at the recommended rate, clamped to [lr_min, lr_max] (``config.lr`` where the scan found none). TRL cannot scan again mid-run
@@ -119,14 +121,16 @@ def train_matched(config: TrainConfig, out: str | Path) -> list[dict[str, float]
                              train_dataset=datasets.Dataset.from_dict({"prompt": list(train)}), gap=gap, callbacks=[Evaluate()])
     trainer.remove_callback(PrinterCallback)
     first = {"step": 0, "eval/accuracy": evals[0], "gap/M": 0.0}
-    if config.schedule == "probe":
+    if config.schedule == "probe" or config.schedule == "gap-adaptive" and config.adaptive_start == "probe":
         from rlvrlab.integrations.trl_probe import probe_trl
 
         decades = math.log10(config.lr_max / config.lr_min)
         r = probe_trl(trainer, steps=config.probe_steps, fresh=config.probe_fresh, lr_probe=config.lr_min * 10,
                       lr_low=config.lr_min, lr_high=config.lr_max, points=max(3, round(6 * decades) + 1))
-        if not math.isnan(r.recommended_rate):
-            trainer.args.learning_rate = min(max(r.recommended_rate, config.lr_min), config.lr_max)
+        aim = r.recommended_rate if config.schedule == "probe" else trainer.gap_monitor.adaptive.prior(r.critical_rate)
+        if not math.isnan(aim):
+            start = aim if config.schedule == "probe" else min(config.lr, aim)
+            trainer.args.learning_rate = min(max(start, config.lr_min), config.lr_max)
         first.update({"probe/critical_rate": r.critical_rate, "probe/recommended_rate": r.recommended_rate, "probe/J": r.J0,
                       "probe/seconds": r.seconds})
     diverged = False

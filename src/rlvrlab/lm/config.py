@@ -55,6 +55,11 @@ class TrainConfig:
     adaptive_growth: float = _doc(1.1, "gap-adaptive: factor the rate grows by while no critical rate is in sight, in [1, 2].")
     adaptive_ratchet: bool = _doc(False, "gap-adaptive: aim at the lowest running critical rate seen so far (after its warm-up), "
                                          "not the current one: the critical rate falls as J rises (eq. 17-18).")
+    adaptive_start: Literal["lr", "probe"] = _doc(
+        "lr", "gap-adaptive: where the rule starts. lr: at lr, its running critical rate unknown (it grows the rate by "
+              "adaptive_growth until a first estimate); probe: the probe scans before the first step (probe_steps, "
+              "probe_fresh, as schedule probe), its critical rate starts the running one, and no step is above "
+              "adaptive_fraction of it (a start far above the threshold damages the model before any in-run estimate).")
     probe_every: int = _doc(0, "probe: scan again every this many steps (0: only before the first step).")
     probe_rescan: str = _doc("any", "probe: what a re-scan may do to the aim: any (follow it) or lower (only lower it: the "
                                     "critical rate falls as the success rate rises, eq. 17-18).")
@@ -105,6 +110,7 @@ class TrainConfig:
         if isinstance(self.probe_every, bool) or not isinstance(self.probe_every, int) or self.probe_every < 0:
             _checks.fail("probe_every", self.probe_every, "an integer >= 0 (0: scan only before the first step)")
         _checks.choose("probe_rescan", self.probe_rescan, ("any", "lower"))
+        _checks.choose("adaptive_start", self.adaptive_start, ("lr", "probe"))
         from rlvrlab.lm.probe import check_probe
 
         check_probe(self.probe_steps, self.probe_fresh, 1e-5, 1e-5, 1e-1, 25, prefix="probe_")

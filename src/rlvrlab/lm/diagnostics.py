@@ -164,6 +164,9 @@ class GapAdaptiveRate:
     rate falls as the success rate rises (eq. 17–18), so an estimate that rises during training
     (as `gap/lr_crit` does on the language models, 2–4.6e-4 early to 1.1–1.9e-3 late on add) is
     read as the estimate's drift, not as room for a larger step.
+
+    `prior` starts the running mean at a critical rate measured before training (the probe's), so
+    that the first rate is aimed, not grown; the prior is not counted among the ratchet's estimates.
     """
 
     fraction: float = 0.5
@@ -185,6 +188,15 @@ class GapAdaptiveRate:
             _checks.fail(f"{prefix}smoothing", smoothing, "a number in [0, 1)")
         if not 1 <= growth <= 2:
             _checks.fail(f"{prefix}growth", growth, "a number in [1, 2]")
+
+    def prior(self, critical_rate: float) -> float:
+        """Start the running critical rate at ``critical_rate`` (finite and > 0; anything else leaves
+        the rule as it is) and return the rate the rule then aims at, ``fraction`` of it (NaN where
+        the prior was not taken)."""
+        if not (math.isfinite(critical_rate) and critical_rate > 0):
+            return math.nan
+        self.log_lr_crit = math.log(critical_rate)
+        return self.fraction * critical_rate
 
     def __call__(self, ratio: float, lr: float) -> float:
         """The next rate after a step at rate ``lr`` whose estimated crit_ratio was ``ratio``."""

@@ -269,29 +269,47 @@ class GRPOTrainer:
         """Every row so far (step 0's evaluation, then one per step): the monitor's history."""
         return self.monitor.history
 
+    def _scan(self) -> tuple[float, float, dict[str, float]]:
+        """One probe scan from the current state (rlvrlab.lm.probe.scan, over lr_min..lr_max at six
+        rates a decade): (critical rate, recommended rate, the probe/* columns of the step's row)."""
+        from rlvrlab.lm.probe import scan
+
+        cfg = self.config
+        decades = math.log10(cfg.lr_max / cfg.lr_min)
+        r = scan(self, steps=cfg.probe_steps, fresh=cfg.probe_fresh, lr_probe=cfg.lr_min * 10, lr_low=cfg.lr_min,
+                 lr_high=cfg.lr_max, points=max(3, round(6 * decades) + 1))
+        row = {"probe/critical_rate": r.critical_rate, "probe/recommended_rate": r.recommended_rate, "probe/J": r.J0,
+               "probe/seconds": r.seconds}
+        return r.critical_rate, r.recommended_rate, row
+
     def _probe_schedule(self) -> dict[str, float]:
         """Schedule "probe": before the first step (and every probe_every steps) scan for the critical
-        rate of the next steps (rlvrlab.lm.probe.scan) and aim at its recommended rate (with
+        rate of the next steps (`_scan`) and aim at its recommended rate (with
         probe_rescan "lower", a re-scan only ever lowers the aim); the rate moves
         toward the aim by at most a factor 2 a step, and the first step is never above it (a start far
         above the threshold damages the model before any rule can react)."""
-        from rlvrlab.lm.probe import scan
-
         cfg, row = self.config, {}
         lr = self.opt.param_groups[0]["lr"]
         if self.step == 0 or cfg.probe_every and self.step % cfg.probe_every == 0:
-            decades = math.log10(cfg.lr_max / cfg.lr_min)
-            r = scan(self, steps=cfg.probe_steps, fresh=cfg.probe_fresh, lr_probe=cfg.lr_min * 10, lr_low=cfg.lr_min,
-                     lr_high=cfg.lr_max, points=max(3, round(6 * decades) + 1))
-            if not math.isnan(r.recommended_rate):
-                aim = min(max(r.recommended_rate, cfg.lr_min), cfg.lr_max)
+            _, recommended, row = self._scan()
+            if not math.isnan(recommended):
+                aim = min(max(recommended, cfg.lr_min), cfg.lr_max)
                 lower = cfg.probe_rescan == "lower" and not math.isnan(self.probe_target)  # a re-scan may only lower it
                 self.probe_target = min(aim, self.probe_target) if lower else aim
-            row = {"probe/critical_rate": r.critical_rate, "probe/recommended_rate": r.recommended_rate, "probe/J": r.J0,
-                   "probe/seconds": r.seconds}
         if not math.isnan(self.probe_target):
             lr = min(lr, self.probe_target) if self.step == 0 else min(max(self.probe_target, lr / 2), 2 * lr)
             self._set_lr(min(max(lr, cfg.lr_min), cfg.lr_max))
+        return row
+
+    def _adaptive_start(self) -> dict[str, float]:
+        """Schedule gap-adaptive with adaptive_start "probe", before the first step: a probe scan, whose
+        critical rate starts the rule's running one (GapAdaptiveRate.prior); the first step's rate is
+        the lower of lr and the rule's aim. The rule moves it by at most 2x a step after that."""
+        cfg = self.config
+        critical, _, row = self._scan()
+        aim = self.monitor.adaptive.prior(critical)
+        if not math.isnan(aim):
+            self._set_lr(min(max(min(self.opt.param_groups[0]["lr"], aim), cfg.lr_min), cfg.lr_max))
         return row
 
     def _set_lr(self, lr: float) -> None:
@@ -349,7 +367,11 @@ class GRPOTrainer:
             prefixes = ("gap/", "gap_fresh/") if self.config.fresh_samples else ("gap/",)
             self.monitor.record({"step": 0, "eval/accuracy": self.evaluate()} | self.monitor.start(prefixes))
         while self.step < self.config.steps:
-            scanned = self._probe_schedule() if self.config.schedule == "probe" else {}
+            scanned = {}
+            if self.config.schedule == "probe":
+                scanned = self._probe_schedule()
+            elif self.config.schedule == "gap-adaptive" and self.config.adaptive_start == "probe" and self.step == 0:
+                scanned = self._adaptive_start()
             try:
                 row = self.train_step() | scanned
             except DivergedError:
