@@ -99,15 +99,15 @@ def prefill(net, ids: torch.Tensor, mask: torch.Tensor, G: int, *, last: Callabl
 
 @contextmanager
 def attention_for(model, rollout: Rollout, *, limit: int | None = None):
-    """Run the passes inside with eager attention where the model uses SDPA and the rollout's
-    attention scores, N · heads · T · (P + T) per layer, number at most ``limit`` (default:
+    """Run the passes inside with eager attention where the model uses SDPA on the CPU and the
+    rollout's attention scores, N · heads · T · (P + T) per layer, number at most ``limit`` (default:
     EAGER_ATTENTION_SCORES; module docstring); the model's own setting is restored on leaving.
-    Any other model is left alone."""
+    Any other model is left alone, and so is every model on an accelerator (measured on the CPU only)."""
     limit = EAGER_ATTENTION_SCORES if limit is None else limit
     config = getattr(model, "config", None)
     heads = getattr(config.get_text_config(), "num_attention_heads", None) if config is not None else None
     N, T = rollout.completion_ids.shape
-    if getattr(config, "_attn_implementation", None) != "sdpa" or not heads or \
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not heads or rollout.completion_ids.device.type != "cpu" or \
             N * heads * T * (rollout.prompt_ids.shape[1] + T) > limit:
         yield
         return
