@@ -97,8 +97,9 @@ def test_train_config_docs_leave_its_record_unchanged_and_a_run_is_named_by_its_
     record = dataclasses.asdict(TrainConfig())
     assert list(record) == ["model", "task", "preset", "advantage", "alpha", "prompts", "batch_size", "group",
                             "max_new_tokens", "steps", "lr", "optimizer", "schedule", "adaptive_fraction", "adaptive_smoothing",
-                            "adaptive_growth", "adaptive_ratchet", "probe_every", "probe_rescan", "probe_steps", "probe_fresh", "lr_min", "lr_max",
-                            "epochs", "max_grad_norm", "temperature", "holdout", "eval_every", "eval_samples", "diagnostics",
+                            "adaptive_growth", "adaptive_ratchet", "adaptive_start", "probe_every", "probe_rescan", "probe_steps",
+                            "probe_fresh", "lr_min", "lr_max", "epochs", "max_grad_norm", "temperature", "holdout", "eval_every",
+                            "eval_samples", "diagnostics",
                             "fresh_samples", "prompt_table", "kl_reference", "checkpoint_every", "tensorboard", "device", "seed"]
     assert record["lr"] == 1e-3 and record["schedule"] == "constant" and record["alpha"] is None and record["prompts"] == 400
     assert TrainConfig().identity() == {}
