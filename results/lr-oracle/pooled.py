@@ -32,18 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
+from new_seed import _grid_finals, _plain  # this folder's script (a script's folder is on sys.path)
+
 HERE = Path(__file__).parent
 TOLERANCE, STARTS, NEW_SEEDS = 0.02, (3e-5, 3e-3), (4, 5, 6)
-
-
-def _grid_finals() -> dict[tuple[str, str, float, int], float]:
-    """(task as the run names write it, preset, lr, seed) -> final accuracy (mean of the last two evaluations)."""
-    evals: dict[tuple[str, str, float, int], dict[int, float]] = {}
-    for r in pq.read_table(HERE / "metrics.parquet", columns=["run", "step", "eval/accuracy"]).to_pylist():
-        if r["eval/accuracy"] is not None and math.isfinite(r["eval/accuracy"]):
-            k = dict(part.split("=", 1) for part in r["run"].split(","))
-            evals.setdefault((k["task"], k["preset"], float(k["lr"]), int(k["seed"])), {})[int(r["step"])] = r["eval/accuracy"]
-    return {k: float(np.mean([v[s] for s in sorted(v)[-2:]])) for k, v in evals.items()}
 
 
 def main() -> None:
@@ -53,7 +45,7 @@ def main() -> None:
     rows = []
     for c in seed3:
         key = (c["task"], c["preset"])
-        plain = c["task"].replace(":", "_").replace("=", "_")
+        plain = _plain(c["task"])
         for lr in STARTS:
             rule = {3: (c[f"lower_{lr:g}"], c[f"lower_{lr:g}_collapsed"])}
             best = {3: c["best3"]}
