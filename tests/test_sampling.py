@@ -141,6 +141,8 @@ def test_sample_draws_the_reference_loops_tokens(family, prompts, G, max_new_tok
     got = sample(model, PROMPTS[prompts], generator=gen, temperature=temperature, **kw)
     _same((got, torch.zeros_like(got.completion_mask)), want)
     assert torch.equal(gen.get_state(), ref_gen.get_state())  # the same draws, no more, no fewer
+    # the loop runs in inference mode; what it returns are ordinary tensors, which a training forward can take
+    assert not any(getattr(got, n).is_inference() for n in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"))
 
 
 def _choose(gen, eos_rate=0.0):

@@ -211,7 +211,12 @@ def decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: in
     if threads is not None and threads != before:
         torch.set_num_threads(threads)
     try:
-        return _decode(models, prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, choose=choose)
+        with torch.inference_mode():  # cheaper than no_grad for a loop of small operations (33.3 against 35.0 ms a batch)
+            rollout, flags = _decode(models, prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                                     choose=choose)
+        # copies made outside inference mode: ordinary tensors, which a training forward may take as inputs
+        return Rollout(rollout.prompt_ids.clone(), rollout.prompt_mask.clone(), rollout.completion_ids.clone(),
+                       rollout.completion_mask.clone(), group=rollout.group), flags.clone()
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
