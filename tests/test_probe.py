@@ -190,6 +190,14 @@ def test_gap_adaptive_started_by_the_probe_aims_at_half_its_critical_rate_from_t
         lr = rule(r["gap/crit_ratio"], lr)
 
 
+def test_adaptive_start_probe_is_refused_outside_the_gap_adaptive_schedule():
+    with pytest.raises(ValueError, match="adaptive_start: got 'probe'.*schedule 'constant'"):
+        TrainConfig(model="m", adaptive_start="probe")
+    with pytest.raises(ValueError, match="adaptive_start.*lr, probe"):
+        TrainConfig(model="m", schedule="gap-adaptive", adaptive_start="up")
+    assert TrainConfig(model="m", schedule="gap-adaptive", adaptive_start="probe").adaptive_start == "probe"
+
+
 def test_probe_rescan_refuses_an_unknown_rule():
     with pytest.raises(ValueError, match="probe_rescan.*any, lower"):
         TrainConfig(model="m", probe_rescan="up")

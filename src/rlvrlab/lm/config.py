@@ -111,6 +111,9 @@ class TrainConfig:
             _checks.fail("probe_every", self.probe_every, "an integer >= 0 (0: scan only before the first step)")
         _checks.choose("probe_rescan", self.probe_rescan, ("any", "lower"))
         _checks.choose("adaptive_start", self.adaptive_start, ("lr", "probe"))
+        if self.adaptive_start == "probe" and self.schedule != "gap-adaptive":
+            _checks.fail("adaptive_start", self.adaptive_start, f"lr with schedule {self.schedule!r} (probe starts the gap-adaptive "
+                         "rule; schedule 'probe' scans by itself)")
         from rlvrlab.lm.probe import check_probe
 
         check_probe(self.probe_steps, self.probe_fresh, 1e-5, 1e-5, 1e-1, 25, prefix="probe_")
