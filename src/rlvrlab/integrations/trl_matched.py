@@ -16,9 +16,9 @@ The learning rate follows ``config.schedule`` as TRL can run it:
   the config's adaptive_* settings, ratchet included, and its lr_min / lr_max; with adaptive_start
   "probe", `probe_trl` scans first (as below), its critical rate starts the rule's running one
   (GapAdaptiveRate.prior) and TRL starts at the lower of ``config.lr`` and the rule's aim;
-- probe: `probe_trl` before ``train()``, scanning as rlvrlab's schedule "probe" scans (lr_probe =
-  10·lr_min, lr_min to lr_max at six rates a decade, probe_steps, probe_fresh), then TRL's constant
-  rate at the recommended rate, clamped to [lr_min, lr_max] (``config.lr`` where the scan found none). TRL cannot scan again mid-run
+- probe: `probe_trl` before ``train()``, scanning as rlvrlab's schedule "probe" scans
+  (rlvrlab.lm.probe.schedule_scan), then TRL's constant rate at the recommended rate, clamped to
+  [lr_min, lr_max] (``config.lr`` where the scan found none). TRL cannot scan again mid-run
   (probe_trl runs before ``train()`` only), so probe_every must be 0; and TRL starts at the aim,
   where rlvrlab's schedule moves toward it from ``config.lr`` by at most 2× a step.
 The probe's result goes in the first row (``probe/*``).
@@ -123,16 +123,14 @@ def train_matched(config: TrainConfig, out: str | Path) -> list[dict[str, float]
     first = {"step": 0, "eval/accuracy": evals[0], "gap/M": 0.0}
     if config.schedule == "probe" or config.schedule == "gap-adaptive" and config.adaptive_start == "probe":
         from rlvrlab.integrations.trl_probe import probe_trl
+        from rlvrlab.lm.probe import scan_columns, schedule_scan
 
-        decades = math.log10(config.lr_max / config.lr_min)
-        r = probe_trl(trainer, steps=config.probe_steps, fresh=config.probe_fresh, lr_probe=config.lr_min * 10,
-                      lr_low=config.lr_min, lr_high=config.lr_max, points=max(3, round(6 * decades) + 1))
+        r = probe_trl(trainer, **schedule_scan(config))
         aim = r.recommended_rate if config.schedule == "probe" else trainer.gap_monitor.adaptive.prior(r.critical_rate)
         if not math.isnan(aim):
             start = aim if config.schedule == "probe" else min(config.lr, aim)
             trainer.args.learning_rate = min(max(start, config.lr_min), config.lr_max)
-        first.update({"probe/critical_rate": r.critical_rate, "probe/recommended_rate": r.recommended_rate, "probe/J": r.J0,
-                      "probe/seconds": r.seconds})
+        first.update(scan_columns(r))
     diverged = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GapWarning)  # the rows carry what the monitor saw

@@ -50,7 +50,8 @@ from rlvrlab.lm.config import TrainConfig
 from rlvrlab.lm.diagnostics import critical_ratio
 from rlvrlab.lm.logprobs import token_logprobs
 
-__all__ = ["MAX_PROBE_STEPS", "ProbeResult", "check_probe", "crossing", "probe", "probe_curve", "scan", "scan_rates", "success_rate"]
+__all__ = ["MAX_PROBE_STEPS", "ProbeResult", "check_probe", "crossing", "probe", "probe_curve", "scan", "scan_columns", "scan_rates",
+           "schedule_scan", "success_rate"]
 
 MAX_PROBE_STEPS = 10  # issue 14: a probe spends at most 10 optimizer steps
 
@@ -77,6 +78,21 @@ class ProbeResult:
 
     def rows(self) -> list[dict[str, float]]:
         return [{"lr": r, "J": j, "se_J": s, "gain": j - self.J0} for r, j, s in zip(self.rates, self.J, self.se_J)]
+
+
+def scan_columns(result: ProbeResult) -> dict[str, float]:
+    """The probe/* columns a training run's metrics row carries for a scan made before its step."""
+    return {"probe/critical_rate": result.critical_rate, "probe/recommended_rate": result.recommended_rate,
+            "probe/J": result.J0, "probe/seconds": result.seconds}
+
+
+def schedule_scan(config: TrainConfig) -> dict[str, Any]:
+    """The scan a training run makes for its schedule (schedule probe; gap-adaptive with adaptive_start
+    probe), as keyword arguments of `scan` and of the TRL integration's probe_trl: probe_steps steps
+    at lr_probe = 10·lr_min, then lr_min to lr_max at six rates a decade."""
+    decades = math.log10(config.lr_max / config.lr_min)
+    return {"steps": config.probe_steps, "fresh": config.probe_fresh, "lr_probe": config.lr_min * 10, "lr_low": config.lr_min,
+            "lr_high": config.lr_max, "points": max(3, round(6 * decades) + 1)}
 
 
 def crossing(rates: np.ndarray, gain: np.ndarray) -> tuple[float, float]:

@@ -269,31 +269,21 @@ class GRPOTrainer:
         """Every row so far (step 0's evaluation, then one per step): the monitor's history."""
         return self.monitor.history
 
-    def _scan(self) -> tuple[float, float, dict[str, float]]:
-        """One probe scan from the current state (rlvrlab.lm.probe.scan, over lr_min..lr_max at six
-        rates a decade): (critical rate, recommended rate, the probe/* columns of the step's row)."""
-        from rlvrlab.lm.probe import scan
-
-        cfg = self.config
-        decades = math.log10(cfg.lr_max / cfg.lr_min)
-        r = scan(self, steps=cfg.probe_steps, fresh=cfg.probe_fresh, lr_probe=cfg.lr_min * 10, lr_low=cfg.lr_min,
-                 lr_high=cfg.lr_max, points=max(3, round(6 * decades) + 1))
-        row = {"probe/critical_rate": r.critical_rate, "probe/recommended_rate": r.recommended_rate, "probe/J": r.J0,
-               "probe/seconds": r.seconds}
-        return r.critical_rate, r.recommended_rate, row
-
     def _probe_schedule(self) -> dict[str, float]:
         """Schedule "probe": before the first step (and every probe_every steps) scan for the critical
-        rate of the next steps (`_scan`) and aim at its recommended rate (with
-        probe_rescan "lower", a re-scan only ever lowers the aim); the rate moves
-        toward the aim by at most a factor 2 a step, and the first step is never above it (a start far
-        above the threshold damages the model before any rule can react)."""
+        rate of the next steps (rlvrlab.lm.probe.scan with `schedule_scan`'s settings) and aim at its
+        recommended rate (with probe_rescan "lower", a re-scan only ever lowers the aim); the rate
+        moves toward the aim by at most a factor 2 a step, and the first step is never above it (a
+        start far above the threshold damages the model before any rule can react)."""
+        from rlvrlab.lm.probe import scan, scan_columns, schedule_scan
+
         cfg, row = self.config, {}
         lr = self.opt.param_groups[0]["lr"]
         if self.step == 0 or cfg.probe_every and self.step % cfg.probe_every == 0:
-            _, recommended, row = self._scan()
-            if not math.isnan(recommended):
-                aim = min(max(recommended, cfg.lr_min), cfg.lr_max)
+            r = scan(self, **schedule_scan(cfg))
+            row = scan_columns(r)
+            if not math.isnan(r.recommended_rate):
+                aim = min(max(r.recommended_rate, cfg.lr_min), cfg.lr_max)
                 lower = cfg.probe_rescan == "lower" and not math.isnan(self.probe_target)  # a re-scan may only lower it
                 self.probe_target = min(aim, self.probe_target) if lower else aim
         if not math.isnan(self.probe_target):
@@ -305,12 +295,14 @@ class GRPOTrainer:
         """Schedule gap-adaptive with adaptive_start "probe", before the first step: a probe scan, whose
         critical rate starts the rule's running one (GapAdaptiveRate.prior); the first step's rate is
         the lower of lr and the rule's aim. The rule moves it by at most 2x a step after that."""
+        from rlvrlab.lm.probe import scan, scan_columns, schedule_scan
+
         cfg = self.config
-        critical, _, row = self._scan()
-        aim = self.monitor.adaptive.prior(critical)
+        r = scan(self, **schedule_scan(cfg))
+        aim = self.monitor.adaptive.prior(r.critical_rate)
         if not math.isnan(aim):
             self._set_lr(min(max(min(self.opt.param_groups[0]["lr"], aim), cfg.lr_min), cfg.lr_max))
-        return row
+        return scan_columns(r)
 
     def _set_lr(self, lr: float) -> None:
         for g in self.opt.param_groups:
