@@ -15,8 +15,9 @@ Runs, on seeds 0 and 1:
   lr-oracle defaults: fraction 0.5, smoothing 0.8, growth 1.1), plain and with its ratchet, from
   the grid's lowest and highest rate (part 3's rule in TRL).
 
-Scored as seed3.py scores rlvrlab's rules, paired by seed: the best fixed rate is the one with the
-highest final accuracy (mean of the last two evaluations) averaged over both seeds; a run is
+Scored as seed3.py scores rlvrlab's rules, paired by seed: the best fixed rate and the measured
+critical rate are lr-oracle's (`measure_cell`: the highest final accuracy, the mean of the last two
+evaluations averaged over both seeds; the largest rate whose seed-mean never falls 2 SE below its start); a run is
 within when its final accuracy is at least that rate's run on the same seed minus max(0.02, one
 binomial SE); collapsed when an evaluation is at or below half the start; fast when it reaches 90%
 of the best run's final accuracy in at most 1.5x that run's steps. Writes `trl_rule.parquet` (one
@@ -35,9 +36,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlvrlab.experiments.lr_oracle import _RUN_KEYS
+from rlvrlab.experiments.lr_oracle import _RUN_KEYS, measure_cell
 from rlvrlab.experiments.warning_bench import _trl_cell
 from rlvrlab.integrations.sweep import run_sweep
+
+from new_seed import _final  # this folder's script (a script's folder is on sys.path)
 
 HERE = Path(__file__).parent
 TASK, SEEDS, TOLERANCE = "add", (0, 1), 0.02
@@ -61,10 +64,6 @@ def _curve(rows: list[dict]) -> dict[int, float]:
             if r.get("eval/accuracy") is not None and math.isfinite(r["eval/accuracy"])}
 
 
-def _final(curve: dict[int, float]) -> float:
-    return float(np.mean([curve[s] for s in sorted(curve)[-2:]]))
-
-
 def main(runs: Path, out: Path) -> None:
     base = _base(runs)
     fixed = [base | {"lr": lr, "seed": s} for lr in RATES for s in SEEDS]
@@ -72,17 +71,18 @@ def main(runs: Path, out: Path) -> None:
              for name, rule in RULES.items() for lr in ((None,) if name == "probe" else STARTS) for s in SEEDS]
     table = run_sweep(_trl_cell, fixed + ruled, out / "cells", workers=2).to_pylist()
 
+    def value(d: dict, k: str):
+        return _DEFAULTS[k] if d.get(k) is None else d[k]
+
     def rows_of(params: dict) -> list[dict]:
         keys = ("lr", "seed", "schedule", "adaptive_ratchet")
-        def value(d: dict, k: str):
-            return _DEFAULTS[k] if d.get(k) is None else d[k]
-
         return [r for r in table if all(value(r, k) == value(params, k) for k in keys)]
 
     by_rate = {lr: {s: _curve(rows_of({"lr": lr, "seed": s})) for s in SEEDS} for lr in RATES}
-    mean_final = {lr: float(np.mean([_final(c) for c in by_rate[lr].values()])) for lr in RATES}
-    best = max(RATES, key=lambda lr: mean_final[lr])
-    n_eval = max(1, round(0.2 * base["prompts"])) * base["eval_samples"] * 2  # the final: two evaluations
+    per_evaluation = max(1, round(0.2 * base["prompts"])) * base["eval_samples"]
+    oracle = measure_cell(list(RATES), {lr: list(by_rate[lr].values()) for lr in RATES}, per_evaluation)  # lr-oracle's own
+    best = oracle["best_lr"]
+    n_eval = 2 * per_evaluation  # the final: two evaluations
     out_rows = []
     for lr in RATES:
         for s in SEEDS:
@@ -114,7 +114,9 @@ def main(runs: Path, out: Path) -> None:
     columns = list(dict.fromkeys(k for r in out_rows for k in r))  # every row's keys (from_pylist reads the first row's)
     pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in out_rows]), HERE / "trl_rule.parquet")
     summary = {"task": TASK, "seeds": list(SEEDS), "rates": list(RATES), "best_fixed_rate": best,
-               "final_by_rate": {f"{lr:g}": round(mean_final[lr], 4) for lr in RATES}, "rules": {}}
+               "final_by_rate": {f"{r['lr']:g}": round(r["accuracy_final"], 4) for r in oracle["per_rate"]},
+               "critical_rate": oracle["critical_rate"], "critical_bracket": [oracle["critical_low"], oracle["critical_high"]],
+               "rules": {}}
     for name in RULES:
         mine = [r for r in out_rows if r["schedule"] == name]
         summary["rules"][name] = {
