@@ -19,7 +19,9 @@ resumable sweep under WORKDIR:
 Writes WORKDIR/floor.parquet (one row per cell, the four rates) and prints, for each variant
 against `measured`, the share of cells within 1.5x and 2x (prediction_stats, phase's own scoring)
 and how many cells are non-monotone (a rate of the grid above the measured edge converges again).
-The summary is written next to this script as summary_floor.json.
+The summary is written next to this script as summary_floor.json, the figure as floor.png
+(each variant against `measured`, one point per cell, the 1.5x and 2x bands drawn). With
+--plot-only the figure is redrawn from the committed floor.parquet, nothing is run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlvrlab import plotting
 from rlvrlab.experiments.phase import PhaseConfig, phase_group, phase_groups, prediction_stats
 from rlvrlab.integrations.sweep import run_sweep
 
@@ -50,11 +53,43 @@ def rates(workdir: Path, name: str, overrides: dict, workers: int) -> tuple[pa.T
     return crit, tables["grid"]
 
 
+def plot(floor: pa.Table, path: Path) -> str:
+    """Each variant against the measured rate, one point per cell with a finite measurement."""
+    names = [k for k in VARIANTS if k != "measured"]
+    measured = np.asarray(floor.column("measured").to_pylist(), dtype=float)
+    fig, axes = plotting.panels(len(names), width=4.0, height=3.9)
+    ok = np.isfinite(measured)
+    line = np.array([measured[ok].min() / 3, measured[ok].max() * 3])
+    for ax, name in zip(axes, names):
+        y = np.asarray(floor.column(name).to_pylist(), dtype=float)
+        fin = ok & np.isfinite(y)
+        ax.fill_between(line, line / 2, line * 2, color="0.9", label="2x")
+        ax.fill_between(line, line / 1.5, line * 1.5, color="0.78", label="1.5x")
+        ax.loglog(line, line, "k-", lw=0.8)
+        ax.loglog(measured[fin], y[fin], "o", ms=3, alpha=0.5)
+        r = y[fin] / measured[fin]
+        inside = np.mean((r >= 1 / 1.5) & (r <= 1.5)) * fin.sum() / ok.sum()
+        ax.set_xlim(*line)
+        ax.set_ylim(*line)
+        ax.set_xlabel("measured critical rate (phase, 150 steps)")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name}: {inside:.1%} of {ok.sum()} cells within 1.5x", fontsize=8)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle("phase's critical rate re-measured (shifted grid) and from short runs")
+    return plotting.save(fig, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("workdir", type=Path)
+    ap.add_argument("workdir", type=Path, nargs="?")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--plot-only", action="store_true", help="redraw floor.png from the committed floor.parquet")
     args = ap.parse_args()
+    if args.plot_only:
+        print(plot(pq.read_table(HERE / "floor.parquet"), HERE / "floor.png"))
+        return
+    if args.workdir is None:
+        ap.error("WORKDIR is needed unless --plot-only")
     merged, grid = None, None
     for name, overrides in VARIANTS.items():
         crit, g = rates(args.workdir, name, overrides, args.workers)
@@ -91,7 +126,8 @@ def main() -> None:
         summary[name] = st
         print(f"{name:10s} {st['within_1.5x']:12.3f} {st['within_2x']:10.3f} {st['ratio_median']:13.3g} "
               f"{st['ratio_p5']:9.3g} - {st['ratio_p95']:.3g}")
-    (HERE / "summary_floor.json").write_text(json.dumps(summary, indent=2, default=lambda x: None if x != x else x) + "\n")
+    (HERE / "summary_floor.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(plot(merged, HERE / "floor.png"))
 
 
 if __name__ == "__main__":
