@@ -1,6 +1,6 @@
 """rlvrlab.simulate.critical: each prompt's exact critical step against a brute-force reference (J_c
 over the enumerated responses of a small token bandit, in a plain loop, scanned on a fine grid of
-steps); the cross-prompt controller's guarantee (every prompt it helps still gains log-odds); the
+steps); the capped line search's step against the same reference; the cross-prompt controller's guarantee (every prompt it helps still gains log-odds); the
 prediction as the minimum of its recorded per-step thresholds, along the controller's own steps."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from rlvrlab.simulate import simulate
-from rlvrlab.simulate.critical import (cross_prompt_step_size, predict_critical_rate, prompt_critical_steps,
-                                       smallest_critical_step)
+from rlvrlab.simulate.critical import (capped_line_step_size, cross_prompt_step_size, predict_critical_rate,
+                                       prompt_critical_steps, smallest_critical_step)
 from rlvrlab.simulate.instances import initial_theta, token_bandit
-from rlvrlab.updates import make_direction
+from rlvrlab.updates import Direction, StepContext, make_direction
 
 T, C, D, V = 2, 6, 3, 4
 
@@ -123,3 +123,76 @@ def test_prediction_is_the_minimum_of_the_recorded_thresholds_along_the_controll
 def test_cross_prompt_refuses_bad_settings(bad):
     with pytest.raises(ValueError):
         cross_prompt_step_size(**bad)
+
+
+def _capped_line_reference(policy, reward, theta: np.ndarray, w: np.ndarray, weights: np.ndarray, grid: np.ndarray,
+                           max_loss: float, objective: str) -> float:
+    """The capped line search by hand: the scan's steps before the first at which some prompt of the
+    batch loses more than max_loss of log J_c, and among them the one with the largest batch objective
+    (Σ weights_c · 2·arcsin(√J_c), or the batch J)."""
+    phi = (lambda J: 2 * math.asin(math.sqrt(J))) if objective == "arcsin" else (lambda J: J)
+    log_J = lambda th: -np.logaddexp(0.0, -_log_odds_loop(policy, reward, th)[0])  # noqa: E731  log σ(ℓ)
+    base = log_J(theta)
+    best, best_J = 0.0, -np.inf
+    for eta in grid:
+        lj = log_J(theta + eta * w)
+        if any(weights[c] > 0 and lj[c] - base[c] < -max_loss for c in range(C)):
+            break
+        J = sum(weights[c] * phi(min(1.0, np.exp(lj[c]))) for c in range(C))
+        if J > best_J:
+            best, best_J = eta, J
+    return best
+
+
+@pytest.mark.parametrize("objective", ["arcsin", "J"])
+@pytest.mark.parametrize("max_loss", [0.05, 0.5, 1e6])
+def test_capped_line_step_is_the_best_batch_objective_below_the_per_prompt_cap(max_loss, objective):
+    binding = 0
+    for seed in range(4):
+        policy, reward, model, theta0, w = _instance(seed)
+        weights = np.full(C, 1.0 / C)
+        if seed % 2:  # a batch without prompt 0: its losses do not count
+            weights = np.r_[0.0, np.full(C - 1, 1.0 / (C - 1))]
+        grid = np.geomspace(1e-2, 1e4, 31)
+        rule = capped_line_step_size(objective=objective, max_loss=max_loss, fraction=0.5, eta_min=1e-2, eta_max=1e4, points=31)
+        ctx = StepContext(0, 1, theta0, model, torch.tensor(weights)[None], model.constants())
+        got = float(rule(ctx, None, Direction(w))[0])
+        ref = _capped_line_reference(policy, reward, theta0.numpy(), w.numpy(), weights, grid, max_loss, objective)
+        assert got == pytest.approx(0.5 * ref, rel=1e-9)
+        free = _capped_line_reference(policy, reward, theta0.numpy(), w.numpy(), weights, grid, 1e6, objective)
+        binding += ref != free
+    if max_loss == 0.05:
+        assert binding >= 1  # the cap changed the step somewhere: the test sees it bind
+
+
+def test_capped_line_runs_never_lower_a_prompts_log_success_by_more_than_the_cap():
+    policy, reward, model, theta0, _ = _instance(2)
+    rule = capped_line_step_size(max_loss=0.3, eta_max=1e4)
+    traj = simulate(policy, reward, theta0, steps=20, direction=make_direction("expected", preset="grpo"), step_size=rule,
+                    per_prompt=True)
+    log_J = np.log(traj.prompt_metrics["J"].numpy()[:, 0])  # (S, C)
+    assert (np.diff(log_J, axis=0) >= -0.3 - 1e-9).all()
+    assert traj.metrics["J"][-1, 0] > traj.metrics["J"][0, 0]
+
+
+def test_grpos_expected_update_ascends_the_arcsine_of_the_success_rates():
+    """The capped line search's "arcsin" objective: with the exact σ_c, GRPO's expected update is
+    Σ_c weights_c ∇J_c/σ_c = ∇ Σ_c weights_c · 2·arcsin(√J_c), divided by T for its 1/|o| (every
+    response has T tokens here). Checked against central differences of the enumerated J_c."""
+    policy, reward, model, theta0, w = _instance(3)
+    weights = np.full(C, 1.0 / C)
+
+    def phi(th: np.ndarray) -> float:
+        J = 1 / (1 + np.exp(-_log_odds_loop(policy, reward, th[None])[0]))
+        return float(sum(weights[c] * 2 * math.asin(math.sqrt(J[c])) for c in range(C)))
+
+    th, eps = theta0.numpy()[0], 1e-6
+    grad = np.array([(phi(th + eps * e) - phi(th - eps * e)) / (2 * eps) for e in np.eye(len(th))])
+    np.testing.assert_allclose(w.numpy()[0], grad / T, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [dict(max_loss=0.0), dict(max_loss=math.inf), dict(fraction=0.0), dict(eta_min=10.0, eta_max=1.0),
+                                 dict(objective="mean")])
+def test_capped_line_refuses_bad_settings(bad):
+    with pytest.raises(ValueError):
+        capped_line_step_size(**bad)

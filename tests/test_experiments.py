@@ -380,7 +380,17 @@ def test_controller_compares_each_adaptive_contender_with_the_oracle_cell_by_cel
         steps = cols["steps_to_target"][who == c]
         within = [s <= 1.5 * b for s, b in zip(steps, best_steps)]  # inf <= inf: neither reaches the target
         assert vs["cells_steps_within_1.5x"] == float(np.mean(within))
-    assert "cross-prompt" in set(who.tolist())
+    assert {"cross-prompt", "capped-line"} <= set(who.tolist())
+
+
+def test_controller_runs_the_instances_from_first_seed(tmp_path):
+    from rlvrlab.experiments.controller import ControllerConfig
+
+    run_experiment("controller", tmp_path / "run", quick=True, settings=[*SMALL["controller"], "first_seed=3", "seeds=2"])
+    seeds = set(read_table(tmp_path / "run" / "outcomes.parquet").column("seed").to_pylist())
+    assert seeds == {3, 4}
+    with pytest.raises(ValueError, match="first_seed"):
+        ControllerConfig(first_seed=-1)
 
 
 # --- phase: the slope difference and the independence of its presets (issue 15) ------------------------------
