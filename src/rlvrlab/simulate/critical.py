@@ -59,6 +59,13 @@ def _check_scan(eta_min: float, eta_max: float, points: int, bisection: int) -> 
     _checks.integer("bisection", bisection, 0)
 
 
+def _masses_along(model: Model, theta: torch.Tensor, w: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log J_c and log(1 − J_c) at θ_r + η_i·w_r for every run r and step η_i of ``grid``: (R, n, C) each."""
+    R, d = theta.shape
+    at = theta.unsqueeze(1) + grid.view(1, -1, 1) * w.unsqueeze(1)  # (R, n, d)
+    return tuple(t.view(R, len(grid), -1) for t in model.masses(at.reshape(-1, d)))
+
+
 def _log_odds(model: Model, theta: torch.Tensor) -> torch.Tensor:
     log_J, log_1mJ = model.masses(theta)
     return log_J - log_1mJ
@@ -86,8 +93,8 @@ def prompt_critical_steps(model: Model, theta: torch.Tensor, w: torch.Tensor, *,
     base = _log_odds(model, theta)  # (R, C)
     delta_mu = model.along(theta, w).delta_mu  # (R, C): f_c'(0)
     grid = torch.logspace(math.log10(eta_min), math.log10(eta_max), points, dtype=theta.dtype)  # (n,)
-    steps = theta.unsqueeze(1) + grid.view(1, -1, 1) * w.unsqueeze(1)  # (R, n, d)
-    change = _log_odds(model, steps.reshape(-1, d)).view(R, points, C) - base.unsqueeze(1)  # (R, n, C)
+    log_J, log_1mJ = _masses_along(model, theta, w, grid)
+    change = (log_J - log_1mJ) - base.unsqueeze(1)  # (R, n, C)
     bad = ~(change > 0)
     found = bad.any(1)  # (R, C)
     first = torch.where(found, bad.to(torch.int8).argmax(1), torch.zeros_like(found, dtype=torch.long))  # (R, C)
@@ -188,12 +195,10 @@ def capped_line_step_size(*, objective: str = "arcsin", max_loss: float = 2.0, f
     grid = torch.logspace(math.log10(eta_min), math.log10(eta_max), points, dtype=torch.float64)
 
     def rule(ctx: StepContext, stats: GapStats, direction: Direction) -> torch.Tensor:
-        theta, w, weights = ctx.theta, direction.w, ctx.weights
-        R, d = theta.shape
+        theta, weights = ctx.theta, ctx.weights
         g = grid.to(theta.dtype)
         log_J0 = ctx.model.masses(theta)[0]  # (R, C)
-        at = theta.unsqueeze(1) + g.view(1, -1, 1) * w.unsqueeze(1)  # (R, n, d)
-        log_J = ctx.model.masses(at.reshape(-1, d))[0].view(R, points, -1)  # (R, n, C)
+        log_J = _masses_along(ctx.model, theta, direction.w, g)[0]  # (R, n, C)
         change = log_J - log_J0.unsqueeze(1)
         in_batch = (weights > 0).unsqueeze(1)
         broken = (in_batch & ~(change >= -max_loss)).any(-1)  # (R, n); nan counts as broken
