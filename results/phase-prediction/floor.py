@@ -67,8 +67,7 @@ def plot(floor: pa.Table, path: Path) -> str:
         ax.fill_between(line, line / 1.5, line * 1.5, color="0.78", label="1.5x")
         ax.loglog(line, line, "k-", lw=0.8)
         ax.loglog(measured[fin], y[fin], "o", ms=3, alpha=0.5)
-        r = y[fin] / measured[fin]
-        inside = np.mean((r >= 1 / 1.5) & (r <= 1.5)) * fin.sum() / ok.sum()
+        inside = prediction_stats(y, measured, measured)["within_1.5x"]  # phase's own scoring, as the summary's
         ax.set_xlim(*line)
         ax.set_ylim(*line)
         ax.set_xlabel("measured critical rate (phase, 150 steps)")
