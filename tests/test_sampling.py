@@ -21,8 +21,15 @@ from rlvrlab.lm.sampling import Rollout, _left_pad, decode, sample
 V, EOS, PAD = 29, 1, 0
 
 
-@torch.no_grad()
 def _reference_decode(models, prompts, *, G, max_new_tokens, eos_id, pad_id, choose):
+    """The reference loop under the attention the sampler runs (`decode_attention`: eager where the
+    scores are few; `test_the_sampler_runs_eager_attention_where_the_scores_are_few` checks that choice)."""
+    with sampling.decode_attention(models, prompts, G=G, max_new_tokens=max_new_tokens):
+        return _plain_loop(models, prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, choose=choose)
+
+
+@torch.no_grad()
+def _plain_loop(models, prompts, *, G, max_new_tokens, eos_id, pad_id, choose):
     """The decode loop of rlvrlab before issue 12, verbatim: the reference the fast loop must match."""
     device = next(models[0].parameters()).device
     ids, mask = (x.to(device) for x in _left_pad(prompts, pad_id))
@@ -288,3 +295,53 @@ def test_small_decode_steps_run_on_one_thread_and_the_setting_comes_back(two_thr
     with pytest.raises(RuntimeError, match="fails"):
         decode([model], PROMPTS["padded"], choose=failing, threads=1, **kw)
     assert torch.get_num_threads() == 2
+
+
+# --- attention while decoding -----------------------------------------------------------------------
+
+
+def test_the_sampler_runs_eager_attention_where_the_scores_are_few(monkeypatch):
+    """`decode_attention`: on the CPU, a model that runs SDPA decodes with transformers' eager
+    attention where heads · (query, key) pairs (the larger of the prefill's B·P² and a step's
+    B·G·(P + max_new_tokens)) is at most EAGER_ATTENTION_SCORES, and with SDPA one score above;
+    the logits are SDPA's up to rounding (1e-5), and the model's setting comes back after the
+    decode, after an error too. Which implementation ran is read off the attention functions called."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from rlvrlab.lm import logprobs
+
+    model = _qwen2()
+    assert model.config._attn_implementation == "sdpa"
+    prompts, G, T = PROMPTS["padded"], 3, 6
+    P = max(len(p) for p in prompts)
+    scores = model.config.num_attention_heads * max(len(prompts) * P * P, len(prompts) * G * (P + T))
+    ran = []
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", lambda *a, **k: (ran.append("sdpa"), sdpa(*a, **k))[1])
+    kw = dict(G=G, max_new_tokens=T, eos_id=EOS, pad_id=PAD)
+    logits = {}
+    for limit in (scores, scores - 1):  # eager at the limit, SDPA one score above it
+        monkeypatch.setattr(logprobs, "EAGER_ATTENTION_SCORES", limit)
+        ran.clear()
+        seen = logits.setdefault(limit, [])
+
+        def greedy(step_logits, seen=seen):  # the same tokens both ways unless two logits tie to 1e-5
+            seen.append(step_logits[0])
+            return step_logits[0].argmax(-1), None
+
+        decode([model], prompts, choose=greedy, **kw)
+        assert bool(ran) == (limit < scores)  # the SDPA function ran only above the limit
+        assert model.config._attn_implementation == "sdpa"
+    eager, plain = logits[scores], logits[scores - 1]
+    assert len(eager) == len(plain) == T
+    for a, b in zip(eager, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    def failing(step_logits):
+        assert model.config._attn_implementation == "eager"
+        raise RuntimeError("a choose that fails")
+
+    monkeypatch.setattr(logprobs, "EAGER_ATTENTION_SCORES", scores)
+    with pytest.raises(RuntimeError, match="fails"):
+        decode([model], prompts, choose=failing, **kw)
+    assert model.config._attn_implementation == "sdpa"

@@ -44,7 +44,10 @@ at these sizes than SDPA's flash kernel, whose fixed cost per (row, head) block 
 block is a few dozen positions (the benchmark's 16 new tokens: the forward + backward took 46-47
 ms against 51-56, the no-grad pass 14.5 against 17-18). Eager attention keeps its scores for the
 backward pass (rows · heads · queries · keys per layer), which is why it is used only where they
-are few. The sampler keeps SDPA: one query per step, where eager attention was slower.
+are few. The sampler decodes with eager attention too (`eager_attention`, by the prefill's and a
+decode step's pairs; `rlvrlab.lm.sampling.decode_attention`): with one query per step its scores
+are always few, and on the benchmark's 16 prompts × 8 completions it sampled in 26 ms on two
+threads against 33 ms for SDPA on one (SDPA's CPU kernel with a padding mask was slower on two).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
     from rlvrlab.lm.sampling import Rollout
 
 __all__ = ["BUCKET_MIN_SAVING", "CHUNK_ELEMENTS", "EAGER_ATTENTION_SCORES", "attention_for", "chunk_positions",
-           "head_inputs", "length_buckets", "log_softmax_chunks", "next_token_logprobs", "positions", "prefill",
+           "eager_attention", "head_inputs", "length_buckets", "log_softmax_chunks", "next_token_logprobs", "positions", "prefill",
            "token_logprobs"]
 
 # Logits per chunk (C·V): 64 MB of float32; C = 110 positions at V = 151,936. A chunk's working
@@ -98,17 +101,18 @@ def prefill(net, ids: torch.Tensor, mask: torch.Tensor, G: int, *, last: Callabl
 
 
 @contextmanager
-def attention_for(model, rollout: Rollout, *, limit: int | None = None):
-    """Run the passes inside with eager attention where the model uses SDPA on the CPU and the
-    rollout's attention scores, N · heads · T · (P + T) per layer, number at most ``limit`` (default:
-    EAGER_ATTENTION_SCORES; module docstring); the model's own setting is restored on leaving.
-    Any other model is left alone, and so is every model on an accelerator (measured on the CPU only)."""
+def eager_attention(model, pairs: int, *, limit: int | None = None):
+    """Run the passes inside with eager attention where the model uses SDPA on the CPU and a pass's
+    attention scores, heads · ``pairs`` per layer (``pairs``: the (query, key) pairs of all rows),
+    number at most ``limit`` (default: EAGER_ATTENTION_SCORES; module docstring); the model's own
+    setting is restored on leaving. Any other model is left alone, and so is every model on an
+    accelerator (measured on the CPU only)."""
     limit = EAGER_ATTENTION_SCORES if limit is None else limit
     config = getattr(model, "config", None)
     heads = getattr(config.get_text_config(), "num_attention_heads", None) if config is not None else None
-    N, T = rollout.completion_ids.shape
-    if getattr(config, "_attn_implementation", None) != "sdpa" or not heads or rollout.completion_ids.device.type != "cpu" or \
-            N * heads * T * (rollout.prompt_ids.shape[1] + T) > limit:
+    parameter = next(model.parameters(), None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not heads or parameter is None or \
+            parameter.device.type != "cpu" or heads * pairs > limit:
         yield
         return
     config._attn_implementation = "eager"
@@ -116,6 +120,13 @@ def attention_for(model, rollout: Rollout, *, limit: int | None = None):
         yield
     finally:
         config._attn_implementation = "sdpa"
+
+
+def attention_for(model, rollout: Rollout, *, limit: int | None = None):
+    """`eager_attention` for a log-prob pass over the rollout: N · T · (P + T) (query, key) pairs
+    (the completions' T queries each see the prompt's P keys and the completion's)."""
+    N, T = rollout.completion_ids.shape
+    return eager_attention(model, N * T * (rollout.prompt_ids.shape[1] + T), limit=limit)
 
 
 def _backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:

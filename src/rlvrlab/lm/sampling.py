@@ -11,8 +11,11 @@ Each token costs one forward of the running rows. For the Llama family (Llama, M
 Qwen3) the step calls the decoder layers itself and skips what the model's forward does around
 them (a tenth of a step on one thread, for the benchmark's 0.3M-parameter model); the logits are
 the model's own, bit for bit (checked once per model, with the model's forward as the fallback).
-On the CPU, a model whose steps are too small to split over threads decodes on one
-(`decode_threads`). The completions are those of the plain loop, token for token
+On the CPU, a model that runs PyTorch's SDPA decodes with transformers' eager attention where the
+attention scores are few (`rlvrlab.lm.logprobs.eager_attention`: the same function up to rounding;
+with one query per step its two small matrix products cost less than SDPA's kernel, and they split
+over threads where SDPA's padded kernel did not), and a model whose steps are too small to split
+over threads decodes on one (`decode_threads`). The completions are those of the plain loop, token for token
 (tests/test_sampling.py holds that loop).
 
 `token_logprobs` and `next_token_logprobs` (the log-probabilities of completions under a model)
@@ -23,14 +26,15 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from rlvrlab.lm.logprobs import next_token_logprobs, positions, prefill, token_logprobs
+from rlvrlab.lm.logprobs import eager_attention, next_token_logprobs, positions, prefill, token_logprobs
 
-__all__ = ["SINGLE_THREAD_FLOPS", "Rollout", "completion_texts", "decode", "decode_threads", "next_token_logprobs", "sample",
-           "token_logprobs"]
+__all__ = ["SINGLE_THREAD_FLOPS", "Rollout", "completion_texts", "decode", "decode_attention", "decode_threads",
+           "next_token_logprobs", "sample", "token_logprobs"]
 
 
 @dataclass
@@ -180,10 +184,13 @@ def _decode_step(model) -> Step:
 
 # A decode step whose matrix work (about 2 · parameters · running rows FLOPs) is below this is run
 # on one thread: its operations are then too small to split, and each split costs a fork and join
-# of the thread pool. On the 2-core benchmark VM, the benchmark's model (0.35M parameters, 128
-# rows: 0.09 GFLOP) sampled in 33 ms on one thread against 42 ms on two inside the trainer; models
-# of 1.2M parameters and more (0.3 GFLOP) were faster on two.
-SINGLE_THREAD_FLOPS = 1e8
+# of the thread pool. Measured on the 2-core benchmark VM with the benchmark's model (0.3M
+# parameters, arith prompts, 16 new tokens, eager attention: `eager_attention`), one thread against
+# two: 8 rows (0.005 GFLOP) 11.2 against 13.2 ms, 16 rows 13.3 against 13.7, 32 rows 15.9 against
+# 15.6, 64 rows 26.2 against 20.6, 128 rows 36.3 against 25.8. (With SDPA, the split was slower
+# at 128 rows too, 33 against 42 ms: its CPU kernel with a padding mask took 2.5x as long on two
+# threads, which is why the threshold was 1e8 before the sampler ran eager attention.)
+SINGLE_THREAD_FLOPS = 2e7
 
 
 def decode_threads(models: list, rows: int) -> int | None:
@@ -193,6 +200,19 @@ def decode_threads(models: list, rows: int) -> int | None:
         return None
     flops = sum(2 * sum(p.numel() for p in m.parameters()) * rows for m in models)
     return 1 if flops < SINGLE_THREAD_FLOPS else None
+
+
+@contextmanager
+def decode_attention(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: int):
+    """The attention a decode over these prompts runs: `eager_attention` for each model, by the
+    larger of the prefill's (query, key) pairs (B prompts of P tokens: B·P²) and a decode step's
+    (B·G rows, one query, at most P + max_new_tokens keys)."""
+    P = max((len(p) for p in prompts), default=0)
+    pairs = max(len(prompts) * P * P, len(prompts) * G * (P + max_new_tokens))
+    with ExitStack() as stack:
+        for m in models:
+            stack.enter_context(eager_attention(m, pairs))
+        yield
 
 
 @torch.no_grad()
@@ -211,7 +231,8 @@ def decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: in
     if threads is not None and threads != before:
         torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():  # cheaper than no_grad for a loop of small operations (33.3 against 35.0 ms a batch)
+        # inference mode: cheaper than no_grad for a loop of small operations (33.3 against 35.0 ms a batch)
+        with torch.inference_mode(), decode_attention(models, prompts, G=G, max_new_tokens=max_new_tokens):
             rollout, flags = _decode(models, prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
                                      choose=choose)
         # copies made outside inference mode: ordinary tensors, which a training forward may take as inputs
