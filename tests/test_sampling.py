@@ -345,3 +345,22 @@ def test_the_sampler_runs_eager_attention_where_the_scores_are_few(monkeypatch):
     with pytest.raises(RuntimeError, match="fails"):
         decode([model], prompts, choose=failing, **kw)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_completion_texts_decode_each_rows_tokens_without_the_eos():
+    """One batch_decode over the masked tokens, against decoding row by row (the code it replaced):
+    rows of every length, ended by EOS or cut, an empty one, and a mask that is not a prefix."""
+    from rlvrlab.lm.sampling import completion_texts
+    from rlvrlab.lm.tokenizer import char_tokenizer
+
+    tok = char_tokenizer("0123456789+-*= ")
+    eos, g = tok.eos_token_id, torch.Generator().manual_seed(3)
+    ids = torch.randint(3, len(tok), (9, 7), generator=g)
+    lengths = torch.tensor([0, 1, 3, 7, 7, 5, 2, 6, 4])
+    mask = torch.arange(7) < lengths[:, None]
+    ids[[2, 4, 5], lengths[[2, 4, 5]] - 1] = eos  # three rows end with EOS, the others are cut
+    mask[8] = torch.tensor([True, False, True, True, False, True, False])
+    roll = Rollout(torch.zeros(9, 1, dtype=torch.long), torch.ones(9, 1, dtype=torch.bool), ids, mask)
+    want = [tok.decode(row[m]).removesuffix(tok.eos_token) for row, m in zip(ids, mask)]
+    assert completion_texts(tok, roll) == want
+    assert want[0] == "" and all(tok.eos_token not in w for w in want) and len(want[3]) == 7

@@ -178,7 +178,7 @@ class GRPOTrainer:
 
     def _rollout(self, problems: list, G: int, generator: torch.Generator) -> tuple[Rollout, torch.Tensor]:
         """G completions of each problem and their (len(problems), G) rewards."""
-        prompts = [self.tokenizer(p.prompt)["input_ids"] for p in problems]
+        prompts = self.tokenizer([p.prompt for p in problems])["input_ids"]
         try:
             rollout = sample(self.model, prompts, G=G, max_new_tokens=self.config.max_new_tokens,
                              eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id, generator=generator,
