@@ -22,9 +22,9 @@ V, EOS, PAD = 29, 1, 0
 
 
 def _reference_decode(models, prompts, *, G, max_new_tokens, eos_id, pad_id, choose):
-    """The reference loop under the attention the sampler runs (`decode_attention`: eager where the
-    scores are few; `test_the_sampler_runs_eager_attention_where_the_scores_are_few` checks that choice)."""
-    with sampling.decode_attention(models, prompts, G=G, max_new_tokens=max_new_tokens):
+    """The reference loop under the threads and attention the sampler runs with (`decode_settings`;
+    `test_the_sampler_runs_eager_attention_where_the_scores_are_few` checks the choice)."""
+    with sampling.decode_settings(models, prompts, G=G, max_new_tokens=max_new_tokens):
         return _plain_loop(models, prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, choose=choose)
 
 
@@ -300,12 +300,13 @@ def test_small_decode_steps_run_on_one_thread_and_the_setting_comes_back(two_thr
 # --- attention while decoding -----------------------------------------------------------------------
 
 
-def test_the_sampler_runs_eager_attention_where_the_scores_are_few(monkeypatch):
-    """`decode_attention`: on the CPU, a model that runs SDPA decodes with transformers' eager
-    attention where heads · (query, key) pairs (the larger of the prefill's B·P² and a step's
-    B·G·(P + max_new_tokens)) is at most EAGER_ATTENTION_SCORES, and with SDPA one score above;
-    the logits are SDPA's up to rounding (1e-5), and the model's setting comes back after the
-    decode, after an error too. Which implementation ran is read off the attention functions called."""
+def test_the_sampler_runs_eager_attention_where_the_scores_are_few(monkeypatch, two_threads):
+    """`decode_settings`: on the CPU, on more than one thread, a model that runs SDPA decodes with
+    transformers' eager attention where heads · (query, key) pairs (the larger of the prefill's B·P²
+    and a step's B·G·(P + max_new_tokens)) is at most EAGER_ATTENTION_SCORES, and with SDPA one score
+    above, and on one thread with SDPA; the logits are SDPA's up to rounding (1e-5), and the model's
+    setting comes back after the decode, after an error too. Which implementation ran is read off
+    the attention functions called."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     from rlvrlab.lm import logprobs
@@ -329,7 +330,7 @@ def test_the_sampler_runs_eager_attention_where_the_scores_are_few(monkeypatch):
             seen.append(step_logits[0])
             return step_logits[0].argmax(-1), None
 
-        decode([model], prompts, choose=greedy, **kw)
+        decode([model], prompts, choose=greedy, threads=None, **kw)  # on the fixture's two threads
         assert bool(ran) == (limit < scores)  # the SDPA function ran only above the limit
         assert model.config._attn_implementation == "sdpa"
     eager, plain = logits[scores], logits[scores - 1]
@@ -343,8 +344,11 @@ def test_the_sampler_runs_eager_attention_where_the_scores_are_few(monkeypatch):
 
     monkeypatch.setattr(logprobs, "EAGER_ATTENTION_SCORES", scores)
     with pytest.raises(RuntimeError, match="fails"):
-        decode([model], prompts, choose=failing, **kw)
+        decode([model], prompts, choose=failing, threads=None, **kw)
     assert model.config._attn_implementation == "sdpa"
+    ran.clear()
+    decode([model], prompts, choose=greedy, threads=1, **kw)  # one thread: SDPA, under the limit too
+    assert ran and model.config._attn_implementation == "sdpa" and torch.get_num_threads() == 2
 
 
 def test_completion_texts_decode_each_rows_tokens_without_the_eos():

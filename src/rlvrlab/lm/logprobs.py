@@ -44,10 +44,11 @@ at these sizes than SDPA's flash kernel, whose fixed cost per (row, head) block 
 block is a few dozen positions (the benchmark's 16 new tokens: the forward + backward took 46-47
 ms against 51-56, the no-grad pass 14.5 against 17-18). Eager attention keeps its scores for the
 backward pass (rows · heads · queries · keys per layer), which is why it is used only where they
-are few. The sampler decodes with eager attention too (`eager_attention`, by the prefill's and a
-decode step's pairs; `rlvrlab.lm.sampling.decode_attention`): with one query per step its scores
-are always few, and on the benchmark's 16 prompts × 8 completions it sampled in 26 ms on two
-threads against 33 ms for SDPA on one (SDPA's CPU kernel with a padding mask was slower on two).
+are few. The sampler decodes with eager attention too where it runs on more than one thread
+(`eager_attention`, by the prefill's and a decode step's pairs; `rlvrlab.lm.sampling.decode_settings`):
+with one query per step its scores are always few, and on the benchmark's 16 prompts × 8
+completions it sampled in 26 ms on two threads against 33 ms for SDPA on one (SDPA's CPU kernel
+with a padding mask was slower on two threads than on one; on one thread SDPA was the cheaper).
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ Each token costs one forward of the running rows. For the Llama family (Llama, M
 Qwen3) the step calls the decoder layers itself and skips what the model's forward does around
 them (a tenth of a step on one thread, for the benchmark's 0.3M-parameter model); the logits are
 the model's own, bit for bit (checked once per model, with the model's forward as the fallback).
-On the CPU, a model that runs PyTorch's SDPA decodes with transformers' eager attention where the
-attention scores are few (`rlvrlab.lm.logprobs.eager_attention`: the same function up to rounding;
-with one query per step its two small matrix products cost less than SDPA's kernel, and they split
-over threads where SDPA's padded kernel did not), and a model whose steps are too small to split
-over threads decodes on one (`decode_threads`). The completions are those of the plain loop, token for token
+On the CPU, a model whose steps are too small to split over threads decodes on one
+(`decode_threads`), and a model that runs PyTorch's SDPA decodes on more than one thread with
+transformers' eager attention where the attention scores are few (`decode_settings`; the same
+function up to rounding: its two small matrix products split over threads where SDPA's kernel
+with a padding mask did not). The completions are those of the plain loop, token for token
 (tests/test_sampling.py holds that loop).
 
 `token_logprobs` and `next_token_logprobs` (the log-probabilities of completions under a model)
@@ -33,7 +33,7 @@ import torch
 
 from rlvrlab.lm.logprobs import eager_attention, next_token_logprobs, positions, prefill, token_logprobs
 
-__all__ = ["SINGLE_THREAD_FLOPS", "Rollout", "completion_texts", "decode", "decode_attention", "decode_threads",
+__all__ = ["SINGLE_THREAD_FLOPS", "Rollout", "completion_texts", "decode", "decode_settings", "decode_threads",
            "next_token_logprobs", "sample", "token_logprobs"]
 
 
@@ -185,11 +185,11 @@ def _decode_step(model) -> Step:
 # A decode step whose matrix work (about 2 · parameters · running rows FLOPs) is below this is run
 # on one thread: its operations are then too small to split, and each split costs a fork and join
 # of the thread pool. Measured on the 2-core benchmark VM with the benchmark's model (0.3M
-# parameters, arith prompts, 16 new tokens, eager attention: `eager_attention`), one thread against
-# two: 8 rows (0.005 GFLOP) 11.2 against 13.2 ms, 16 rows 13.3 against 13.7, 32 rows 15.9 against
-# 15.6, 64 rows 26.2 against 20.6, 128 rows 36.3 against 25.8. (With SDPA, the split was slower
-# at 128 rows too, 33 against 42 ms: its CPU kernel with a padding mask took 2.5x as long on two
-# threads, which is why the threshold was 1e8 before the sampler ran eager attention.)
+# parameters, arith prompts, 16 new tokens), one thread (with SDPA) against two (with eager
+# attention; `decode_settings`), interleaved: 8 rows (0.005 GFLOP) 10.1 against 11.8 ms, 16 rows
+# 12.3 against 13.1, 32 rows 14.1 against 14.2, 64 rows 20.4 against 18.2, 128 rows 33.4 against
+# 26.7. (It was 1e8 while the sampler ran SDPA on two threads as well, which was slower at 128
+# rows too: 33 against 42 ms.)
 SINGLE_THREAD_FLOPS = 2e7
 
 
@@ -203,16 +203,34 @@ def decode_threads(models: list, rows: int) -> int | None:
 
 
 @contextmanager
-def decode_attention(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: int):
-    """The attention a decode over these prompts runs: `eager_attention` for each model, by the
-    larger of the prefill's (query, key) pairs (B prompts of P tokens: B·P²) and a decode step's
-    (B·G rows, one query, at most P + max_new_tokens keys)."""
+def decode_settings(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: int,
+                    threads: int | str | None = "auto"):
+    """The threads and the attention a decode over these prompts runs with, both restored on leaving.
+
+    ``threads``: torch's intra-op threads; "auto" picks them by `decode_threads`, None leaves torch's
+    setting alone. Attention: on more than one thread, `eager_attention` for each model, by the
+    larger of the prefill's (query, key) pairs (B prompts of P tokens: B·P²) and a decode step's (B·G
+    rows, one query, at most P + max_new_tokens keys); on one thread the models' own. Measured on the
+    2-core VM, the benchmark's 16 prompts × 8 completions: on one thread SDPA was the cheaper (33.8 ms
+    against 35.7 for eager; 60.0 against 64.8 at 16 completions a prompt), on two eager attention
+    (26 ms, against 33 for SDPA on one thread: SDPA's CPU kernel with a padding mask took 2.5x as
+    long on two threads as on one)."""
+    if threads == "auto":
+        threads = decode_threads(models, len(prompts) * G)
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
     P = max((len(p) for p in prompts), default=0)
     pairs = max(len(prompts) * P * P, len(prompts) * G * (P + max_new_tokens))
-    with ExitStack() as stack:
-        for m in models:
-            stack.enter_context(eager_attention(m, pairs))
-        yield
+    try:
+        with ExitStack() as stack:
+            if torch.get_num_threads() > 1:
+                for m in models:
+                    stack.enter_context(eager_attention(m, pairs))
+            yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @torch.no_grad()
@@ -224,23 +242,14 @@ def decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: in
     replaced"). Returns the Rollout and the flags (N, T) (False where none were returned).
 
     ``threads``: torch's intra-op threads while decoding (restored after); "auto" picks them by
-    `decode_threads`, None leaves torch's setting alone."""
-    if threads == "auto":
-        threads = decode_threads(models, len(prompts) * G)
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        # inference mode: cheaper than no_grad for a loop of small operations (33.3 against 35.0 ms a batch)
-        with torch.inference_mode(), decode_attention(models, prompts, G=G, max_new_tokens=max_new_tokens):
-            rollout, flags = _decode(models, prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                                     choose=choose)
-        # copies made outside inference mode: ordinary tensors, which a training forward may take as inputs
-        return Rollout(rollout.prompt_ids.clone(), rollout.prompt_mask.clone(), rollout.completion_ids.clone(),
-                       rollout.completion_mask.clone(), group=rollout.group), flags.clone()
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+    `decode_threads`, None leaves torch's setting alone; the attention follows them (`decode_settings`)."""
+    # inference mode: cheaper than no_grad for a loop of small operations (33.3 against 35.0 ms a batch)
+    with decode_settings(models, prompts, G=G, max_new_tokens=max_new_tokens, threads=threads), torch.inference_mode():
+        rollout, flags = _decode(models, prompts, G=G, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                                 choose=choose)
+    # copies made outside inference mode: ordinary tensors, which a training forward may take as inputs
+    return Rollout(rollout.prompt_ids.clone(), rollout.prompt_mask.clone(), rollout.completion_ids.clone(),
+                   rollout.completion_mask.clone(), group=rollout.group), flags.clone()
 
 
 def _decode(models: list, prompts: list[list[int]], *, G: int, max_new_tokens: int, eos_id: int, pad_id: int,
