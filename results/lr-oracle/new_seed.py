@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlvrlab.experiments.lr_oracle import _RUN_KEYS, _recommended_cell
+from rlvrlab.experiments.lr_oracle import _recommended_cell, grid_settings
 from rlvrlab.integrations.sweep import run_sweep
 
 HERE = Path(__file__).parent
@@ -43,16 +43,6 @@ STARTS = (3e-5, 3e-3)  # lr-oracle's adaptive_starts: the grid's lowest and high
 PROBE = {"probe_steps": 4, "probe_fresh": 4}  # lr-oracle's probe settings
 RULES = {"probe-lower": {"schedule": "probe", "probe_every": 20, "probe_rescan": "lower"} | PROBE,
          "probe-ratchet": {"schedule": "gap-adaptive", "adaptive_start": "probe", "adaptive_ratchet": True} | PROBE}
-
-
-def _settings(runs: Path) -> dict[tuple[str, str], dict]:
-    """(task, preset) -> the run settings of the cell (its seed-0 grid run, rate and seed aside)."""
-    out = {}
-    for cfg in runs.glob("*/config.json"):
-        s = json.loads(cfg.read_text())["settings"]
-        if s["seed"] == 0:
-            out[(s["task"], s["preset"])] = {k: s[k] for k in _RUN_KEYS if k != "seed"}
-    return out
 
 
 def _curve(rows: list[dict]) -> dict[int, float]:
@@ -82,7 +72,7 @@ def _plain(task: str) -> str:
 def main(runs: Path, out: Path, seed: int, rules: list[str]) -> None:
     RULES_RUN = {name: RULES[name] for name in rules}
     cells = pq.read_table(HERE / "cells.parquet").to_pylist()
-    settings = _settings(runs)
+    settings = grid_settings(runs)
     base = [settings[(c["task"], c["preset"])] | {"seed": seed} for c in cells]
     best = run_sweep(_recommended_cell, [b | {"lr": c["best_lr"]} for b, c in zip(base, cells)], out / f"best{seed}", workers=2).to_pylist()
     ruled = {name: run_sweep(_recommended_cell, [b | {"lr": lr} | rule for b in base for lr in STARTS], out / name, workers=2).to_pylist()

@@ -37,6 +37,7 @@ leaves its steps unchanged. The length axis measures what remains.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,19 @@ def measure_cell(lrs: list[float], curves: dict[float, list[dict[int, float]]], 
 
 _RUN_KEYS = ("model", "task", "preset", "seed", "batch_size", "group", "prompts", "max_new_tokens", "steps", "eval_every",
              "eval_samples", "checkpoint_every")  # what a run at another rate shares with the grid's runs of its cell
+_PROBE_KEYS = ("model", "task", "preset", "seed", "batch_size", "group", "prompts", "max_new_tokens", "steps", "eval_every",
+               "eval_samples")  # the run settings a cell's probe is made with
+
+
+def grid_settings(runs: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(task, preset) -> the settings every run of the cell shares (_RUN_KEYS but the seed), read from
+    the config.json of the cell's seed-0 grid run under ``runs`` (lr-oracle's run directories)."""
+    out = {}
+    for path in Path(runs).glob("*/config.json"):
+        s = json.loads(path.read_text())["settings"]
+        if s["seed"] == 0:
+            out[(s["task"], s["preset"])] = {k: s[k] for k in _RUN_KEYS if k != "seed"}
+    return out
 
 
 def _probe_cell(params: dict[str, Any]) -> pa.Table:
@@ -271,8 +285,7 @@ def run(config: LrOracleConfig, progress: Progress, workdir: Path) -> Result:
         cells.setdefault((r["task"], r["preset"], r["seed"]), r)
     probe_params = []
     for (task, preset, seed), r in cells.items():
-        settings = {k: r[k] for k in ("model", "task", "preset", "seed", "batch_size", "group", "prompts", "max_new_tokens",
-                                      "steps", "eval_every", "eval_samples")}
+        settings = {k: r[k] for k in _PROBE_KEYS}
         probe_params.append({**settings, "probe_steps": config.probe_steps, "probe_fresh": config.probe_fresh})
     advance = progress.task(f"{len(probe_params)} probes", len(probe_params))
     probes = run_sweep(_probe_cell, probe_params, workdir / "probes", workers=config.workers, on_cell=advance)
