@@ -15,8 +15,8 @@ On the CPU, a model whose steps are too small to split over threads decodes on o
 (`decode_threads`), and a model that runs PyTorch's SDPA decodes on more than one thread with
 transformers' eager attention where the attention scores are few (`decode_settings`; the same
 function up to rounding: its two small matrix products split over threads where SDPA's kernel
-with a padding mask did not). The completions are those of the plain loop, token for token
-(tests/test_sampling.py holds that loop).
+with a padding mask did not). The completions are those of the plain loop run with the same
+threads and attention, token for token (tests/test_sampling.py holds that loop).
 
 `token_logprobs` and `next_token_logprobs` (the log-probabilities of completions under a model)
 live in `rlvrlab.lm.logprobs` and are re-exported here.
