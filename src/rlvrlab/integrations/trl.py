@@ -409,8 +409,9 @@ class GapGRPOTrainer(GRPOTrainer):
         mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
         attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-        # the training forward's mode, autocast and adapter; checkpointing off changes no value
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        # the training forward's mode, autocast and adapter; checkpointing off changes no value, and neither does
+        # no_grad (the callback runs with grad enabled, where TRL's function would record a graph for nothing)
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), torch.no_grad():
             new, _, _ = super()._get_per_token_logps_and_entropies(
                 self.model, ids, attention, batch["completion_ids"].shape[1], batch_size=self.args.per_device_train_batch_size,
                 **{k: batch[k] for k in _MULTIMODAL if batch.get(k) is not None})
