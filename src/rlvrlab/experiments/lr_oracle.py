@@ -53,7 +53,7 @@ from rlvrlab.experiments.base import Check, Experiment, Progress, Result, check_
 from rlvrlab.io import read_table, table_rows
 from rlvrlab.lm.diagnostics import vocabulary
 
-__all__ = ["EXPERIMENT", "LrOracleConfig", "measure_cell", "plot", "run"]
+__all__ = ["EXPERIMENT", "LrOracleConfig", "grid_settings", "measure_cell", "plot", "run"]
 
 THEORY_SLOPE = {"grpo": 0.0, "dr-grpo": -1.0, "rloo": -1.0}  # §4: the critical step against T (eq. 17-18), raw gradient steps
 WITHIN = 2.0  # issue 14: the predicted critical rate within 2x of the measured one
