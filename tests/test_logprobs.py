@@ -278,6 +278,39 @@ def test_small_passes_run_eager_attention_with_the_sdpa_values_and_restore_the_s
     monkeypatch.setattr(logprobs, "EAGER_ATTENTION_SCORES", scores)
     with pytest.raises(RuntimeError, match="inside"):
         with logprobs.attention_for(model, roll):
-            assert model.config._attn_implementation == "eager"
+            assert model.config._attn_implementation == logprobs.GROUPED_ATTENTION  # the Llama family's eager without copies
             raise RuntimeError("inside")
     assert model.config._attn_implementation == "sdpa"
+    gpt2 = _gpt2()
+    with logprobs.attention_for(gpt2, roll):  # another family: transformers' own eager attention
+        assert gpt2.config._attn_implementation == "eager"
+    assert gpt2.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("H,H_kv,q,L", [(4, 2, 1, 7), (4, 2, 5, 9), (6, 3, 4, 4), (4, 4, 3, 6), (8, 1, 1, 5)])
+def test_grouped_attention_is_the_llama_familys_eager_attention(H, H_kv, q, L):
+    """`grouped_attention` against transformers' eager_attention_forward (repeat_kv, then per-head
+    products), with a padding mask and, for several queries, a causal one: outputs and the gradients
+    of query, key and value equal to float32 rounding; eager's attention weights are not returned."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    g = torch.Generator().manual_seed(H * 100 + q * 10 + L)
+    n, d = 3, 8
+    qs, ks, vs = (torch.randn(n, h, t, d, generator=g, dtype=torch.float64).float().requires_grad_()
+                  for h, t in ((H, q), (H_kv, L), (H_kv, L)))
+    keep = torch.ones(n, q, L, dtype=torch.bool)
+    keep[1, :, :2] = False  # row 1: two padding keys
+    keep &= torch.ones(q, L, dtype=torch.bool).tril(L - q)  # query t sees keys up to L - q + t
+    mask = torch.where(keep, 0.0, torch.finfo(torch.float32).min)[:, None]  # (n, 1, q, L), eager_mask's form
+    module = torch.nn.Module().eval()
+    module.num_key_value_groups = H // H_kv
+    weight = torch.randn(n, q, H, d, generator=g)
+    outs = []
+    for fn in (logprobs.grouped_attention, eager_attention_forward):
+        out, attn = fn(module, qs, ks, vs, mask, scaling=d ** -0.5)
+        outs.append((out, torch.autograd.grad((out * weight).sum(), (qs, ks, vs))))
+        assert out.shape == (n, q, H, d) and (attn is None) == (fn is logprobs.grouped_attention)
+    (a, ga), (b, gb) = outs
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)

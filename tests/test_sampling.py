@@ -339,7 +339,7 @@ def test_the_sampler_runs_eager_attention_where_the_scores_are_few(monkeypatch, 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
     def failing(step_logits):
-        assert model.config._attn_implementation == "eager"
+        assert model.config._attn_implementation == logprobs.GROUPED_ATTENTION  # Qwen2: the Llama family's eager, grouped
         raise RuntimeError("a choose that fails")
 
     monkeypatch.setattr(logprobs, "EAGER_ATTENTION_SCORES", scores)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlvrlab.lm.logprobs import eager_attention, next_token_logprobs, positions, prefill, token_logprobs
+from rlvrlab.lm.logprobs import (GROUPED_ATTENTION, eager_attention, llama_family, next_token_logprobs, positions, prefill,
+                                 token_logprobs)
 
 __all__ = ["SINGLE_THREAD_FLOPS", "Rollout", "completion_texts", "decode", "decode_settings", "decode_threads",
            "next_token_logprobs", "sample", "token_logprobs"]
@@ -104,20 +105,14 @@ def _layer_step(model) -> Step | None:
     model). None for any other model, a subclass, another attention implementation, a model in
     training mode, or one with forward hooks on the two modules this step skips (the model and its
     backbone; the layers and everything in them run through their own forward)."""
-    try:
-        from transformers import (LlamaForCausalLM, LlamaModel, MistralForCausalLM, MistralModel, Qwen2ForCausalLM,
-                                  Qwen2Model, Qwen3ForCausalLM, Qwen3Model)
-    except ImportError:
-        return None
-    families = {LlamaForCausalLM: LlamaModel, MistralForCausalLM: MistralModel, Qwen2ForCausalLM: Qwen2Model,
-                Qwen3ForCausalLM: Qwen3Model}
+    families = llama_family()
     base = getattr(model, "model", None)
     config = model.config
     implementation = getattr(config, "_attn_implementation", None)
-    if families.get(type(model)) is not type(base) or implementation not in ("sdpa", "eager"):
+    if not families or families.get(type(model)) is not type(base) or implementation not in ("sdpa", "eager", GROUPED_ATTENTION):
         return None
     if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()) or \
-            (type(model) is MistralForCausalLM and config.sliding_window is not None):
+            (type(model).__name__ == "MistralForCausalLM" and config.sliding_window is not None):
         return None
     if model.training or not getattr(config, "is_causal", True) or _has_hooks(model, base):
         return None  # training mode: dropout would make the verification below draw random numbers
@@ -127,7 +122,7 @@ def _layer_step(model) -> Step | None:
         h = base.embed_tokens(ids)  # (n, 1, d)
         rotary = base.rotary_emb(h, pos)
         keep = attn.bool()  # (n, L); a query at the end of its row sees every real token before it
-        if implementation == "eager":  # transformers' eager_mask: 0 where attended, the dtype's minimum elsewhere
+        if implementation != "sdpa":  # transformers' eager_mask (grouped_attention's too): 0 where attended, the dtype's minimum elsewhere
             mask = torch.where(keep, torch.zeros((), device=h.device, dtype=h.dtype), torch.finfo(h.dtype).min)[:, None, None, :]
         else:  # sdpa_mask: no mask at all where no row has padding, as create_causal_mask decides
             mask = None if bool(keep.all()) else keep[:, None, None, :]
