@@ -13,9 +13,9 @@ them (a tenth of a step on one thread, for the benchmark's 0.3M-parameter model)
 the model's own, bit for bit (checked once per model, with the model's forward as the fallback).
 On the CPU, a model whose steps are too small to split over threads decodes on one
 (`decode_threads`), and a model that runs PyTorch's SDPA decodes on more than one thread with
-transformers' eager attention where the attention scores are few (`decode_settings`; the same
-function up to rounding: its two small matrix products split over threads where SDPA's kernel
-with a padding mask did not). The completions are those of the plain loop run with the same
+eager attention where the attention scores are few (`decode_settings`; for the Llama family its
+grouped form, `rlvrlab.lm.logprobs.grouped_attention`; the same function up to rounding: its two
+small matrix products split over threads where SDPA's kernel with a padding mask did not). The completions are those of the plain loop run with the same
 threads and attention, token for token (tests/test_sampling.py holds that loop).
 
 `token_logprobs` and `next_token_logprobs` (the log-probabilities of completions under a model)
