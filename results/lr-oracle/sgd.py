@@ -13,7 +13,6 @@ writes sgd_cells.parquet and sgd_rates.parquet beside this file and prints the s
 measured critical rate is lr-oracle's rule (rlvrlab.experiments.lr_oracle.measure_cell).
 """
 
-import math
 import sys
 from pathlib import Path
 

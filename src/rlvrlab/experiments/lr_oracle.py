@@ -36,7 +36,6 @@ leaves its steps unchanged. The length axis measures what remains.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
