@@ -141,15 +141,19 @@ def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     return torch.matmul(weights, value).reshape(n, H, q, d).transpose(1, 2).contiguous(), None
 
 
-def _register_grouped_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
+def _register_grouped_attention() -> bool:
+    """Register `grouped_attention` with transformers (whether it could: the interfaces are transformers 5's)."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    except ImportError:
+        return False
     AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
     AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)  # its mask is eager attention's
+    return True
 
 
-_register_grouped_attention()
+_GROUPED_REGISTERED = _register_grouped_attention()
 
 
 @contextmanager
@@ -169,7 +173,7 @@ def eager_attention(model, pairs: int, *, limit: int | None = None):
             parameter.device.type != "cpu" or heads * pairs > limit:
         yield
         return
-    config._attn_implementation = GROUPED_ATTENTION if type(model) in llama_family() else "eager"
+    config._attn_implementation = GROUPED_ATTENTION if _GROUPED_REGISTERED and type(model) in llama_family() else "eager"
     try:
         yield
     finally:
