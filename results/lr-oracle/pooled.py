@@ -38,6 +38,18 @@ HERE = Path(__file__).parent
 TOLERANCE, STARTS, NEW_SEEDS = 0.02, (3e-5, 3e-3), (4, 5, 6)
 
 
+def compare(rule: np.ndarray, best: np.ndarray) -> dict[str, float | bool]:
+    """A rule's final accuracies (S,) against the best fixed rate's (S,), paired by seed: within (the
+    rule's mean >= the best's mean - max(0.02, the SE of the best's mean)), that tolerance, and the
+    mean paired gap with its 95% t-interval."""
+    se = float(best.std(ddof=1)) / math.sqrt(len(best))
+    tol = max(TOLERANCE, se)
+    d = rule - best
+    half = float(stats.t.ppf(0.975, len(d) - 1)) * float(d.std(ddof=1)) / math.sqrt(len(d))
+    return {"tolerance": tol, "within": bool(rule.mean() >= best.mean() - tol), "gap": float(d.mean()),
+            "gap_low": float(d.mean()) - half, "gap_high": float(d.mean()) + half}
+
+
 def main() -> None:
     seed3 = pq.read_table(HERE / "seed3.parquet").to_pylist()
     per_seed = {s: pq.read_table(HERE / f"seed{s}.parquet").to_pylist() for s in NEW_SEEDS}
@@ -54,17 +66,13 @@ def main() -> None:
                 rule[s], best[s] = (r["accuracy_final"], r["collapsed"]), r["best"]
             seeds = sorted(best)
             a, b = np.array([rule[s][0] for s in seeds]), np.array([best[s] for s in seeds])
-            se = float(b.std(ddof=1)) / math.sqrt(len(b))
-            tol = max(TOLERANCE, se)
-            d = a - b
-            half = float(stats.t.ppf(0.975, len(d) - 1)) * float(d.std(ddof=1)) / math.sqrt(len(d))
+            scored = compare(a, b)
             old = [grid[(plain, c["preset"], c["best_lr"], s)] for s in (0, 1, 2) if (plain, c["preset"], c["best_lr"], s) in grid]
             rows.append({"grid": c["grid"], "task": c["task"], "preset": c["preset"], "start_lr": lr, "best_lr": c["best_lr"],
-                         "seeds": len(seeds), "rule_mean": float(a.mean()), "best_mean": float(b.mean()), "tolerance": tol,
-                         "within": bool(a.mean() >= b.mean() - tol), "collapsed": any(rule[s][1] for s in seeds),
-                         "gap": float(d.mean()), "gap_low": float(d.mean()) - half, "gap_high": float(d.mean()) + half,
+                         "seeds": len(seeds), "rule_mean": float(a.mean()), "best_mean": float(b.mean()), **scored,
+                         "collapsed": any(rule[s][1] for s in seeds),
                          "best_seeds_0_2_mean": float(np.mean(old)) if old else math.nan,
-                         "floor_within": bool(old) and bool(np.mean(old) >= b.mean() - tol)})
+                         "floor_within": bool(old) and bool(np.mean(old) >= b.mean() - scored["tolerance"])})
     pq.write_table(pa.Table.from_pylist(rows), HERE / "pooled.parquet")
     summary = {"seeds": [3, *NEW_SEEDS], "rule": "probe-lower (schedule probe, probe_every 20, probe_rescan lower)"}
     for lr in (*STARTS, None):

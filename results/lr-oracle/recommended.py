@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy import stats
 
-from new_seed import _curve, _final  # this folder's script (a script's folder is on sys.path)
+from new_seed import _curve, _final  # this folder's scripts (a script's folder is on sys.path)
+from pooled import TOLERANCE, compare
 from rlvrlab.experiments.lr_oracle import _recommended_cell, grid_settings
 from rlvrlab.integrations.sweep import run_sweep
 
 HERE = Path(__file__).parent
-TOLERANCE, SEEDS = 0.02, (3, 4, 5, 6)
+SEEDS = (3, 4, 5, 6)
 
 
 def best_finals() -> dict[tuple[str, str, int], float]:
@@ -66,17 +66,11 @@ def main(runs: Path, out: Path) -> None:
         curves = {s: _curve(runs_of[s]) for s in seeds}
         a = np.array([_final(curves[s]) for s in seeds])
         b = np.array([best[(*key, s)] for s in seeds])
-        se = float(b.std(ddof=1)) / math.sqrt(len(b)) if len(b) > 1 else math.nan
-        tol = max(TOLERANCE, se) if math.isfinite(se) else TOLERANCE
-        d = a - b
-        half = float(stats.t.ppf(0.975, len(d) - 1)) * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else math.nan
         grid = next(p["grid"] for p in probes if (p["task"], p["preset"]) == key)
         rows.append({"grid": grid, "task": key[0], "preset": key[1], "seeds": len(seeds),
                      "recommended_median": float(np.median([r["lr"] for s in seeds for r in runs_of[s][:1]])),
-                     "recommended_mean": float(a.mean()), "best_mean": float(b.mean()), "tolerance": tol,
-                     "within": bool(a.mean() >= b.mean() - tol),
-                     "collapsed": any(min(curves[s].values()) <= curves[s][min(curves[s])] / 2 for s in seeds),
-                     "gap": float(d.mean()), "gap_low": float(d.mean()) - half, "gap_high": float(d.mean()) + half})
+                     "recommended_mean": float(a.mean()), "best_mean": float(b.mean()), **compare(a, b),
+                     "collapsed": any(min(curves[s].values()) <= curves[s][min(curves[s])] / 2 for s in seeds)})
     pq.write_table(pa.Table.from_pylist(rows), HERE / "recommended.parquet")
     summary = {"seeds": list(SEEDS), "runs": len(params), "probes without a recommendation": len(probes) - len(todo),
                "within": f"{sum(r['within'] for r in rows)}/{len(rows)}", "collapsed": sum(r["collapsed"] for r in rows),
