@@ -196,8 +196,7 @@ def measure_cell(lrs: list[float], curves: dict[float, list[dict[int, float]]], 
 
 _RUN_KEYS = ("model", "task", "preset", "seed", "batch_size", "group", "prompts", "max_new_tokens", "steps", "eval_every",
              "eval_samples", "checkpoint_every")  # what a run at another rate shares with the grid's runs of its cell
-_PROBE_KEYS = ("model", "task", "preset", "seed", "batch_size", "group", "prompts", "max_new_tokens", "steps", "eval_every",
-               "eval_samples")  # the run settings a cell's probe is made with
+_PROBE_KEYS = tuple(k for k in _RUN_KEYS if k != "checkpoint_every")  # the run settings a cell's probe is made with
 
 
 def grid_settings(runs: Path) -> dict[tuple[str, str], dict[str, Any]]:

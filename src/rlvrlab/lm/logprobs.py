@@ -58,6 +58,7 @@ with a padding mask was slower on two threads than on one; on one thread SDPA wa
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -105,10 +106,11 @@ def prefill(net, ids: torch.Tensor, mask: torch.Tensor, G: int, *, last: Callabl
     return last(out)[:, -1].repeat_interleave(G, 0), cache
 
 
+@functools.cache
 def llama_family() -> dict[type, type]:
     """{causal LM class: its backbone class} for the Llama family of transformers 5 (Llama, Mistral,
     Qwen2, Qwen3), whose attention modules call transformers' generic eager_attention_forward;
-    empty where transformers lacks one of them."""
+    empty where transformers lacks one of them. Built once: every log-prob pass and decode asks."""
     try:
         from transformers import (LlamaForCausalLM, LlamaModel, MistralForCausalLM, MistralModel, Qwen2ForCausalLM,
                                   Qwen2Model, Qwen3ForCausalLM, Qwen3Model)
