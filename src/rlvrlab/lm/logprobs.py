@@ -48,11 +48,12 @@ head (grouped-query attention) are stacked as rows of one product with it, where
 eager copies the keys and values g times (repeat_kv) and sums their gradients back; on the
 benchmark's batch the forward + backward took 51.3 ms against 54.7, the no-grad pass 17.0 against
 17.7, the sampler 22.7 against 25.1. Eager attention keeps its scores for the backward pass
-(rows · heads · queries · keys per layer), which is why it is used only where they are few. The sampler decodes with eager attention too where it runs on more than one thread
-(`eager_attention`, by the prefill's and a decode step's pairs; `rlvrlab.lm.sampling.decode_settings`):
-with one query per step its scores are always few, and on the benchmark's 16 prompts × 8
-completions it sampled in 26 ms on two threads against 33 ms for SDPA on one (SDPA's CPU kernel
-with a padding mask was slower on two threads than on one; on one thread SDPA was the cheaper).
+(rows · heads · queries · keys per layer), which is why it is used only where they are few. The
+sampler decodes with eager attention too where it runs on more than one thread (`eager_attention`,
+by the prefill's and a decode step's pairs; `rlvrlab.lm.sampling.decode_settings`): with one query
+per step its scores are always few, and on the benchmark's 16 prompts × 8 completions it sampled
+in 26 ms on two threads against 33 ms for SDPA on one (SDPA's CPU kernel with a padding mask was
+slower on two threads than on one; on one thread SDPA was the cheaper).
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ On the CPU, a model whose steps are too small to split over threads decodes on o
 (`decode_threads`), and a model that runs PyTorch's SDPA decodes on more than one thread with
 eager attention where the attention scores are few (`decode_settings`; for the Llama family its
 grouped form, `rlvrlab.lm.logprobs.grouped_attention`; the same function up to rounding: its two
-small matrix products split over threads where SDPA's kernel with a padding mask did not). The completions are those of the plain loop run with the same
-threads and attention, token for token (tests/test_sampling.py holds that loop).
+small matrix products split over threads where SDPA's kernel with a padding mask did not). The
+completions are those of the plain loop run with the same threads and attention, token for token
+(tests/test_sampling.py holds that loop).
 
 `token_logprobs` and `next_token_logprobs` (the log-probabilities of completions under a model)
 live in `rlvrlab.lm.logprobs` and are re-exported here.
@@ -122,7 +123,7 @@ def _layer_step(model) -> Step | None:
         h = base.embed_tokens(ids)  # (n, 1, d)
         rotary = base.rotary_emb(h, pos)
         keep = attn.bool()  # (n, L); a query at the end of its row sees every real token before it
-        if implementation != "sdpa":  # transformers' eager_mask (grouped_attention's too): 0 where attended, the dtype's minimum elsewhere
+        if implementation != "sdpa":  # eager_mask (eager and grouped): 0 where attended, the dtype's minimum elsewhere
             mask = torch.where(keep, torch.zeros((), device=h.device, dtype=h.dtype), torch.finfo(h.dtype).min)[:, None, None, :]
         else:  # sdpa_mask: no mask at all where no row has padding, as create_causal_mask decides
             mask = None if bool(keep.all()) else keep[:, None, None, :]
