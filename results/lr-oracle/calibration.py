@@ -43,23 +43,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlvrlab.experiments.lr_oracle import _PROBE_KEYS, _probe_cell, grid_settings
+from rlvrlab.experiments.phase import prediction_stats
 from rlvrlab.integrations.sweep import run_sweep
 
 HERE = Path(__file__).parent
 PROBE = {"probe_steps": 4, "probe_fresh": 4}  # lr-oracle's probe settings
 
 
-def within(ratio: np.ndarray, factor: float = 2.0) -> float:
-    return float(np.mean((ratio >= 1 / factor) & (ratio <= factor)))
-
-
 def score(reading: np.ndarray, measured: np.ndarray, c: float) -> dict[str, float]:
-    """Within 2x and 1.5x of the measured rate, the reading and c x the reading, over the probes with both finite."""
+    """Within 2x and 1.5x of the measured rate (phase's prediction_stats), the reading and c x the
+    reading, over the probes with both finite."""
     ok = np.isfinite(reading) & np.isfinite(measured) & (reading > 0)
-    raw, cal = reading[ok] / measured[ok], c * reading[ok] / measured[ok]
-    return {"probes": int(ok.sum()), "raw_within_2x": within(raw), "calibrated_within_2x": within(cal),
-            "raw_within_1.5x": within(raw, 1.5), "calibrated_within_1.5x": within(cal, 1.5),
-            "raw_median_ratio": float(np.median(raw)), "calibrated_median_ratio": float(np.median(cal))}
+    raw, cal = (prediction_stats(r, measured[ok], measured[ok]) for r in (reading[ok], c * reading[ok]))
+    return {"probes": int(ok.sum()), "raw_within_2x": raw["within_2x"], "calibrated_within_2x": cal["within_2x"],
+            "raw_within_1.5x": raw["within_1.5x"], "calibrated_within_1.5x": cal["within_1.5x"],
+            "raw_median_ratio": raw["ratio_median"], "calibrated_median_ratio": cal["ratio_median"]}
 
 
 def main(runs: Path, out: Path, seeds: list[int]) -> None:
