@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlvrlab.experiments.lr_oracle import _RUN_KEYS, measure_cell
+from rlvrlab.experiments.lr_oracle import grid_settings, measure_cell
 from rlvrlab.experiments.warning_bench import _trl_cell
 from rlvrlab.integrations.sweep import run_sweep
 
@@ -52,11 +52,10 @@ RULES = {"probe": {"schedule": "probe"}, "gap": {"schedule": "gap-adaptive"},
 
 def _base(runs: Path) -> dict:
     """The settings every run shares: those of the add / grpo runs of grid (a)."""
-    for cfg in sorted(runs.glob("*/config.json")):
-        s = json.loads(cfg.read_text())["settings"]
-        if s["task"] == TASK and s["preset"] == "grpo":
-            return {k: s[k] for k in _RUN_KEYS if k != "seed"}
-    sys.exit(f"no {TASK} / grpo run under {runs}")
+    base = grid_settings(runs).get((TASK, "grpo"))
+    if base is None:
+        sys.exit(f"no {TASK} / grpo run under {runs}")
+    return base
 
 
 def _curve(rows: list[dict]) -> dict[int, float]:
