@@ -45,6 +45,7 @@ __all__ = [
     "gap_stats_mc",
     "lemma3_log_odds_change",
     "log_odds_change_mc",
+    "realized_log_odds_change",
     "log_odds_hessian",
     "score_covariance",
     "worst_second_order_penalty",
@@ -376,35 +377,42 @@ class GapStatsMC:
         return out
 
 
-def _side_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _side_moments(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Count, mean, unbiased variance, se of the mean and se of the variance over masked samples.
 
     x: (..., G) or (..., G, d) with mask (..., G); returns n (...) and the rest (...) or (..., d).
     Var(s²) ≈ (m4 - s⁴ (n-3)/(n-1)) / n. Means need n >= 1, the others n >= 2 (else NaN).
+    weight: (..., G) frequency weights (a sample of weight w counts as w copies of itself; a
+    sample of weight 0 is left out like a masked one), None: 1 each.
     """
     vector = x.dim() > mask.dim()
-    n = mask.to(x.dtype).sum(-1)
-    m, nn, dim = (mask.unsqueeze(-1), n.unsqueeze(-1), -2) if vector else (mask, n, -1)
+    w = mask.to(x.dtype) if weight is None else torch.where(mask.to(torch.bool), weight.to(x.dtype), 0.0)
+    n = w.sum(-1)
+    m, w, nn, dim = (w.unsqueeze(-1) > 0, w.unsqueeze(-1), n.unsqueeze(-1), -2) if vector else (w > 0, w, n, -1)
     x = torch.where(m, x, 0.0)  # a left-out value (NaN, inf) must not reach the sums: 0·NaN = NaN
-    m = m.to(x.dtype)
-    one, two = nn >= 1, nn >= 2
-    mean = torch.where(one, (m * x).sum(dim) / nn.clamp(min=1), math.nan)
-    dev = (x - mean.unsqueeze(dim)) * m
-    var = torch.where(two, (dev**2).sum(dim) / (nn - 1).clamp(min=1), math.nan)
-    m4 = (dev**4).sum(dim) / nn.clamp(min=1)
-    var_of_var = (m4 - var**2 * (nn - 3) / (nn - 1).clamp(min=1)) / nn.clamp(min=1)
+    n1, n2 = nn.clamp(min=1), (nn - 1).clamp(min=1)
+    mean = (w * x).sum(dim) / n1
+    dev2 = torch.where(m, x - mean.unsqueeze(dim), 0.0).square()
+    var = (w * dev2).sum(dim) / n2
+    var_of_var = ((w * dev2.square()).sum(dim) / n1 - var.square() * (nn - 3) / n2) / n1
+    two = nn >= 2
+    mean = torch.where(nn >= 1, mean, math.nan)
+    var = torch.where(two, var, math.nan)
     se_var = torch.where(two, var_of_var.clamp(min=0).sqrt(), math.nan)
-    se_mean = torch.where(two, (var / nn.clamp(min=1)).sqrt(), math.nan)
+    se_mean = (var / n1).sqrt()  # NaN with var
     return n, mean, var, se_mean, se_var
 
 
-def _log_mean_exp(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log of the masked mean of exp(x) and its delta-method standard error, stable for large |x|."""
+def _log_mean_exp(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log of the masked mean of exp(x) and its delta-method standard error, stable for large |x|
+    (``weight``: frequency weights, as `_side_moments`)."""
+    if weight is not None:
+        mask = mask & (weight > 0)
     shift = x.masked_fill(~mask, -math.inf).amax(-1, keepdim=True)
     shift = torch.where(torch.isfinite(shift), shift, 0.0)
     # Mask before exponentiating: a sample of the other side may lie far above this side's shift,
     # and its exp would overflow to inf (then inf·0 = NaN in the masked sums).
-    n, mean, _, se, _ = _side_moments(torch.exp((x - shift).masked_fill(~mask, -math.inf)), mask)
+    n, mean, _, se, _ = _side_moments(torch.exp((x - shift).masked_fill(~mask, -math.inf)), mask, weight)
     return torch.log(mean) + shift.squeeze(-1), se / mean
 
 
@@ -415,6 +423,7 @@ def gap_stats_mc(
     scores: torch.Tensor | None = None,
     direction: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> GapStatsMC:
     """Monte Carlo Gap statistics from responses sampled from π.
 
@@ -422,6 +431,8 @@ def gap_stats_mc(
     proj:      (..., G) w·∇log π of each sample, or
     scores:    (..., G, d) full scores with direction (..., d); then g_plus / g_minus are estimated too.
     mask:      (..., G) optional, False for samples to leave out (e.g. prompts not trained on)
+    weight:    (..., G) optional frequency weights of proj's samples (a sample of weight w counts
+               as w copies; rlvrlab.lm.diagnostics' stratified pass), None: 1 each
 
     delta_mu = mean+(s) - mean-(s) with se = sqrt(s+²/n+ + s-²/n-); J = n+/G with the binomial se;
     log_odds = log(n+/n-) with the delta-method se sqrt(1/n+ + 1/n-).
@@ -443,9 +454,9 @@ def gap_stats_mc(
     assert proj is not None
     _checks.shape("proj", proj, (reward.shape[-1],), "(..., G) like reward")
     proj = proj.to(torch.promote_types(proj.dtype, torch.float32))
-    n_p, mean_p, var_p, se_mp, se_vp = _side_moments(proj, correct)
-    n_m, mean_m, var_m, se_mm, se_vm = _side_moments(proj, incorrect)
-    G = keep.to(proj.dtype).sum(-1)
+    n_p, mean_p, var_p, se_mp, se_vp = _side_moments(proj, correct, weight)
+    n_m, mean_m, var_m, se_mm, se_vm = _side_moments(proj, incorrect, weight)
+    G = n_p + n_m  # the kept samples (their total weight)
     J = torch.where(G > 0, n_p / G.clamp(min=1), math.nan)  # no kept sample: no estimate
     nan = torch.full_like(J, math.nan)
     both = (n_p >= 1) & (n_m >= 1)
@@ -490,20 +501,29 @@ class LogOddsChangeMC:
     n_minus: torch.Tensor
 
 
-def log_odds_change_mc(delta_logp: torch.Tensor, reward: torch.Tensor) -> LogOddsChangeMC:
-    """Estimate Delta_mu·eta and the realized log-odds change from post-step log-ratios.
-
-    delta_logp: (..., G) log π_new(o_i) - log π_old(o_i) for o_i ~ π_old
-    reward:     (..., G) 0/1
-    """
+def realized_log_odds_change(delta_logp: torch.Tensor, reward: torch.Tensor, *,
+                             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log_odds_change_mc``'s realized change and its standard error alone (the same values,
+    without the first-order estimate's moments)."""
     _checks.binary("reward", reward)
     _checks.shape("delta_logp", delta_logp, (reward.shape[-1],), "(..., G) like reward")
     correct = reward.to(torch.bool)
     x = delta_logp.to(torch.promote_types(delta_logp.dtype, torch.float32))
-    n_p, mean_p, _, se_p, _ = _side_moments(x, correct)
-    n_m, mean_m, _, se_m, _ = _side_moments(x, ~correct)
-    lme_p, se_lp = _log_mean_exp(x, correct)
-    lme_m, se_lm = _log_mean_exp(x, ~correct)
-    realized = lme_p - lme_m
-    se_realized = (se_lp**2 + se_lm**2).sqrt()
+    lme_p, se_lp = _log_mean_exp(x, correct, weight)
+    lme_m, se_lm = _log_mean_exp(x, ~correct, weight)
+    return lme_p - lme_m, (se_lp**2 + se_lm**2).sqrt()
+
+
+def log_odds_change_mc(delta_logp: torch.Tensor, reward: torch.Tensor, *, weight: torch.Tensor | None = None) -> LogOddsChangeMC:
+    """Estimate Delta_mu·eta and the realized log-odds change from post-step log-ratios.
+
+    delta_logp: (..., G) log π_new(o_i) - log π_old(o_i) for o_i ~ π_old
+    reward:     (..., G) 0/1
+    weight:     (..., G) optional frequency weights (as gap_stats_mc's)
+    """
+    realized, se_realized = realized_log_odds_change(delta_logp, reward, weight=weight)  # checks the inputs
+    correct = reward.to(torch.bool)
+    x = delta_logp.to(torch.promote_types(delta_logp.dtype, torch.float32))
+    n_p, mean_p, _, se_p, _ = _side_moments(x, correct, weight)
+    n_m, mean_m, _, se_m, _ = _side_moments(x, ~correct, weight)
     return LogOddsChangeMC(mean_p - mean_m, (se_p**2 + se_m**2).sqrt(), realized, se_realized, n_p, n_m)
