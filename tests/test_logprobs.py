@@ -203,19 +203,20 @@ def test_length_buckets_are_the_cheapest_grouping(seed):
     N = int(torch.randint(1, 12, (1,), generator=gen))
     lengths = torch.randint(1, 9, (N,), generator=gen).tolist()
     saving = [0.0, 0.02, 0.05, 0.2, 1.0][seed % 5]
-    groups = length_buckets(lengths, min_saving=saving)
+    least = [0, 0, 10, 0, 3][seed // 5 % 5]  # a price in positions too
+    groups = length_buckets(lengths, min_saving=saving, min_positions=least)
     assert sorted(i for g in groups for i in g) == list(range(N)) and all(g == sorted(g) for g in groups)
     longest = [max(lengths[i] for i in g) for g in groups]
     assert longest == sorted(longest) and all(min(lengths[i] for i in g) > prev for g, prev in zip(groups[1:], longest))
 
     def cost(gs):
-        return sum(len(g) * max(lengths[i] for i in g) for g in gs) + (len(gs) - 1) * saving * N * max(lengths)
+        return sum(len(g) * max(lengths[i] for i in g) for g in gs) + (len(gs) - 1) * max(saving * N * max(lengths), least)
 
     order = sorted(range(N), key=lambda i: lengths[i])
     assert cost(groups) == pytest.approx(min(cost(gs) for gs in _groupings(order, lengths)))
-    if saving == 0.0:  # free passes: a group per distinct length
+    if saving == 0.0 and least == 0:  # free passes: a group per distinct length
         assert len(groups) == len(set(lengths))
-    assert length_buckets([], min_saving=saving) == []
+    assert length_buckets([], min_saving=saving, min_positions=least) == []
 
 
 @pytest.mark.parametrize("make", [_qwen, lambda: _qwen(tie=False), _gpt2, lambda: Wrapped(_qwen())],
@@ -223,9 +224,10 @@ def test_length_buckets_are_the_cheapest_grouping(seed):
 def test_grouped_passes_give_the_log_probs_entropy_and_gradients_of_one_pass(make, monkeypatch):
     model = make()
     params = [p for p in model.parameters() if p.requires_grad]
+    monkeypatch.setattr(logprobs, "BUCKET_MIN_POSITIONS", 0)  # rollouts this small are not grouped by default
     for k, (B, G, P, T) in enumerate([(2, 3, 4, 9), (3, 4, 5, 16), (1, 6, 3, 12)]):
         roll = _rollout(B, G, P, T, seed=20 + k)
-        assert len(length_buckets(roll.lengths.tolist())) >= 2  # these rollouts are grouped
+        assert len(length_buckets(roll.lengths.tolist(), min_positions=0)) >= 2  # these rollouts are grouped
         weight = torch.randn(roll.completion_ids.shape, generator=torch.Generator().manual_seed(k))
         logp, ent = token_logprobs(model, roll, entropy=True, chunk_size=5)
         grads = torch.autograd.grad((logp * weight).sum(), params)

@@ -35,7 +35,16 @@ a single pass's completion positions are padding; two or three groups run 30-37%
 positions, and the forward + backward took 10-20% less time). A group costs one more pass, so a
 group is split off only where it saves 5% of a pass over the batch (BUCKET_MIN_SAVING; at most
 16 new tokens, where most completions run to the end, groups neither paid nor cost measurably).
-The numbers are those of one pass up to rounding: the same operations, on batches of other shapes.
+A small batch's passes cost mostly their fixed cost (transformers' masks, rotary embeddings,
+cache and module calls: 0.6-1.3 ms a pass of the tiny model), so a group must also save at least
+BUCKET_MIN_POSITIONS positions. The numbers are those of one pass up to rounding: the same
+operations, on batches of other shapes.
+
+A confident policy samples the same completion again and again (the tiny model on arith: 65 to 79
+distinct (prompt, completion) rows among 128, on add 23 to 32, countdown 105 to 122). With
+``distinct`` `token_logprobs` runs each distinct row once (`distinct_rows`), its prompt still once
+per prompt, and copies the values to the repeats; the trainers' post-step pass uses it (on the
+benchmark's batch 9.4 ms against 14.6).
 
 Attention: where a pass's attention scores are few (`EAGER_ATTENTION_SCORES`), a model that runs
 PyTorch's SDPA runs transformers' eager attention for the pass instead (two matrix products and a
@@ -59,6 +68,7 @@ slower on two threads than on one; on one thread SDPA was the cheaper).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,8 +80,8 @@ from torch.utils.checkpoint import checkpoint
 if TYPE_CHECKING:
     from rlvrlab.lm.sampling import Rollout
 
-__all__ = ["BUCKET_MIN_SAVING", "CHUNK_ELEMENTS", "EAGER_ATTENTION_SCORES", "GROUPED_ATTENTION", "attention_for",
-           "chunk_positions", "eager_attention", "grouped_attention", "head_inputs", "length_buckets", "llama_family",
+__all__ = ["BUCKET_MIN_POSITIONS", "BUCKET_MIN_SAVING", "CHUNK_ELEMENTS", "EAGER_ATTENTION_SCORES", "GROUPED_ATTENTION", "attention_for",
+           "chunk_positions", "distinct_rows", "eager_attention", "grouped_attention", "head_inputs", "length_buckets", "llama_family",
            "log_softmax_chunks", "next_token_logprobs", "positions", "prefill", "token_logprobs"]
 
 # Logits per chunk (C·V): 64 MB of float32; C = 110 positions at V = 151,936. A chunk's working
@@ -81,6 +91,10 @@ CHUNK_ELEMENTS = 2**24
 # `length_buckets`: a further pass of the backbone over a group of completions must save at least
 # this share of the padded positions of one pass over the batch (a pass has a fixed cost of its own).
 BUCKET_MIN_SAVING = 0.05
+# ... and at least this many positions: a pass's own fixed cost (transformers' masks, rotary
+# embeddings, cache and module calls) is about that of 200 positions of the tiny model on two
+# threads (a no-grad pass over 1 row of 1 token took 0.6-1.3 ms, each further position ~6 µs).
+BUCKET_MIN_POSITIONS = 192
 
 # `attention_for`: a pass whose attention scores (rows · heads · queries · keys, each layer) number at
 # most this runs eager attention instead of SDPA (32 MB of float32 scores per layer, kept for the backward).
@@ -240,22 +254,24 @@ def _vocab(model, x: torch.Tensor) -> int:
     return getattr(head, "out_features", None) or model.config.get_text_config().vocab_size
 
 
-def length_buckets(lengths: list[int], *, min_saving: float = BUCKET_MIN_SAVING) -> list[list[int]]:
+def length_buckets(lengths: list[int], *, min_saving: float = BUCKET_MIN_SAVING,
+                   min_positions: float = BUCKET_MIN_POSITIONS) -> list[list[int]]:
     """Rows grouped by completion length for the backbone's pass: each group runs up to its own
     longest completion instead of the batch's, skipping the padding in between. Groups are runs of
     the rows sorted by length (rows ascending within a group); their boundaries minimize
 
-        Σ_groups rows · longest  +  (groups − 1) · min_saving · N · T
+        Σ_groups rows · longest  +  (groups − 1) · max(min_saving · N · T, min_positions)
 
     (padded positions through the backbone, plus a price per extra pass: each pass has a fixed cost
     of its own, so a cut is made only where it saves at least ``min_saving`` of the N · T positions
-    of one pass over the batch). Exact, by dynamic programming over the distinct lengths."""
+    of one pass over the batch, and at least ``min_positions``: a small batch's passes cost mostly
+    their fixed cost). Exact, by dynamic programming over the distinct lengths."""
     N = len(lengths)
     if N == 0:
         return []
     order = sorted(range(N), key=lambda i: lengths[i])
     ls = [lengths[i] for i in order]
-    price = min_saving * N * ls[-1]
+    price = max(min_saving * N * ls[-1], min_positions)
     cuts = [i for i in range(1, N) if ls[i] != ls[i - 1]] + [N]  # a group ends where the length changes, or at the end
     best = {0: (0.0, 0)}  # end of the groups so far -> (cost, start of the last group)
     for j in cuts:
@@ -280,37 +296,42 @@ def _rows(cache, rows: torch.Tensor):
     return sub
 
 
-def _selected(model, rollout: Rollout):
+def _selected(model, rollout: Rollout, owners: tuple[torch.Tensor, torch.Tensor] | None = None):
     """The completion positions (M,) as flat indices into (N·T) in row-major order, their head
     inputs (M, H), tokens (M,) and the head. With completions of different lengths, the backbone
-    runs on groups of them (`length_buckets`); the prompts still run once."""
+    runs on groups of them (`length_buckets`); the prompts still run once. ``owners``: for rows
+    that are not in groups of ``rollout.group`` (`distinct_rows`), the rows whose prompts run (B,)
+    and each row's index into them (N,)."""
     N, T = rollout.completion_ids.shape
     where = rollout.completion_mask.flatten().nonzero().squeeze(1)  # (M,)
-    groups = length_buckets(rollout.lengths.tolist(), min_saving=BUCKET_MIN_SAVING)
-    if len(groups) < 2:
+    groups = length_buckets(rollout.lengths.tolist(), min_saving=BUCKET_MIN_SAVING, min_positions=BUCKET_MIN_POSITIONS)
+    if len(groups) < 2 and owners is None:
         x, head = head_inputs(model, rollout)
         return where, x.flatten(0, 1).index_select(0, where), rollout.completion_ids.flatten()[where], head
     G, P = rollout.group, rollout.prompt_ids.shape[1]
+    heads, owner = owners if owners is not None else (torch.arange(0, N, G, device=where.device),
+                                                      torch.arange(N, device=where.device) // G)  # row b·G + g: prompt b
     split = _backbone_and_head(model)
     net, head = split if split is not None else (model, lambda z: z)
 
     def last(out) -> torch.Tensor:
         return out.last_hidden_state if split is not None else out.logits
 
-    first, cache = prefill(net, rollout.prompt_ids[::G], rollout.prompt_mask[::G], 1, last=last)  # (B, H): predicts o_1
+    first, cache = prefill(net, rollout.prompt_ids[heads], rollout.prompt_mask[heads], 1, last=last)  # (B, H): predicts o_1
     parts, places = [], []
     for group in groups:
         rows = torch.tensor(group, device=where.device)
-        sub = _rows(cache, torch.div(rows, G, rounding_mode="floor"))  # row b·G + g continues prompt b
-        if sub is None:  # a cache of another kind: one pass over the batch
-            x, head = head_inputs(model, rollout)
+        sub = _rows(cache, owner[rows])
+        if sub is None:  # a cache of another kind: one pass over the batch, every row with its own prompt
+            alone = rollout if owners is None else dataclasses.replace(rollout, group=1)
+            x, head = head_inputs(model, alone)
             return where, x.flatten(0, 1).index_select(0, where), rollout.completion_ids.flatten()[where], head
         Tg = int(rollout.lengths[rows].max())
         cmask = rollout.completion_mask[rows, :Tg]
         mask = torch.cat([rollout.prompt_mask[rows], cmask], 1)
         rest = net(input_ids=rollout.completion_ids[rows, :Tg], attention_mask=mask.long(),
                    position_ids=positions(mask)[:, P:], past_key_values=sub, use_cache=True)
-        x = torch.cat([first[rows // G].unsqueeze(1), last(rest)[:, :-1]], 1)  # (n, Tg, H)
+        x = torch.cat([first[owner[rows]].unsqueeze(1), last(rest)[:, :-1]], 1)  # (n, Tg, H)
         at = cmask.flatten().nonzero().squeeze(1)
         parts.append(x.flatten(0, 1).index_select(0, at))
         places.append((rows[:, None] * T + torch.arange(Tg, device=rows.device)).flatten()[at])
@@ -339,14 +360,49 @@ def _chunk_logprobs(x: torch.Tensor, tokens: torch.Tensor, head, entropy: bool) 
         return logp, -(logp_all.exp() * logp_all).sum(-1)
 
 
-def token_logprobs(model, rollout: Rollout, *, entropy: bool = False,
-                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def distinct_rows(rollout: Rollout) -> tuple[Rollout, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The rollout's distinct (prompt, completion) rows, in order of first appearance: (that
+    rollout (U rows), each row's index into it (N,), and for `_selected` the distinct rows whose
+    prompts run and each distinct row's index into them)."""
+    N = rollout.completion_ids.shape[0]
+    prompt = rollout.prompt_ids.masked_fill(~rollout.prompt_mask, -1)
+    key = torch.cat([prompt, rollout.completion_ids.masked_fill(~rollout.completion_mask, -1)], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), N, device=key.device).scatter_reduce(
+        0, inverse, torch.arange(N, device=key.device), "amin")  # each distinct row's first appearance
+    order = torch.argsort(first)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=key.device))
+    rows = first[order]  # the distinct rows, in order of first appearance
+    unique = dataclasses.replace(rollout, prompt_ids=rollout.prompt_ids[rows], prompt_mask=rollout.prompt_mask[rows],
+                                 completion_ids=rollout.completion_ids[rows], completion_mask=rollout.completion_mask[rows])
+    _, owner = torch.unique(prompt[rows], dim=0, return_inverse=True)
+    heads = torch.full((int(owner.max()) + 1,), len(rows), device=key.device).scatter_reduce(
+        0, owner, torch.arange(len(rows), device=key.device), "amin")
+    return unique, rank[inverse], (heads, owner)
+
+
+def token_logprobs(model, rollout: Rollout, *, entropy: bool = False, chunk_size: int | None = None,
+                   distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(o_t | q, o_<t) of every completion token (N, T) (0 where masked), and optionally the
     entropy of each next-token distribution (N, T) (0 where masked, never with a gradient), from the
     log-softmax in float32, chunk_size positions at a time (default: CHUNK_ELEMENTS // V).
-    Differentiable when grad is enabled, with the gradients of the unchunked computation."""
+    Differentiable when grad is enabled, with the gradients of the unchunked computation.
+
+    ``distinct``: run each distinct (prompt, completion) row once (`distinct_rows`; a confident
+    policy samples the same completion again and again) and copy its values to its repeats. The
+    values are a pass's up to rounding (a batch of another shape); with grad, a repeated row's
+    gradients add up on the one that ran."""
+    if distinct:
+        unique, inverse, owners = distinct_rows(rollout)
+        logp, ent = _token_logprobs(model, unique, entropy, chunk_size, owners)
+        return logp[inverse], (ent[inverse] if ent is not None else None)
+    return _token_logprobs(model, rollout, entropy, chunk_size, None)
+
+
+def _token_logprobs(model, rollout: Rollout, entropy: bool, chunk_size: int | None,
+                    owners: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     with attention_for(model, rollout):
-        where, x, tokens, head = _selected(model, rollout)
+        where, x, tokens, head = _selected(model, rollout, owners)
     chunks = chunk_positions(len(where), _vocab(model, x), chunk_size)
     recompute = torch.is_grad_enabled() and x.requires_grad and len(chunks) > 1
     parts = [checkpoint(_chunk_logprobs, x[c], tokens[c], head, entropy, use_reentrant=False) if recompute
