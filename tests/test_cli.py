@@ -99,7 +99,7 @@ def test_train_config_docs_leave_its_record_unchanged_and_a_run_is_named_by_its_
                             "max_new_tokens", "steps", "lr", "optimizer", "schedule", "adaptive_fraction", "adaptive_smoothing",
                             "adaptive_growth", "adaptive_ratchet", "adaptive_start", "probe_every", "probe_rescan", "probe_steps",
                             "probe_fresh", "lr_min", "lr_max", "epochs", "max_grad_norm", "temperature", "holdout", "eval_every",
-                            "eval_samples", "diagnostics",
+                            "eval_samples", "diagnostics", "diagnostics_unmixed",
                             "fresh_samples", "prompt_table", "kl_reference", "checkpoint_every", "tensorboard", "device", "seed"]
     assert record["lr"] == 1e-3 and record["schedule"] == "constant" and record["alpha"] is None and record["prompts"] == 400
     assert TrainConfig().identity() == {}
@@ -108,6 +108,9 @@ def test_train_config_docs_leave_its_record_unchanged_and_a_run_is_named_by_its_
     before_probe = {k: v for k, v in dataclasses.asdict(config).items() if not k.startswith("probe_")}  # an older config.json
     assert nondefault_settings(before_probe) == config.identity()
     assert nondefault_settings({**before_probe, "probe_every": 5}) != config.identity()
+    # diagnostics_unmixed came later, at 1.0: every earlier run measured every group, as the default does
+    before_sampling = {k: v for k, v in dataclasses.asdict(config).items() if k != "diagnostics_unmixed"}
+    assert nondefault_settings(before_sampling) == config.identity()
 
 
 def test_list_verbose_shows_settings_and_defaults():

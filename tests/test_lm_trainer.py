@@ -172,6 +172,32 @@ def test_a_step_records_every_diagnostic_and_moves_the_weights(tiny_model, tmp_p
         assert math.isfinite(row["gap/delta_mu_eta"]) and math.isfinite(row["gap/log_odds_change"])
 
 
+def _third(text, problem):
+    return float(len(text) % 3 == 0)
+
+
+def test_a_sampled_pass_measures_the_same_step_within_its_standard_errors(tiny_model, tmp_path):
+    """The same run measured with every group and with a stratified sample of them (the step and the
+    batches are the same: the pass changes nothing the training does)."""
+    rows = {}
+    for unmixed in (1.0, 0.2):
+        tr = GRPOTrainer(_config(tiny_model, batch_size=96, group=4, diagnostics_unmixed=unmixed), tmp_path / str(unmixed),
+                         reward_fn=_third)
+        rows[unmixed] = []
+        for _ in range(4):
+            rows[unmixed].append(tr.train_step())
+            tr.step += 1
+    left_out = 0
+    for full, part in zip(rows[1.0], rows[0.2], strict=True):
+        assert part["gap/J"] == full["gap/J"] and part["gap/eta"] == full["gap/eta"]
+        assert full["gap/measured_groups"] == 24 and part["gap/mixed_prompts"] <= part["gap/measured_groups"] <= 24
+        left_out += 24 - part["gap/measured_groups"]
+        for key in ("delta_mu_eta", "log_odds_change"):
+            assert math.isfinite(full[f"gap/{key}"])  # both outcomes in every batch at this reward
+            assert abs(part[f"gap/{key}"] - full[f"gap/{key}"]) <= 3 * part[f"gap/se_{key}"]  # within its own standard errors
+    assert left_out >= 4
+
+
 def test_fresh_samples_measure_the_same_step_on_responses_it_was_not_trained_on(tiny_model, tmp_path):
     tr = GRPOTrainer(_config(tiny_model, fresh_samples=6), tmp_path, reward_fn=_even_length)
     row = tr.train_step()
@@ -312,6 +338,7 @@ def test_reward_failing_on_one_sample_is_reported_with_that_sample(tiny_model, t
     (dict(schedule="linear"), r"^schedule: got 'linear'; allowed: constant, cosine, gap-adaptive"),
     (dict(schedule="gap-adaptive", diagnostics=False), r"^diagnostics: got False; allowed: True with schedule 'gap-adaptive'"),
     (dict(fresh_samples=1), r"^fresh_samples: got 1; allowed: 0 \(off\) or an integer >= 2"),
+    (dict(diagnostics_unmixed=0), r"^diagnostics_unmixed: got 0; allowed: a number in \(0, 1\] \(1: every group\)"),
 ])
 def test_bad_settings(kw, message):
     with pytest.raises(ValueError, match=message):

@@ -176,6 +176,35 @@ def test_monitor_agrees_with_rlvrlab_trainer_on_the_same_batches(monitored, tiny
                 assert not math.isfinite(mine[k])
 
 
+def third(prompts, completions, **kwargs):
+    """A 0/1 reward the untrained model meets about a third of the time: some groups all wrong."""
+    return [float(len(c) % 3 == 0) for c in completions]
+
+
+def test_a_sampled_pass_measures_the_full_passs_values_within_its_standard_errors(tiny_base_model, tmp_path):
+    """The same TRL run (the same seed: the monitor changes nothing the training does) measured with
+    every group and with every mixed group and a quarter of the others (gap_unmixed 0.25)."""
+    runs = {}
+    for unmixed in (1.0, 0.25):
+        trainer = _trainer(tiny_base_model, tmp_path / str(unmixed), reward=third, gap=GapConfig(gap_unmixed=unmixed),
+                           per_device_train_batch_size=16 * G, max_steps=8)
+        trainer.train()
+        runs[unmixed] = trainer.gap_history
+    left_out = 0
+    for full, part in zip(runs[1.0], runs[0.25], strict=True):
+        assert part["gap/J"] == full["gap/J"] and part["gap/eta"] == pytest.approx(full["gap/eta"], rel=1e-6)
+        assert full["gap/measured_groups"] == 16 and part["gap/mixed_prompts"] <= part["gap/measured_groups"] <= 16
+        left_out += 16 - part["gap/measured_groups"]
+        for key in ("delta_mu_eta", "log_odds_change"):
+            if not math.isfinite(full[f"gap/{key}"]):
+                continue
+            if part["gap/measured_groups"] == 16:  # nothing left out: the full pass's values
+                assert part[f"gap/{key}"] == pytest.approx(full[f"gap/{key}"], rel=1e-4, abs=1e-7)
+            else:
+                assert abs(part[f"gap/{key}"] - full[f"gap/{key}"]) <= 3 * part[f"gap/se_{key}"]  # within its own standard errors
+    assert left_out >= 4  # the sample did leave groups out
+
+
 def _cosine(t: int, warmup: int, total: int) -> float:
     """transformers' cosine schedule with warm-up, written out."""
     if t < warmup:
@@ -280,6 +309,7 @@ def test_warnings_come_once_each(tiny_base_model, tmp_path):
     (dict(gap_every=0), r"^gap_every: got 0"),
     (dict(gap_fraction=1.5), r"^gap_fraction: got 1.5; allowed: a number in \(0, 1\]"),
     (dict(gap_lr_max=0.0), r"^gap_lr_max: got 0.0"),
+    (dict(gap_unmixed=0.0), r"^gap_unmixed: got 0.0; allowed: a number in \(0, 1\] \(1: every group\)"),
 ])
 def test_bad_settings(kw, message):
     with pytest.raises(ValueError, match=message):

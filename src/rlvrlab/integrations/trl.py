@@ -64,6 +64,13 @@ checkpointing off, which changes no value. Dropout would make ΔL noise (a 1e-12
 the diagnostics are on. The α weighting is computed once per generation batch from the
 advantages TRL computed, so later passes (num_iterations > 1) read the same weighted advantages.
 
+The post-step pass calls TRL's function once per distinct (prompt, completion) row (a confident
+policy repeats its completions; the values are copied to the repeats). With `gap_unmixed` < 1 it
+runs on a stratified sample of the groups: every group with both outcomes and that share of the
+others, drawn from every process's successes with one seed, so that every process draws the same
+(rlvrlab.lm.diagnostics.measured_groups; under DeepSpeed or FSDP, whose forward is collective, and
+on a multimodal batch every group is measured).
+
 Limits: each optimizer step must train on whole generation batches (TRL's default,
 steps_per_generation = gradient_accumulation_steps) so that every group is measured whole. With
 num_iterations > 1 the later steps on a batch measure samples of an older policy (off-policy:
@@ -89,7 +96,7 @@ import torch
 
 from rlvrlab import _checks
 from rlvrlab.io import write_table
-from rlvrlab.lm.diagnostics import GapAdaptiveRate
+from rlvrlab.lm.diagnostics import GapAdaptiveRate, measured_groups
 from rlvrlab.lm.monitor import GapMonitor, GapWarning
 from rlvrlab.updates import WEIGHTINGS
 
@@ -151,6 +158,10 @@ class GapConfig:
     gap_success_reward: str = field(default="", metadata={
         "help": "the reward function that verifies success (its name); empty: the only one"})
     gap_success_threshold: float = field(default=1.0, metadata={"help": "a completion succeeds when that reward >= this"})
+    gap_unmixed: float = field(default=1.0, metadata={
+        "help": "share of the groups without reward variance (all right or all wrong) the post-step pass measures, at least 2 "
+                "of each kind (groups with both outcomes always; 1: every group, the exact full pass; less: a stratified "
+                "sample, unbiased for the full pass; DeepSpeed and FSDP measure every group)"})
     gap_step_norm: bool = field(default=True, metadata={
         "help": "measure η = ‖θ_new − θ_old‖ (a copy of the trainable weights each measured step)"})
 
@@ -166,6 +177,8 @@ class GapConfig:
                 _checks.positive(name, getattr(self, name))
         if not (math.isfinite(self.gap_alpha) and self.gap_alpha >= 0):
             _checks.fail("gap_alpha", self.gap_alpha, "a number >= 0 (0: no reweighting)")
+        if not (isinstance(self.gap_unmixed, (int, float)) and 0 < self.gap_unmixed <= 1):
+            _checks.fail("gap_unmixed", self.gap_unmixed, "a number in (0, 1] (1: every group)")
         if not math.isfinite(self.gap_success_threshold):
             _checks.fail("gap_success_threshold", self.gap_success_threshold, "a finite number")
 
@@ -407,22 +420,39 @@ class GapGRPOTrainer(GRPOTrainer):
             eta = math.sqrt(sum(float((p.detach() - q).double().pow(2).sum()) for p, q in zip(self._gap_params, self._gap_before)))
             self._gap_before = None
         mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
-        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-        # the training forward's mode, autocast and adapter; checkpointing off changes no value, and neither does
-        # no_grad (the callback runs with grad enabled, where TRL's function would record a graph for nothing)
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), torch.no_grad():
-            new, _, _ = super()._get_per_token_logps_and_entropies(
-                self.model, ids, attention, batch["completion_ids"].shape[1], batch_size=self.args.per_device_train_batch_size,
-                **{k: batch[k] for k in _MULTIMODAL if batch.get(k) is not None})
-        local = torch.stack([(new * mask).sum(-1) - old, mask.sum(-1).float(), self._gap_success.float()], 1)  # (n, 3)
-        both = self.accelerator.gather(local).float().cpu()  # (N, 3), global order: groups are consecutive
-        G = self.num_generations
-        delta, length, success = both[:, 0].view(-1, G), both[:, 1], both[:, 2].view(-1, G)
+        G, n = self.num_generations, old.shape[0]
+        # which groups the pass measures (rlvrlab.lm.diagnostics.measured_groups): from every process's successes, the same
+        # draw on each. A sharded model's forward is collective, and a multimodal batch's image tensors are not per row:
+        # there every group is measured
+        success = self.accelerator.gather(self._gap_success.float()).cpu().view(-1, G)  # global order: groups are consecutive
+        media = {k: batch[k] for k in _MULTIMODAL if batch.get(k) is not None}
+        fraction = 1.0 if self._gap_sharded() or media else self.gap.gap_unmixed
+        keep = measured_groups(success, fraction, torch.Generator().manual_seed(self.args.seed * 7919 + self.state.global_step))
+        rows = keep.repeat_interleave(G)[self.accelerator.process_index * n:][:n].to(old.device)  # this process's rows
+        new = torch.zeros_like(old)
+        if bool(rows.any()):
+            ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)[rows]
+            attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)[rows]
+            repeat = torch.arange(len(ids), device=ids.device)
+            if not media:  # a completion sampled again and again (a confident policy) runs once
+                _, repeat = torch.unique(ids.masked_fill(attention == 0, -1), dim=0, return_inverse=True)
+                first = torch.full((int(repeat.max()) + 1,), len(ids), device=ids.device).scatter_reduce(
+                    0, repeat, torch.arange(len(ids), device=ids.device), "amin")
+                ids, attention = ids[first], attention[first]
+            # the training forward's mode, autocast and adapter; checkpointing off changes no value, and neither does
+            # no_grad (the callback runs with grad enabled, where TRL's function would record a graph for nothing)
+            with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), torch.no_grad():
+                logps, _, _ = super()._get_per_token_logps_and_entropies(
+                    self.model, ids, attention, batch["completion_ids"].shape[1], batch_size=self.args.per_device_train_batch_size,
+                    **media)
+            new[rows] = (logps[repeat] * mask[rows]).sum(-1).to(new.dtype)
+        local = torch.stack([torch.where(rows, new - old, 0.0), mask.sum(-1).float()], 1)  # (n, 2)
+        both = self.accelerator.gather(local).float().cpu()  # (N, 2)
+        delta, length = both[:, 0].view(-1, G), both[:, 1]
         self._gap_old = torch.full_like(old, math.nan)  # num_iterations > 1: the next step re-measures this batch
         row = {"step": self.state.global_step + 1, "learning_rate": lr, "grad_norm": self._gap_grad_norm}
         row.update(self.gap_monitor.measure(delta, success, eta=eta, lr=lr, grad_norm=self._gap_grad_norm,
-                                            mean_length=float(length.mean())))
+                                            mean_length=float(length.mean()), measured=keep))
         peak = self.args.learning_rate * self.gap_scale
         self.gap_scale = self.gap_monitor.record(row, rate=peak) / self.args.learning_rate
         if self.gap.gap_schedule == "gap-adaptive":

@@ -75,6 +75,11 @@ class TrainConfig:
     eval_samples: int = _doc(5, "Completions per held-out prompt in an evaluation.")
     diagnostics: bool = _doc(True, "Gradient-Gap diagnostics (gap/*) from one extra forward pass per step; "
                                    "schedule gap-adaptive and fresh_samples need them.")
+    diagnostics_unmixed: float = _doc(1.0, "Share of the groups without reward variance (all right or all wrong) that the "
+                                           "post-step pass measures, at least 2 of each kind; groups with both outcomes are "
+                                           "always measured. 1: every group (the exact full pass); less: a stratified sample "
+                                           "whose gap/* values are unbiased for the full pass's, their standard errors "
+                                           "including the sampling's (rlvrlab.lm.diagnostics.measured_groups).")
     fresh_samples: int = _doc(0, "Completions per prompt drawn and never trained on, for unbiased gap_fresh/* diagnostics; "
                                  "0: off, else >= 2.")
     prompt_table: bool = _doc(False, "Also write prompts.parquet: the diagnostics per prompt and step (J_q, Δμ_q·η, var±, "
@@ -126,6 +131,8 @@ class TrainConfig:
         GapAdaptiveRate.check(self.adaptive_fraction, self.adaptive_smoothing, self.adaptive_growth, prefix="adaptive_")
         if not (isinstance(self.fresh_samples, int) and self.fresh_samples >= 0 and self.fresh_samples != 1):
             _checks.fail("fresh_samples", self.fresh_samples, "0 (off) or an integer >= 2")
+        if not (isinstance(self.diagnostics_unmixed, (int, float)) and 0 < self.diagnostics_unmixed <= 1):
+            _checks.fail("diagnostics_unmixed", self.diagnostics_unmixed, "a number in (0, 1] (1: every group)")
         if self.fresh_samples and not self.diagnostics:
             _checks.fail("diagnostics", self.diagnostics, "True when fresh_samples > 0")
         if self.prompt_table and not self.diagnostics:

@@ -14,6 +14,13 @@ does not depend on how η is measured: above 1 the step is past the point where 
 log-odds gain turns negative. Per-prompt values need both correct and incorrect samples in the
 group ("mixed" prompts); the batch values pool every sample (P+ and P- of Section 5).
 
+A post-step pass may measure a stratified sample of the groups instead of all of them
+(``measured_groups``): every group with both outcomes, and of the groups all right (all wrong) a
+random k of U, each counted U/k times (``group_weights``). The counts of each side are then the
+batch's own, so each side's mean of ΔL (of e^ΔL) is unbiased for the full pass's, and the
+standard errors add the variance of that sampling (``_sampling_variance``, unbiased from k = 2
+on). The per-prompt values of the mixed groups are exact; the groups left out have no var±.
+
 The paper's own proxy (§6.2) is reported too: g_GRPO ∝ sqrt(J(1-J))(g+ - g-)/T, so
 Δμ ≈ ‖g_GRPO‖ · T / mean sqrt(J(1-J)) up to a constant.
 """
@@ -28,11 +35,11 @@ import numpy as np
 import torch
 
 from rlvrlab import _checks
-from rlvrlab.gap import gap_stats_mc, log_odds_change_mc
+from rlvrlab.gap import gap_stats_mc, realized_log_odds_change
 from rlvrlab.theory import eta_crit_second_order
 
-__all__ = ["PROMPT_COLUMNS", "GapAdaptiveRate", "critical_rate", "critical_ratio", "prompt_diagnostics", "step_diagnostics",
-           "vocabulary"]
+__all__ = ["PROMPT_COLUMNS", "GapAdaptiveRate", "critical_rate", "critical_ratio", "diagnostics", "group_weights", "measured_groups",
+           "prompt_diagnostics", "step_diagnostics", "vocabulary"]
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -55,10 +62,61 @@ def critical_ratio(delta_mu_eta: torch.Tensor, var_plus: torch.Tensor, var_minus
     return torch.where(torch.isnan(delta_mu_eta), torch.full_like(ratio, math.nan), ratio)
 
 
+def measured_groups(reward: torch.Tensor, fraction: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) bool: the groups a post-step pass measures, a stratified sample of the batch's groups.
+
+    Every group with both outcomes ("mixed": the only ones that carry a prompt's own gap signal);
+    of the U groups whose completions all succeeded, a uniform random k = min(U, max(2, ⌈fraction·U⌉))
+    without replacement, and the same of the groups whose completions all failed (``group_weights``
+    counts each measured one U/k times). Two at least, so that the sample's own variance can be
+    estimated (``_sampling_variance``). ``fraction`` 1 measures every group: the full pass, whose
+    sums the sample's weighted sums estimate without bias.
+    """
+    if not 0 < fraction <= 1:
+        _checks.fail("fraction", fraction, "a number in (0, 1]")
+    success = reward.to(torch.bool)
+    keep = success.any(-1) & ~success.all(-1)
+    if fraction == 1:
+        return torch.ones_like(keep)
+    for stratum in (success.all(-1), ~success.any(-1)):
+        idx = stratum.nonzero().squeeze(1)
+        k = min(idx.numel(), max(2, math.ceil(fraction * idx.numel())))
+        order = torch.randperm(idx.numel(), generator=generator, device=generator.device if generator is not None else "cpu")
+        keep[idx[order[:k].to(idx.device)]] = True
+    return keep
+
+
+def group_weights(reward: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+    """(B,) frequency weights of ``measured_groups``' sample: 1 for a mixed group, U/k for a
+    measured one of a stratum (all succeeded, or all failed) of which k of U were measured, 0 for
+    a group not measured. The weighted counts of successes and failures are the batch's own."""
+    success = reward.to(torch.bool)
+    weight = measured.to(torch.float64)
+    for stratum in (success.all(-1), ~success.any(-1)):
+        k = int((stratum & measured).sum())
+        if k:
+            weight = torch.where(stratum & measured, float(stratum.sum()) / k, weight)
+    return weight
+
+
+def _sampling_variance(y: torch.Tensor, side: torch.Tensor, measured: torch.Tensor, n: float) -> float:
+    """The variance that measuring k of a stratum's U groups adds to a side's weighted mean of y
+    (y, side: (B, G); the stratum is the groups wholly on that side): U²(1 − k/U)·s²/k over n², with
+    s² the sample variance of the measured groups' totals of y (sampling without replacement; its
+    expectation over the samples is the variance the estimate has)."""
+    stratum = side.all(-1)
+    U, k = int(stratum.sum()), int((stratum & measured).sum())
+    if k >= U or k < 2:
+        return 0.0
+    totals = torch.where(side, y, 0.0)[stratum & measured].double().sum(-1)
+    return U * U * (1 - k / U) * float(totals.var()) / k / (n * n)
+
+
 PROMPT_COLUMNS = ("J", "delta_mu_eta", "log_odds_change", "var_plus", "var_minus", "crit_ratio")
 
 
-def prompt_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float) -> dict[str, torch.Tensor]:
+def prompt_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float,
+                       measured: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per prompt (one group of G completions each), the quantities ``step_diagnostics`` averages:
     each a (B,) tensor, NaN where the group lacks what it needs.
 
@@ -69,51 +127,87 @@ def prompt_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: f
     crit_ratio      η/η_crit,q (``critical_ratio``), on mixed prompts only
     mixed           True where the group has both outcomes (bool)
 
+    measured: (B,) bool, the groups whose ΔL was measured (``measured_groups``; None: all). A
+    group left out has NaN var± (every mixed group is measured).
+
     §4's success-rate scaling (eq. 18) reads off these: η_crit,q/Δμ_q = 2/(var_minus - var_plus)
     should grow like 1 - J_q.
     """
-    per = gap_stats_mc(reward, proj=delta_logp)  # per prompt: delta_mu = first order Δμ·η, var± of ΔL
-    change = log_odds_change_mc(delta_logp, reward)
-    mixed = per.defined
-    e2 = eta * eta if eta > 0 else math.nan
-    return {"J": reward.float().mean(-1), "delta_mu_eta": torch.where(mixed, per.delta_mu, torch.nan),
-            "log_odds_change": torch.where(mixed, change.realized, torch.nan),
-            "var_plus": per.var_plus / e2, "var_minus": per.var_minus / e2,
-            "crit_ratio": torch.where(mixed, critical_ratio(per.delta_mu, per.var_plus, per.var_minus), torch.nan),
-            "mixed": mixed}
+    return diagnostics(delta_logp, reward, eta=eta, measured=measured)[1]
 
 
 def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
-                     mean_length: float = math.nan, per: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                     mean_length: float = math.nan, measured: torch.Tensor | None = None) -> dict[str, float]:
     """``gap/...`` diagnostics of one step from the post-step log-ratios.
 
     delta_logp: (B, G) log π_new(o) - log π_old(o) of each sampled completion
     reward:     (B, G) 0/1
     eta:        ‖θ_new - θ_old‖ (for the score-unit variances and eta_crit; NaN: not measured)
     grad_norm, mean_length: for the paper's ‖g_GRPO‖ proxy
-    per:        ``prompt_diagnostics`` of the same inputs, when the caller has it already
+    measured:   (B,) bool, the groups whose ΔL was measured (``measured_groups``), None: all. The
+                pooled values then weight each measured group by ``group_weights`` (unbiased for
+                the full pass's sums, with the same counts) and their standard errors add the
+                variance of that sampling (``_sampling_variance``); ΔL of the groups left out is
+                never read.
 
     The critical step follows rlvrlab.theory's convention (see ``critical_ratio``): crit_ratio
     is 0 and eta_crit inf where there is no threshold, crit_ratio inf and eta_crit 0 after a step
     against the gap, NaN where no group has both outcomes. The per-prompt mean and max are over
     prompts with a finite ratio; ``prompts_past_crit`` counts every mixed prompt above 1.
     """
-    per = prompt_diagnostics(delta_logp, reward, eta=eta) if per is None else per
-    pooled = gap_stats_mc(reward.reshape(1, -1), proj=delta_logp.reshape(1, -1))
-    pooled_change = log_odds_change_mc(delta_logp.reshape(1, -1), reward.reshape(1, -1))
-    mixed, ratio = per["mixed"], per["crit_ratio"]
+    return diagnostics(delta_logp, reward, eta=eta, grad_norm=grad_norm, mean_length=mean_length, measured=measured)[0]
+
+
+def diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
+                mean_length: float = math.nan, measured: torch.Tensor | None = None
+                ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """``step_diagnostics`` and ``prompt_diagnostics`` of the same inputs at once: the B groups and
+    the pooled batch are the B + 1 rows of one computation (B·G samples each, a group's row
+    weighting only its own)."""
+    B, G = reward.shape
+    weight = None if measured is None or bool(measured.all()) else group_weights(reward, measured)
+    rows = torch.eye(B, dtype=torch.float64, device=reward.device).repeat_interleave(G, 1)  # (B, B·G)
+    pooled_weight = torch.ones(1, B * G, dtype=torch.float64, device=reward.device) if weight is None \
+        else weight.repeat_interleave(G)[None]
+    w = torch.cat([rows, pooled_weight])  # (B + 1, B·G)
+    x, r = delta_logp.reshape(1, -1).expand(B + 1, -1), reward.reshape(1, -1).expand(B + 1, -1)
+    stats = gap_stats_mc(r, proj=x, weight=w)  # delta_mu = first order Δμ·η, var± of ΔL
+    realized, se_realized = realized_log_odds_change(x, r, weight=w)
+    ratios = critical_ratio(stats.delta_mu, stats.var_plus, stats.var_minus)
+    mixed = stats.defined[:B]
+    e2 = eta * eta if eta > 0 else math.nan
+    seen = torch.ones_like(mixed) if measured is None else measured.to(torch.bool)
+    per = {"J": reward.float().mean(-1), "delta_mu_eta": torch.where(mixed, stats.delta_mu[:B], torch.nan),
+           "log_odds_change": torch.where(mixed, realized[:B], torch.nan),
+           "var_plus": torch.where(seen, stats.var_plus[:B] / e2, torch.nan),
+           "var_minus": torch.where(seen, stats.var_minus[:B] / e2, torch.nan),
+           "crit_ratio": torch.where(mixed, ratios[:B], torch.nan), "mixed": mixed}
+    se_first, se_change = float(stats.se_delta_mu[B]), float(se_realized[B])
+    if weight is not None:  # add what measuring a sample of the unmixed groups costs
+        add_first = add_change = 0.0
+        for side in (reward.to(torch.bool), ~reward.to(torch.bool)):
+            ws = torch.where(side, weight[:, None], 0.0)  # 0 for a group not measured
+            n = float(ws.sum())
+            if n == 0:
+                continue
+            y = torch.where(ws > 0, delta_logp.double(), 0.0)
+            add_first += _sampling_variance(y, side, measured, n)
+            e = torch.where(ws > 0, torch.exp(y - float(y[ws > 0].max())), 0.0)  # the log-mean-exp's terms, shifted
+            mean_e = float((ws * e).sum()) / n
+            add_change += _sampling_variance(e, side, measured, n) / (mean_e * mean_e)
+        se_first, se_change = math.sqrt(se_first**2 + add_first), math.sqrt(se_change**2 + add_change)
+    ratio = per["crit_ratio"]
     finite = torch.isfinite(ratio)
-    b_ratio = float(critical_ratio(pooled.delta_mu, pooled.var_plus, pooled.var_minus)[0])
-    b_first, b_vp, b_vm = float(pooled.delta_mu[0]), float(pooled.var_plus[0]), float(pooled.var_minus[0])
+    b_ratio = float(ratios[B])
+    b_first, b_vp, b_vm = float(stats.delta_mu[B]), float(stats.var_plus[B]), float(stats.var_minus[B])
     spread = torch.sqrt(per["J"] * (1 - per["J"]))
     proxy = grad_norm * mean_length / float(spread[mixed].mean()) if bool(mixed.any()) else math.nan
-    e2 = eta * eta if eta > 0 else math.nan
     return {
         "gap/J": float(reward.float().mean()),
         "gap/delta_mu_eta": b_first,
-        "gap/se_delta_mu_eta": float(pooled.se_delta_mu[0]),
-        "gap/log_odds_change": float(pooled_change.realized[0]),
-        "gap/se_log_odds_change": float(pooled_change.se_realized[0]),
+        "gap/se_delta_mu_eta": se_first,
+        "gap/log_odds_change": float(realized[B]),
+        "gap/se_log_odds_change": se_change,
         "gap/delta_mu_eta_prompt": _mean(per["delta_mu_eta"][mixed]),
         "gap/log_odds_change_prompt": _mean(per["log_odds_change"][mixed]),
         "gap/var_plus": b_vp / e2,
@@ -125,9 +219,10 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
         "gap/crit_ratio_prompt_max": float(ratio[finite].max()) if bool(finite.any()) else math.nan,
         "gap/prompts_past_crit": float((ratio > 1).sum()),
         "gap/mixed_prompts": float(mixed.sum()),
+        "gap/measured_groups": float(B if measured is None else measured.sum()),
         "gap/zero_variance_groups": float((~mixed).float().mean()),
         "gap/grpo_norm_proxy": proxy,
-    }
+    }, per
 
 
 def vocabulary(columns: Mapping[str, np.ndarray], prefix: str = "gap/") -> dict[str, np.ndarray]:

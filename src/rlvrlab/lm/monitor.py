@@ -34,7 +34,7 @@ import torch
 from rlvrlab import _checks
 from rlvrlab.gap import alignment_gain
 from rlvrlab.io import rows_table
-from rlvrlab.lm.diagnostics import PROMPT_COLUMNS, GapAdaptiveRate, critical_rate, prompt_diagnostics, step_diagnostics
+from rlvrlab.lm.diagnostics import PROMPT_COLUMNS, GapAdaptiveRate, critical_rate, diagnostics
 
 __all__ = ["GapMonitor", "GapWarning", "gap_warnings"]
 
@@ -97,7 +97,7 @@ class GapMonitor:
 
     def measure(self, delta_logp: torch.Tensor, success: torch.Tensor, *, eta: float, lr: float, grad_norm: float = math.nan,
                 mean_length: float = math.nan, prefix: str = "gap/", prompt_ids: list[int] | None = None,
-                lengths: torch.Tensor | None = None) -> dict[str, float]:
+                lengths: torch.Tensor | None = None, measured: torch.Tensor | None = None) -> dict[str, float]:
         """The step's diagnostics for one set of completions, under ``prefix``, with M and lr_crit.
 
         delta_logp: (B, G) log π_new(o) − log π_old(o) of each completion (groups of G, one per prompt)
@@ -106,9 +106,10 @@ class GapMonitor:
         lr:         the learning rate the step used
         prompt_ids, lengths: with per_prompt, each group's prompt (default: its index in the batch)
                     and the (B, G) completion lengths, kept in its prompt row
+        measured:   (B,) bool, the groups whose delta_logp was measured (rlvrlab.lm.diagnostics.measured_groups;
+                    None: every group); the others' rows are never read
         """
-        per = prompt_diagnostics(delta_logp, success, eta=eta)  # once: the step's means and the prompt rows share it
-        diag = step_diagnostics(delta_logp, success, eta=eta, grad_norm=grad_norm, mean_length=mean_length, per=per)
+        diag, per = diagnostics(delta_logp, success, eta=eta, grad_norm=grad_norm, mean_length=mean_length, measured=measured)
         if self.per_prompt:
             B, G = success.shape
             ids = list(range(B)) if prompt_ids is None else list(prompt_ids)

@@ -13,6 +13,14 @@ entropy, grad_norm, clip_ratio/{low,high,region}_mean, completions/{mean,max,min
 completions/clipped_ratio (truncated completions), advantage_std, learning_rate, loss, and with
 `kl_reference` the KL to the initial model (TRL's k3 estimator, `kl`; one more forward per step).
 
+The post-step pass runs each distinct completion once (a confident policy repeats itself; exact).
+With `diagnostics_unmixed` < 1 it runs on a stratified sample of the groups instead of all of them:
+every group with both outcomes and that share of the groups all right or all wrong, counted U/k
+times (rlvrlab.lm.diagnostics.measured_groups): the gap/* values are then unbiased for the full
+pass's, with standard errors that include the sampling, and `gap/measured_groups` says how many
+groups ran. It costs precision, and where few groups have both outcomes its errors have heavy
+tails (benchmarks/diagnostics_sampled.py); the default, 1, is the exact full pass.
+
 The step was computed from those very samples, so the in-sample log-ratios overstate how much the
 step moved the policy on responses it did not see: Lemma 3 is exact in expectation only for
 samples independent of the step. With `fresh_samples` = n > 0, n more completions per prompt are
@@ -55,7 +63,7 @@ import torch
 from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, write_table
 from rlvrlab.lm.config import TrainConfig, nondefault_settings
-from rlvrlab.lm.diagnostics import GapAdaptiveRate
+from rlvrlab.lm.diagnostics import GapAdaptiveRate, measured_groups
 from rlvrlab.lm.models import check_prompts, load_model, resolve_device
 from rlvrlab.lm.monitor import GapMonitor, GapWarning, gap_warnings
 from rlvrlab.lm.tasks import load_task
@@ -240,15 +248,19 @@ class GRPOTrainer:
         if cfg.diagnostics:
             with torch.inference_mode():  # a little cheaper than no_grad; the outputs never meet autograd
                 eta = float((torch.cat([p.detach().flatten() for p in self.params]) - before).norm())
+                sampler = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)  # which unmixed groups: a function of the step
                 for prefix, roll, r, old in measured:
-                    new, _ = token_logprobs(self.model, roll)
-                    delta = (new - old).sum(-1).view(r.shape)  # log-ratio of each completion (masked tokens are 0)
+                    keep = measured_groups(r, cfg.diagnostics_unmixed, sampler)
+                    rows = keep.repeat_interleave(r.shape[1]).to(old.device)
+                    new, _ = token_logprobs(self.model, roll.groups(keep), distinct=True)  # a repeated completion runs once
+                    delta = torch.zeros(r.shape, dtype=old.dtype, device=old.device)  # groups left out: never read
+                    delta.view(-1)[rows] = (new - old[rows]).sum(-1)  # log-ratio of each completion (masked tokens are 0)
                     if not bool(torch.isfinite(delta).all()):  # finite weights whose forward overflows
                         raise self._diverged(f"at step {self.step + 1}", lr)
                     row.update(self.monitor.measure(delta, r, eta=eta, lr=lr, grad_norm=grad_norm, prefix=prefix,
                                                     mean_length=float(roll.lengths.float().mean()),
                                                     prompt_ids=[self.prompt_index[p.prompt] for p in problems],
-                                                    lengths=roll.lengths.view(r.shape)))
+                                                    lengths=roll.lengths.view(r.shape), measured=keep))
         self._check_finite(row, lr)
         return row
 
