@@ -1,17 +1,18 @@
 """Benchmark: one GRPO step in TRL's GRPOTrainer against one in rlvrlab's, on the same model and batch.
 
     python benchmarks/grpo_vs_trl.py [--model DIR] [--prompts 16] [--group 8] [--max-new-tokens 16]
-                                     [--warmup 2] [--rounds 10] [--threads 2] [--json FILE]
+                                     [--warmup 2] [--rounds 10] [--threads 2] [--unmixed 0.1] [--json FILE]
 
 The model is the tiny base model that `make demo` trains (PretrainConfig(); trained once, about
 2 minutes, then cached), or any directory given with --model. The task is `arith`; a step is
 (by default) 16 prompts × 8 completions of at most 16 new tokens, sampled at temperature 1, the
-GRPO loss and one Adam step. Three trainers start from the same weights: TRL's, ours with diagnostics off and
-ours with diagnostics on (one extra forward pass). TRL drives the run; a callback times each TRL
-step from `on_step_begin` to `on_step_end` (generation, rewards, loss, backward, clipping and the
-optimizer step all fall between them in transformers' Trainer loop), then takes one step of ours
-with diagnostics off and one with them on, their order alternating from round to round, each
-timed with `time.perf_counter`. The first --warmup rounds are discarded. Both run in this
+GRPO loss and one Adam step. Four trainers start from the same weights: TRL's, ours with diagnostics off,
+ours with diagnostics on (one extra forward pass over every group's distinct completions) and ours
+with the sampled pass (`diagnostics_unmixed` = --unmixed: every group with both outcomes and that
+share of the others). TRL drives the run; a callback times each TRL step from `on_step_begin` to
+`on_step_end` (generation, rewards, loss, backward, clipping and the optimizer step all fall
+between them in transformers' Trainer loop), then takes one step of each of ours, their order
+rotating from round to round, each timed with `time.perf_counter`. The first --warmup rounds are discarded. Both run in this
 process with `torch.set_num_threads(--threads)`; with fewer free cores than threads, steps stall
 (on a shared 2-core VM: 10 s instead of 0.3 s), and the script says so when one trainer's steps
 vary more than 2-fold.
@@ -103,11 +104,12 @@ def default_model() -> str:
     return str(pretrain(config))
 
 
-def ours(args, model: str, diagnostics: bool, out: Path):
-    """rlvrlab's trainer with the "grpo" preset (mean-std advantages, clip 0.2, seq-mean-token-mean)."""
+def ours(args, model: str, diagnostics: bool, out: Path, unmixed: float = 1.0):
+    """rlvrlab's trainer with the "grpo" preset (mean-std advantages, clip 0.2, seq-mean-token-mean);
+    ``unmixed``: the share of the groups without reward variance its post-step pass measures."""
     config = TrainConfig(model=model, task=TASK, preset="grpo", batch_size=args.prompts * args.group, group=args.group,
                          max_new_tokens=args.max_new_tokens, lr=args.lr, schedule="constant", max_grad_norm=1.0,
-                         temperature=1.0, diagnostics=diagnostics, seed=args.seed)
+                         temperature=1.0, diagnostics=diagnostics, diagnostics_unmixed=unmixed, seed=args.seed)
     return GRPOTrainer(config, out)
 
 
@@ -144,16 +146,18 @@ def max_difference(model, other: list[torch.Tensor]) -> float:
 
 
 def measure(args, model: str, tmp: Path) -> dict:
-    """Run TRL for warmup + rounds steps, with one step of ours (off, on) after each; see the docstring."""
+    """Run TRL for warmup + rounds steps, with one step of ours (off, on, sampled) after each; see the docstring."""
     steps = args.warmup + args.rounds
-    mine = {"ours_off": ours(args, model, False, tmp / "ours_off"), "ours_on": ours(args, model, True, tmp / "ours_on")}
+    mine = {"ours_off": ours(args, model, False, tmp / "ours_off"), "ours_on": ours(args, model, True, tmp / "ours_on"),
+            "ours_sampled": ours(args, model, True, tmp / "ours_sampled", args.unmixed)}
     problems = {p.prompt: p for p in mine["ours_off"].train_set}  # TRL trains on the prompts ours trains on
     trl_log: list[dict] = []
-    times: dict[str, list[float]] = {"trl": [], "ours_off": [], "ours_on": []}
-    rows: dict[str, list[dict]] = {"ours_off": [], "ours_on": []}
+    times: dict[str, list[float]] = {"trl": [], **{k: [] for k in mine}}
+    rows: dict[str, list[dict]] = {k: [] for k in mine}
 
     class Alternate(TrainerCallback):
-        """Times TRL's step, then takes one step of ours with diagnostics off and one with them on."""
+        """Times TRL's step, then takes one step of each of ours (diagnostics off, full, sampled), in an order that
+        rotates from round to round."""
 
         def on_step_begin(self, _args, state, control, **kwargs):
             assert torch.get_num_threads() == args.threads, f"the thread count changed to {torch.get_num_threads()}"
@@ -161,7 +165,9 @@ def measure(args, model: str, tmp: Path) -> dict:
 
         def on_step_end(self, _args, state, control, **kwargs):
             times["trl"].append(time.perf_counter() - self.t0)
-            for name in ("ours_off", "ours_on") if state.global_step % 2 else ("ours_on", "ours_off"):
+            names = list(mine)
+            k = state.global_step % len(names)
+            for name in names[k:] + names[:k]:
                 t0 = time.perf_counter()
                 rows[name].append(mine[name].train_step())
                 times[name].append(time.perf_counter() - t0)
@@ -196,6 +202,7 @@ def measure(args, model: str, tmp: Path) -> dict:
     return {
         "times": {k: v[args.warmup:] for k, v in times.items()}, "completions": completions, "signal": signal,
         "changed": changed, "parameters": sum(p.numel() for p in trl_model.parameters()),
+        "rows_sampled": rows["ours_sampled"][args.warmup:],
         "off_vs_on": max_difference(mine["ours_off"].model, [p.detach() for p in mine["ours_on"].model.parameters()]),
         "trl_config": {"per_device_train_batch_size": a.per_device_train_batch_size, "num_generations": a.num_generations,
                        "generation_batch_size": a.generation_batch_size, "steps_per_generation": a.steps_per_generation,
@@ -219,6 +226,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="measured rounds (one step of each trainer per round)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unmixed", type=float, default=0.1,
+                    help="the sampled pass: share of the groups without reward variance measured (diagnostics_unmixed)")
     ap.add_argument("--json", type=str, default=None, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -231,8 +240,11 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     mean = {k: statistics.mean(v) for k, v in times.items()}
     speedup, overhead = med["trl"] / med["ours_off"], med["ours_on"] / med["ours_off"] - 1
+    sampled = med["ours_sampled"] / med["ours_off"] - 1
     paired_speedup = statistics.median(t / o for t, o in zip(times["trl"], times["ours_off"]))
     paired_overhead = statistics.median(n / o - 1 for n, o in zip(times["ours_on"], times["ours_off"]))
+    paired_sampled = statistics.median(n / o - 1 for n, o in zip(times["ours_sampled"], times["ours_off"]))
+    measured = statistics.mean(r["gap/measured_groups"] for r in m["rows_sampled"]) / args.prompts
     stat = {f: {k: statistics.mean(s[f] for s in v) for k, v in m["completions"].items()}
             for f in ("length_mean", "length_max", "reward")}
     result = {
@@ -248,6 +260,11 @@ def main() -> None:
         # ratios per round, then their median: robust to load that changes from round to round
         "speedup_paired_median": round(paired_speedup, 3),
         "diagnostics_overhead_paired_median": round(paired_overhead, 3),
+        "unmixed": args.unmixed,
+        "sampled_diagnostics_overhead": round(sampled, 3),
+        "sampled_diagnostics_overhead_means": round(mean["ours_sampled"] / mean["ours_off"] - 1, 3),
+        "sampled_diagnostics_overhead_paired_median": round(paired_sampled, 3),
+        "sampled_share_of_groups_measured": round(measured, 3),
         "completion_length_mean": {k: round(v, 2) for k, v in stat["length_mean"].items()},
         "completion_length_longest_mean": {k: round(v, 2) for k, v in stat["length_max"].items()},
         "reward_mean": {k: round(v, 4) for k, v in stat["reward"].items()},
@@ -260,7 +277,8 @@ def main() -> None:
     print(f"GRPO step, TRL {trl.__version__} against rlvrlab: {args.prompts} prompts x {args.group} completions of <= "
           f"{args.max_new_tokens} tokens ({TASK}), {m['parameters']:,} parameters, {args.threads} threads, "
           f"{args.rounds} rounds after {args.warmup} warm-up")
-    for k, name in (("trl", "TRL GRPOTrainer"), ("ours_off", "ours, diagnostics off"), ("ours_on", "ours, diagnostics on")):
+    for k, name in (("trl", "TRL GRPOTrainer"), ("ours_off", "ours, diagnostics off"), ("ours_on", "ours, diagnostics on"),
+                    ("ours_sampled", f"ours, sampled ({args.unmixed:g})")):
         print(f"  {name:22s}: median {med[k]:.3f} s/step, mean {mean[k]:.3f}   completions: mean length "
               f"{stat['length_mean'][k]:.1f}, longest {stat['length_max'][k]:.1f}, reward {stat['reward'][k]:.3f}")
     print(f"  TRL / ours (diagnostics off): {speedup:.2f}x (means: {result['speedup_trl_over_ours_off_means']:.2f}x, "
@@ -268,6 +286,9 @@ def main() -> None:
     print(f"  diagnostics overhead: {100 * overhead:+.1f}% (means: {100 * result['diagnostics_overhead_means']:+.1f}%, "
           f"round by round: {100 * result['diagnostics_overhead_paired_median']:+.1f}%)   "
           f"target <= 10%: {'met' if overhead <= 0.10 else 'MISSED'}")
+    print(f"  sampled diagnostics (every mixed group, {args.unmixed:g} of the others; {100 * measured:.0f}% of the groups "
+          f"measured): {100 * sampled:+.1f}% (means: {100 * result['sampled_diagnostics_overhead_means']:+.1f}%, round by "
+          f"round: {100 * paired_sampled:+.1f}%)   target <= 10%: {'met' if sampled <= 0.10 else 'MISSED'}")
     print(f"  weights moved: {', '.join(f'{k} {v:.2g}' for k, v in m['changed'].items())}; "
           f"ours off and on end {m['off_vs_on']:.2g} apart")
     spread = max(max(v) / min(v) for v in times.values())

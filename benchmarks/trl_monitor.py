@@ -1,13 +1,16 @@
 """Benchmark: the cost of rlvrlab's Gradient-Gap monitor inside TRL's GRPOTrainer.
 
     python benchmarks/trl_monitor.py [--model DIR] [--prompts 16] [--group 8] [--max-new-tokens 16]
-                                     [--min-new-tokens 0] [--warmup 2] [--rounds 20] [--threads 2] [--json FILE]
+                                     [--min-new-tokens 0] [--warmup 2] [--rounds 20] [--threads 2] [--unmixed 1]
+                                     [--json FILE]
 
 One TRL run (GapGRPOTrainer, `matched_config`: GRPO loss, float32, Adam) with `gap_every = 2`:
 the monitor measures every second optimizer step and stays idle on the others, so steps with and
 without it alternate on the same workload, in one process, under the same load. A callback times
 each step from `on_step_begin` to `on_step_end` (generation, rewards, loss, backward, clipping, the
-optimizer step and, on monitored steps, the post-step pass). Idle steps still run the subclass's
+optimizer step and, on monitored steps, the post-step pass). --unmixed is the monitor's
+`gap_unmixed`: 1 measures every group (the exact full pass), less a stratified sample (every group
+with both outcomes, that share of the others; rlvrlab.lm.diagnostics.measured_groups). Idle steps still run the subclass's
 hooks (TRL's methods plus a masked sum over the log-probs TRL computes anyway); the difference is
 the post-step pass: the copy of the weights for η, one forward pass over the batch, the gather and
 the diagnostics.
@@ -89,7 +92,8 @@ def measure(args, model: str, out: Path) -> dict:
                             temperature=1.0, seed=args.seed, use_cpu=not torch.cuda.is_available(), logging_strategy="no",
                             generation_kwargs={"min_new_tokens": args.min_new_tokens} if args.min_new_tokens else None)
     trainer = Timed(model=m, args=config, reward_funcs=verifier, processing_class=tok, callbacks=[Clock()],
-                    train_dataset=datasets.Dataset.from_dict({"prompt": list(problems)}), gap=GapConfig(gap_every=2))
+                    train_dataset=datasets.Dataset.from_dict({"prompt": list(problems)}),
+                    gap=GapConfig(gap_every=2, gap_unmixed=args.unmixed))
     trainer.remove_callback(PrinterCallback)
     torch.set_num_threads(args.threads)
     trainer.train()
@@ -98,7 +102,8 @@ def measure(args, model: str, out: Path) -> dict:
     assert [r["step"] for r in trainer.gap_history] == list(range(2, steps + 1, 2))  # the even steps were monitored
     skip = 2 * args.warmup
     idle, on = times[skip::2], times[skip + 1::2]  # steps 2k+1 (idle) and 2k+2 (monitored)
-    return {"idle": idle, "on": on, "monitor": monitor[args.warmup:], "lengths": lengths[skip:],
+    measured = statistics.mean(r["gap/measured_groups"] for r in trainer.gap_history[args.warmup:]) / args.prompts
+    return {"idle": idle, "on": on, "monitor": monitor[args.warmup:], "lengths": lengths[skip:], "measured": measured,
             "parameters": sum(p.numel() for p in m.parameters())}
 
 
@@ -115,6 +120,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="measured rounds: one idle and one monitored step each")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unmixed", type=float, default=1.0,
+                    help="gap_unmixed: the share of the groups without reward variance the pass measures (1: all)")
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,13 +140,15 @@ def main() -> None:
         # every measured round, so that the summaries above can be recomputed
         "seconds_all": {"idle": idle, "monitored": on, "monitor_pass": mon},
         "overhead_paired_median": paired, "overhead_direct": direct,
+        "unmixed": args.unmixed, "share_of_groups_measured": m["measured"],
         "completion_length_mean": statistics.mean(m["lengths"]),
     }
     print(f"Gradient-Gap monitor in TRL {trl.__version__}: {args.prompts} prompts x {args.group} completions of <= "
           f"{args.max_new_tokens} tokens ({TASK}; mean length {result['completion_length_mean']:.1f}), "
           f"{m['parameters']:,} parameters, {args.threads} threads, {args.rounds} rounds after {args.warmup}")
     print(f"  TRL step, monitor idle: median {statistics.median(idle):.4f} s; monitored: {statistics.median(on):.4f} s; "
-          f"the monitor's own pass: {statistics.median(mon):.4f} s")
+          f"the monitor's own pass: {statistics.median(mon):.4f} s ({100 * m['measured']:.0f}% of the groups measured, "
+          f"gap_unmixed {args.unmixed:g})")
     for name, value in (("paired (monitored / idle step before it)", paired), ("direct (monitor pass / idle step)", direct)):
         print(f"  overhead, {name}: {100 * value:+.1f}%   target <= 10%: {'met' if value <= 0.10 else 'MISSED'}")
     spread = max(max(idle) / min(idle), max(on) / min(on))

@@ -56,10 +56,13 @@ def test_grpo_vs_trl_benchmark_smoke(tmp_path, tiny_base_model):
     result = json.loads(out.read_text())
     sec = result["seconds_per_step"]
     assert (result["warmup"], result["rounds"]) == (1, 2)
-    assert set(sec) == {"trl", "ours_off", "ours_on"} and all(len(s["all"]) == 2 for s in sec.values())
+    assert set(sec) == {"trl", "ours_off", "ours_on", "ours_sampled"} and all(len(s["all"]) == 2 for s in sec.values())
     assert result["speedup_trl_over_ours_off"] == pytest.approx(sec["trl"]["median"] / sec["ours_off"]["median"], rel=0.02)
     assert result["speedup_trl_over_ours_off_means"] == pytest.approx(sec["trl"]["mean"] / sec["ours_off"]["mean"], rel=0.02)
     assert 1 + result["diagnostics_overhead"] == pytest.approx(sec["ours_on"]["median"] / sec["ours_off"]["median"], rel=0.02)
+    assert 1 + result["sampled_diagnostics_overhead"] == pytest.approx(sec["ours_sampled"]["median"] / sec["ours_off"]["median"],
+                                                                       rel=0.02)
+    assert result["unmixed"] == 0.1 and 0 < result["sampled_share_of_groups_measured"] <= 1
     for s in sec.values():  # the summaries are those of the measured rounds (times rounded to 0.1 ms)
         assert min(s["all"]) > 0
         assert s["median"] == pytest.approx(statistics.median(s["all"]), abs=2e-4)
@@ -70,7 +73,7 @@ def test_grpo_vs_trl_benchmark_smoke(tmp_path, tiny_base_model):
     trl = result["trl_config"]
     assert trl["generation_batch_size"] == trl["per_device_train_batch_size"] == 8 and trl["steps_per_generation"] == 1
     assert trl["loss_type"] == "grpo" and trl["beta"] == 0.0 and not trl["gradient_checkpointing"] and not trl["bf16"]
-    for k in ("trl", "ours_off", "ours_on"):
+    for k in ("trl", "ours_off", "ours_on", "ours_sampled"):
         assert 1 <= result["completion_length_mean"][k] <= result["completion_length_longest_mean"][k] <= 16
 
 
@@ -114,6 +117,26 @@ def test_trl_monitor_benchmark_smoke(tmp_path, tiny_base_model):
         statistics.median(b / a - 1 for a, b in zip(rounds["idle"], rounds["monitored"])))
     assert result["overhead_direct"] == pytest.approx(sec["monitor_pass_median"] / sec["idle_median"])
     assert 1 <= result["completion_length_mean"] <= 8
+
+
+def test_diagnostics_sampled_benchmark_smoke(tmp_path, tiny_base_model):
+    pytest.importorskip("trl")
+    out = tmp_path / "sampled.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "diagnostics_sampled.py"), "--model", str(tiny_base_model), "--task", "add",
+         "--prompts", "4", "--group", "4", "--max-new-tokens", "6", "--steps", "3", "--lr", "3e-2", "--draws", "4",
+         "--fractions", "1", "0.5", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["trainers"]) == {"ours", "trl"}
+    for trainer in result["trainers"].values():
+        every, half = trainer["scores"]
+        assert every["fraction"] == 1 and every["measured_share"] == 1 and every["steps"] == 3
+        assert trainer["mixed_share"] <= half["measured_share"] <= 1
+        for key in ("delta_mu_eta", "log_odds_change"):
+            if every[key]["draws"]:  # with every group measured the sampled pass is the full one
+                assert every[key]["z_median"] == every[key]["z_95"] == 0 and every[key]["se_ratio_median"] == 1
 
 
 def test_memory_benchmark_smoke(tmp_path):
