@@ -9,7 +9,8 @@ recorded batch this draws the stratified sample of `rlvrlab.lm.diagnostics.measu
 (every group with both outcomes, a share of the others) --draws times per share and compares the
 sampled pass's gap/* values with the full pass's on the same batch:
 
-- measured: the share of the groups the sampled pass runs;
+- measured: the share of the groups the sampled pass runs (a group of one completion repeated,
+  which costs one row, always runs);
 - agreement: |sampled − full| / (the sampled value's standard error): median and 95th percentile
   over steps and draws, and the share of draws within 2 standard errors;
 - calibration: the mean of (sampled − full)² over the mean of the variance the sampling adds to
@@ -42,16 +43,16 @@ from rlvrlab.lm.trainer import GRPOTrainer, TrainConfig, load_model
 KEYS = ("delta_mu_eta", "log_odds_change")
 
 
-def record_ours(args, model: str) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """(ΔL, success, η) of each step of rlvrlab's trainer, full pass."""
+def record_ours(args, model: str) -> list[tuple]:
+    """(ΔL, success, η, groups of one completion repeated) of each step of rlvrlab's trainer, full pass."""
     config = TrainConfig(model=model, task=args.task, batch_size=args.prompts * args.group, group=args.group, lr=args.lr,
                          max_new_tokens=args.max_new_tokens, steps=args.steps, eval_every=10**6, seed=args.seed)
     trainer = GRPOTrainer(config, tempfile.mkdtemp(prefix="diagnostics_sampled."))
     return _recording(trainer.monitor, lambda: [trainer.train_step() for _ in range(args.steps)])
 
 
-def record_trl(args, model: str) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """(ΔL, success, η) of each step of TRL's trainer with rlvrlab's monitor, full pass."""
+def record_trl(args, model: str) -> list[tuple]:
+    """(ΔL, success, η, groups of one completion repeated) of each step of TRL's trainer with rlvrlab's monitor, full pass."""
     import datasets
     from transformers import PrinterCallback
 
@@ -74,14 +75,14 @@ def record_trl(args, model: str) -> list[tuple[torch.Tensor, torch.Tensor, float
     return _recording(trainer.gap_monitor, trainer.train)
 
 
-def _recording(monitor, run) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+def _recording(monitor, run) -> list[tuple]:
     seen = []
     measure = monitor.measure
 
-    def recorded(delta, success, *, eta, measured=None, **kw):
+    def recorded(delta, success, *, eta, measured=None, always=None, **kw):
         assert measured is None or bool(measured.all())  # the full pass
-        seen.append((delta.double().clone(), success.double().clone(), eta))
-        return measure(delta, success, eta=eta, measured=measured, **kw)
+        seen.append((delta.double().clone(), success.double().clone(), eta, always))
+        return measure(delta, success, eta=eta, measured=measured, always=always, **kw)
 
     monitor.measure = recorded
     torch.set_num_threads(2)
@@ -89,11 +90,12 @@ def _recording(monitor, run) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     return seen
 
 
-def sampling_variance(row: dict[str, float], delta: torch.Tensor, reward: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
+def sampling_variance(row: dict[str, float], delta: torch.Tensor, reward: torch.Tensor, keep: torch.Tensor,
+                      always: torch.Tensor | None) -> dict[str, float]:
     """What the sampling adds to each squared standard error: the sampled row's squared SE less
     that of its weighted samples taken as they are."""
     G = reward.shape[1]
-    w = group_weights(reward, keep).repeat_interleave(G)[None]
+    w = group_weights(reward, keep, always).repeat_interleave(G)[None]
     own = gap_stats_mc(reward.reshape(1, -1), proj=delta.reshape(1, -1), weight=w)
     _, se_change = realized_log_odds_change(delta.reshape(1, -1), reward.reshape(1, -1), weight=w)
     return {"delta_mu_eta": row["gap/se_delta_mu_eta"] ** 2 - float(own.se_delta_mu[0]) ** 2,
@@ -107,7 +109,7 @@ def score(batches, fraction: float, draws: int, seed: int) -> dict[str, float]:
     added = {k: [] for k in KEYS}
     se_ratio = {k: [] for k in KEYS}
     crit, measured = [], []
-    for delta, reward, eta in batches:
+    for delta, reward, eta, always in batches:
         B = reward.shape[0]
         full = step_diagnostics(delta, reward, eta=eta)
         boot = []
@@ -118,10 +120,10 @@ def score(batches, fraction: float, draws: int, seed: int) -> dict[str, float]:
         spread = statistics.pstdev(boot) if len(boot) > 10 else math.nan
         deviations = []
         for _ in range(draws):
-            keep = measured_groups(reward, fraction, gen)
+            keep = measured_groups(reward, fraction, gen, always=always)
             measured.append(float(keep.float().mean()))
-            row = step_diagnostics(delta, reward, eta=eta, measured=keep)
-            extra = sampling_variance(row, delta, reward, keep)
+            row = step_diagnostics(delta, reward, eta=eta, measured=keep, always=always)
+            extra = sampling_variance(row, delta, reward, keep, always)
             for k in KEYS:
                 if not (math.isfinite(full[f"gap/{k}"]) and row[f"gap/se_{k}"] > 0):
                     continue
@@ -174,7 +176,7 @@ def main() -> None:
           f"{'calib.':>7s} {'SE ratio':>8s} {'crit dev/spread':>15s}")
     for name in args.trainers:
         batches = record_ours(args, model) if name == "ours" else record_trl(args, model)
-        mixed = statistics.mean(float(((r > 0).any(-1) & (r < 1).any(-1)).double().mean()) for _, r, _ in batches)
+        mixed = statistics.mean(float(((r > 0).any(-1) & (r < 1).any(-1)).double().mean()) for _, r, _, _ in batches)
         result["trainers"][name] = {"mixed_share": mixed, "scores": []}
         for f in args.fractions:
             s = score(batches, f, args.draws, args.seed)

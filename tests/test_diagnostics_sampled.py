@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rlvrlab.gap import gap_stats_mc, realized_log_odds_change
-from rlvrlab.lm.diagnostics import _sampling_variance, group_weights, measured_groups, step_diagnostics
+from rlvrlab.lm.diagnostics import _sampling_variance, group_weights, measured_groups, repeated_groups, step_diagnostics
 from rlvrlab.lm.logprobs import distinct_rows, token_logprobs
 from rlvrlab.lm.sampling import Rollout
 
@@ -88,42 +88,69 @@ def test_the_share_is_checked(fraction):
         measured_groups(_batch(0), fraction)
 
 
-def _every_sample(reward: torch.Tensor, k_right: int, k_wrong: int):
-    """Every measured set the design can draw with k of each unmixed kind (all equally likely)."""
-    right = reward.bool().all(-1).nonzero().flatten().tolist()
-    wrong = (~reward.bool().any(-1)).nonzero().flatten().tolist()
-    mixed = (reward.bool().any(-1) & ~reward.bool().all(-1))
+def _every_sample(reward: torch.Tensor, always: torch.Tensor, k_right: int, k_wrong: int):
+    """Every measured set the design can draw with k of each unmixed kind outside ``always`` (all
+    equally likely)."""
+    right = (reward.bool().all(-1) & ~always).nonzero().flatten().tolist()
+    wrong = (~reward.bool().any(-1) & ~always).nonzero().flatten().tolist()
+    certain = (reward.bool().any(-1) & ~reward.bool().all(-1)) | always
     for a in itertools.combinations(right, k_right):
         for b in itertools.combinations(wrong, k_wrong):
-            keep = mixed.clone()
+            keep = certain.clone()
             keep[list(a) + list(b)] = True
             yield keep
 
 
-def test_over_every_sample_the_estimate_averages_to_the_full_pass_and_varies_as_it_says(float64):
-    # 2 mixed groups, 4 all right, 5 all wrong; 2 of 4 and 3 of 5 measured: 6 · 10 equally likely samples
+@pytest.mark.parametrize("certain", [[], [2, 7]], ids=["strata", "with-certain-groups"])
+def test_over_every_sample_the_estimate_averages_to_the_full_pass_and_varies_as_it_says(certain, float64):
+    # 2 mixed groups, 4 all right, 5 all wrong; 2 of 4 and 3 of 5 measured: 6 · 10 equally likely samples.
+    # With groups measured for certain (one all right, one all wrong), 2 of 3 and 3 of 4: 3 · 4.
     reward = torch.tensor([[1, 0, 1.0], [0, 0, 1]] + [[1, 1, 1]] * 4 + [[0, 0, 0]] * 5)
+    always = torch.zeros(11, dtype=torch.bool)
+    always[certain] = True
     delta = torch.randn(reward.shape, generator=_gen(3)) * 0.1 + 0.05 * reward
     full = step_diagnostics(delta, reward, eta=1.0)
-    samples = list(_every_sample(reward, 2, 3))
-    assert len(samples) == 60
+    samples = list(_every_sample(reward, always, 2, 3))
+    assert len(samples) == (12 if certain else 60)
     estimates, variances = [], []
     for keep in samples:
-        est = step_diagnostics(torch.where(keep[:, None], delta, 1e3), reward, eta=1.0, measured=keep)  # left out: never read
+        est = step_diagnostics(torch.where(keep[:, None], delta, 1e3), reward, eta=1.0, measured=keep,  # left out: never read
+                               always=always if certain else None)
         estimates.append(est["gap/delta_mu_eta"])
-        weight = group_weights(reward, keep)
+        weight = group_weights(reward, keep, always)
         v = 0.0
         for side in (reward.bool(), ~reward.bool()):
-            v += _sampling_variance(torch.where(keep[:, None], delta, 0.0), side, keep, float(side.sum()))
+            stratum = side.all(-1) & ~always
+            v += _sampling_variance(torch.where(keep[:, None], delta, 0.0), stratum, side, keep, float(side.sum()))
         variances.append(v)
         # the standard error it reports: the weighted samples' own and this sampling's
         own = gap_stats_mc(reward.reshape(1, -1), proj=delta.reshape(1, -1), weight=weight.repeat_interleave(3)[None])
         assert est["gap/se_delta_mu_eta"] ** 2 == pytest.approx(float(own.se_delta_mu[0]) ** 2 + v, rel=1e-9)
+        assert bool((weight[always] == 1).all())
     # unbiased: the counts of each side are fixed, so each side's weighted mean averages to the full one
     assert sum(estimates) / len(estimates) == pytest.approx(full["gap/delta_mu_eta"], rel=1e-12)
     # and the sampling variance it reports is, on average, the variance it has (k >= 2 in both kinds)
     spread = sum((e - full["gap/delta_mu_eta"]) ** 2 for e in estimates) / len(estimates)
     assert spread > 0 and sum(variances) / len(variances) == pytest.approx(spread, rel=1e-9)
+
+
+def test_groups_measured_for_certain_are_outside_the_strata():
+    reward = _batch(1)
+    always = torch.zeros(len(reward), dtype=torch.bool)
+    right, wrong = reward.bool().all(-1), ~reward.bool().any(-1)
+    always[right.nonzero().flatten()[:2]] = True  # two of the all-right groups cost one row each
+    keep = measured_groups(reward, 0.1, _gen(0), always=always)
+    assert bool(keep[always].all())
+    U = int((right & ~always).sum())
+    assert int((keep & right & ~always).sum()) == min(U, 2)
+    assert float((group_weights(reward, keep, always)[:, None] * reward).sum()) == pytest.approx(float(reward.sum()))
+
+
+def test_repeated_groups_are_one_completion_repeated():
+    ids = torch.tensor([[5, 6, 0], [5, 6, 0], [5, 6, 9], [5, 6, 3], [7, 1, 1], [7, 1, 2]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]]).bool()
+    # group 0: one completion twice; group 1 too (its rows differ only where masked); group 2: two completions
+    assert repeated_groups(ids, mask, 2).tolist() == [True, True, False]
 
 
 def test_with_every_group_measured_the_estimates_are_the_full_pass():

@@ -96,7 +96,7 @@ import torch
 
 from rlvrlab import _checks
 from rlvrlab.io import write_table
-from rlvrlab.lm.diagnostics import GapAdaptiveRate, measured_groups
+from rlvrlab.lm.diagnostics import GapAdaptiveRate, measured_groups, repeated_groups
 from rlvrlab.lm.monitor import GapMonitor, GapWarning
 from rlvrlab.updates import WEIGHTINGS
 
@@ -427,7 +427,11 @@ class GapGRPOTrainer(GRPOTrainer):
         success = self.accelerator.gather(self._gap_success.float()).cpu().view(-1, G)  # global order: groups are consecutive
         media = {k: batch[k] for k in _MULTIMODAL if batch.get(k) is not None}
         fraction = 1.0 if self._gap_sharded() or media else self.gap.gap_unmixed
-        keep = measured_groups(success, fraction, torch.Generator().manual_seed(self.args.seed * 7919 + self.state.global_step))
+        repeated = None  # groups of one completion repeated cost one row: measured for certain (one process: its groups are whole)
+        if self.accelerator.num_processes == 1:
+            repeated = repeated_groups(batch["completion_ids"], batch["completion_mask"], G).cpu()
+        keep = measured_groups(success, fraction, torch.Generator().manual_seed(self.args.seed * 7919 + self.state.global_step),
+                               always=repeated)
         rows = keep.repeat_interleave(G)[self.accelerator.process_index * n:][:n].to(old.device)  # this process's rows
         new = torch.zeros_like(old)
         if bool(rows.any()):
@@ -452,7 +456,7 @@ class GapGRPOTrainer(GRPOTrainer):
         self._gap_old = torch.full_like(old, math.nan)  # num_iterations > 1: the next step re-measures this batch
         row = {"step": self.state.global_step + 1, "learning_rate": lr, "grad_norm": self._gap_grad_norm}
         row.update(self.gap_monitor.measure(delta, success, eta=eta, lr=lr, grad_norm=self._gap_grad_norm,
-                                            mean_length=float(length.mean()), measured=keep))
+                                            mean_length=float(length.mean()), measured=keep, always=repeated))
         peak = self.args.learning_rate * self.gap_scale
         self.gap_scale = self.gap_monitor.record(row, rate=peak) / self.args.learning_rate
         if self.gap.gap_schedule == "gap-adaptive":

@@ -39,7 +39,7 @@ from rlvrlab.gap import gap_stats_mc, realized_log_odds_change
 from rlvrlab.theory import eta_crit_second_order
 
 __all__ = ["PROMPT_COLUMNS", "GapAdaptiveRate", "critical_rate", "critical_ratio", "diagnostics", "group_weights", "measured_groups",
-           "prompt_diagnostics", "step_diagnostics", "vocabulary"]
+           "prompt_diagnostics", "repeated_groups", "step_diagnostics", "vocabulary"]
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -62,15 +62,26 @@ def critical_ratio(delta_mu_eta: torch.Tensor, var_plus: torch.Tensor, var_minus
     return torch.where(torch.isnan(delta_mu_eta), torch.full_like(ratio, math.nan), ratio)
 
 
-def measured_groups(reward: torch.Tensor, fraction: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def repeated_groups(completion_ids: torch.Tensor, completion_mask: torch.Tensor, group: int) -> torch.Tensor:
+    """(B,) bool: the groups whose G completions (N = B·G rows, groups consecutive) are one
+    completion repeated, which a pass over distinct completions runs as one row."""
+    ids = completion_ids.masked_fill(~completion_mask.to(torch.bool), -1)
+    ids = ids.view(-1, group, ids.shape[-1])
+    return (ids == ids[:, :1]).all(-1).all(-1)
+
+
+def measured_groups(reward: torch.Tensor, fraction: float = 1.0, generator: torch.Generator | None = None, *,
+                    always: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) bool: the groups a post-step pass measures, a stratified sample of the batch's groups.
 
-    Every group with both outcomes ("mixed": the only ones that carry a prompt's own gap signal);
-    of the U groups whose completions all succeeded, a uniform random k = min(U, max(2, ⌈fraction·U⌉))
-    without replacement, and the same of the groups whose completions all failed (``group_weights``
-    counts each measured one U/k times). Two at least, so that the sample's own variance can be
-    estimated (``_sampling_variance``). ``fraction`` 1 measures every group: the full pass, whose
-    sums the sample's weighted sums estimate without bias.
+    Every group with both outcomes ("mixed": the only ones that carry a prompt's own gap signal),
+    every group ``always`` names (B,) bool (the trainers: a group that is one completion repeated,
+    which costs the pass one row), and of the other U groups whose completions all succeeded a
+    uniform random k = min(U, max(2, ⌈fraction·U⌉)) without replacement, and the same of those
+    whose completions all failed (``group_weights`` counts each measured one U/k times). Two at
+    least, so that the sample's own variance can be estimated (``_sampling_variance``).
+    ``fraction`` 1 measures every group: the full pass, whose sums the sample's weighted sums
+    estimate without bias.
     """
     if not 0 < fraction <= 1:
         _checks.fail("fraction", fraction, "a number in (0, 1]")
@@ -78,7 +89,9 @@ def measured_groups(reward: torch.Tensor, fraction: float = 1.0, generator: torc
     keep = success.any(-1) & ~success.all(-1)
     if fraction == 1:
         return torch.ones_like(keep)
-    for stratum in (success.all(-1), ~success.any(-1)):
+    if always is not None:
+        keep |= always.to(keep.device, torch.bool)
+    for stratum in _strata(success, always):
         idx = stratum.nonzero().squeeze(1)
         k = min(idx.numel(), max(2, math.ceil(fraction * idx.numel())))
         order = torch.randperm(idx.numel(), generator=generator, device=generator.device if generator is not None else "cpu")
@@ -86,25 +99,33 @@ def measured_groups(reward: torch.Tensor, fraction: float = 1.0, generator: torc
     return keep
 
 
-def group_weights(reward: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
-    """(B,) frequency weights of ``measured_groups``' sample: 1 for a mixed group, U/k for a
-    measured one of a stratum (all succeeded, or all failed) of which k of U were measured, 0 for
-    a group not measured. The weighted counts of successes and failures are the batch's own."""
-    success = reward.to(torch.bool)
+def _strata(success: torch.Tensor, always: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The groups sampled from: all succeeded, all failed (B,) bool each, without those ``always`` names."""
+    right, wrong = success.all(-1), ~success.any(-1)
+    if always is None:
+        return right, wrong
+    other = ~always.to(success.device, torch.bool)
+    return right & other, wrong & other
+
+
+def group_weights(reward: torch.Tensor, measured: torch.Tensor, always: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) frequency weights of ``measured_groups``' sample: 1 for a mixed group or one ``always``
+    names, U/k for a measured one of a stratum (all succeeded, or all failed) of which k of U were
+    measured, 0 for a group not measured. The weighted counts of successes and failures are the
+    batch's own."""
     weight = measured.to(torch.float64)
-    for stratum in (success.all(-1), ~success.any(-1)):
+    for stratum in _strata(reward.to(torch.bool), always):
         k = int((stratum & measured).sum())
         if k:
             weight = torch.where(stratum & measured, float(stratum.sum()) / k, weight)
     return weight
 
 
-def _sampling_variance(y: torch.Tensor, side: torch.Tensor, measured: torch.Tensor, n: float) -> float:
-    """The variance that measuring k of a stratum's U groups adds to a side's weighted mean of y
-    (y, side: (B, G); the stratum is the groups wholly on that side): U²(1 − k/U)·s²/k over n², with
-    s² the sample variance of the measured groups' totals of y (sampling without replacement; its
-    expectation over the samples is the variance the estimate has)."""
-    stratum = side.all(-1)
+def _sampling_variance(y: torch.Tensor, stratum: torch.Tensor, side: torch.Tensor, measured: torch.Tensor, n: float) -> float:
+    """The variance that measuring k of a stratum's U groups ((B,) bool, all on one side) adds to
+    that side's weighted mean of y (y, side: (B, G)): U²(1 − k/U)·s²/k over n², with s² the sample
+    variance of the measured groups' totals of y (sampling without replacement; its expectation over
+    the samples is the variance the estimate has)."""
     U, k = int(stratum.sum()), int((stratum & measured).sum())
     if k >= U or k < 2:
         return 0.0
@@ -137,7 +158,8 @@ def prompt_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: f
 
 
 def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
-                     mean_length: float = math.nan, measured: torch.Tensor | None = None) -> dict[str, float]:
+                     mean_length: float = math.nan, measured: torch.Tensor | None = None,
+                     always: torch.Tensor | None = None) -> dict[str, float]:
     """``gap/...`` diagnostics of one step from the post-step log-ratios.
 
     delta_logp: (B, G) log π_new(o) - log π_old(o) of each sampled completion
@@ -149,23 +171,26 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
                 the full pass's sums, with the same counts) and their standard errors add the
                 variance of that sampling (``_sampling_variance``); ΔL of the groups left out is
                 never read.
+    always:     (B,) bool, the unmixed groups ``measured_groups`` measured for certain (weight 1,
+                outside the strata sampled from), None: none.
 
     The critical step follows rlvrlab.theory's convention (see ``critical_ratio``): crit_ratio
     is 0 and eta_crit inf where there is no threshold, crit_ratio inf and eta_crit 0 after a step
     against the gap, NaN where no group has both outcomes. The per-prompt mean and max are over
     prompts with a finite ratio; ``prompts_past_crit`` counts every mixed prompt above 1.
     """
-    return diagnostics(delta_logp, reward, eta=eta, grad_norm=grad_norm, mean_length=mean_length, measured=measured)[0]
+    return diagnostics(delta_logp, reward, eta=eta, grad_norm=grad_norm, mean_length=mean_length, measured=measured,
+                       always=always)[0]
 
 
 def diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
-                mean_length: float = math.nan, measured: torch.Tensor | None = None
+                mean_length: float = math.nan, measured: torch.Tensor | None = None, always: torch.Tensor | None = None
                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """``step_diagnostics`` and ``prompt_diagnostics`` of the same inputs at once: the B groups and
     the pooled batch are the B + 1 rows of one computation (B·G samples each, a group's row
     weighting only its own)."""
     B, G = reward.shape
-    weight = None if measured is None or bool(measured.all()) else group_weights(reward, measured)
+    weight = None if measured is None or bool(measured.all()) else group_weights(reward, measured, always)
     rows = torch.eye(B, dtype=torch.float64, device=reward.device).repeat_interleave(G, 1)  # (B, B·G)
     pooled_weight = torch.ones(1, B * G, dtype=torch.float64, device=reward.device) if weight is None \
         else weight.repeat_interleave(G)[None]
@@ -185,16 +210,16 @@ def diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, g
     se_first, se_change = float(stats.se_delta_mu[B]), float(se_realized[B])
     if weight is not None:  # add what measuring a sample of the unmixed groups costs
         add_first = add_change = 0.0
-        for side in (reward.to(torch.bool), ~reward.to(torch.bool)):
+        for side, stratum in zip((reward.to(torch.bool), ~reward.to(torch.bool)), _strata(reward.to(torch.bool), always)):
             ws = torch.where(side, weight[:, None], 0.0)  # 0 for a group not measured
             n = float(ws.sum())
             if n == 0:
                 continue
             y = torch.where(ws > 0, delta_logp.double(), 0.0)
-            add_first += _sampling_variance(y, side, measured, n)
+            add_first += _sampling_variance(y, stratum, side, measured, n)
             e = torch.where(ws > 0, torch.exp(y - float(y[ws > 0].max())), 0.0)  # the log-mean-exp's terms, shifted
             mean_e = float((ws * e).sum()) / n
-            add_change += _sampling_variance(e, side, measured, n) / (mean_e * mean_e)
+            add_change += _sampling_variance(e, stratum, side, measured, n) / (mean_e * mean_e)
         se_first, se_change = math.sqrt(se_first**2 + add_first), math.sqrt(se_change**2 + add_change)
     ratio = per["crit_ratio"]
     finite = torch.isfinite(ratio)

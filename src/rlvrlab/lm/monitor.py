@@ -97,7 +97,8 @@ class GapMonitor:
 
     def measure(self, delta_logp: torch.Tensor, success: torch.Tensor, *, eta: float, lr: float, grad_norm: float = math.nan,
                 mean_length: float = math.nan, prefix: str = "gap/", prompt_ids: list[int] | None = None,
-                lengths: torch.Tensor | None = None, measured: torch.Tensor | None = None) -> dict[str, float]:
+                lengths: torch.Tensor | None = None, measured: torch.Tensor | None = None,
+                always: torch.Tensor | None = None) -> dict[str, float]:
         """The step's diagnostics for one set of completions, under ``prefix``, with M and lr_crit.
 
         delta_logp: (B, G) log π_new(o) − log π_old(o) of each completion (groups of G, one per prompt)
@@ -108,8 +109,10 @@ class GapMonitor:
                     and the (B, G) completion lengths, kept in its prompt row
         measured:   (B,) bool, the groups whose delta_logp was measured (rlvrlab.lm.diagnostics.measured_groups;
                     None: every group); the others' rows are never read
+        always:     (B,) bool, the unmixed groups measured_groups measured for certain (its ``always``)
         """
-        diag, per = diagnostics(delta_logp, success, eta=eta, grad_norm=grad_norm, mean_length=mean_length, measured=measured)
+        diag, per = diagnostics(delta_logp, success, eta=eta, grad_norm=grad_norm, mean_length=mean_length, measured=measured,
+                                always=always)
         if self.per_prompt:
             B, G = success.shape
             ids = list(range(B)) if prompt_ids is None else list(prompt_ids)

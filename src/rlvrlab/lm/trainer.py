@@ -65,7 +65,7 @@ import torch
 from rlvrlab import _checks
 from rlvrlab.io import atomic_write_json, write_table
 from rlvrlab.lm.config import TrainConfig, nondefault_settings
-from rlvrlab.lm.diagnostics import GapAdaptiveRate, measured_groups
+from rlvrlab.lm.diagnostics import GapAdaptiveRate, measured_groups, repeated_groups
 from rlvrlab.lm.models import check_prompts, load_model, resolve_device
 from rlvrlab.lm.monitor import GapMonitor, GapWarning, gap_warnings
 from rlvrlab.lm.tasks import load_task
@@ -253,7 +253,8 @@ class GRPOTrainer:
                 eta = float((torch.cat([p.detach().flatten() for p in self.params]) - before).norm())
                 sampler = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)  # which unmixed groups: a function of the step
                 for prefix, roll, r, old in measured:
-                    keep = measured_groups(r, cfg.diagnostics_unmixed, sampler)
+                    repeated = repeated_groups(roll.completion_ids, roll.completion_mask, roll.group)  # one row each: measured for certain
+                    keep = measured_groups(r, cfg.diagnostics_unmixed, sampler, always=repeated)
                     rows = keep.repeat_interleave(r.shape[1]).to(old.device)
                     new, _ = token_logprobs(self.model, roll.groups(keep), distinct=True)  # a repeated completion runs once
                     delta = torch.zeros(r.shape, dtype=old.dtype, device=old.device)  # groups left out: never read
@@ -263,7 +264,7 @@ class GRPOTrainer:
                     row.update(self.monitor.measure(delta, r, eta=eta, lr=lr, grad_norm=grad_norm, prefix=prefix,
                                                     mean_length=float(roll.lengths.float().mean()),
                                                     prompt_ids=[self.prompt_index[p.prompt] for p in problems],
-                                                    lengths=roll.lengths.view(r.shape), measured=keep))
+                                                    lengths=roll.lengths.view(r.shape), measured=keep, always=repeated))
         self._check_finite(row, lr)
         return row
 
