@@ -66,8 +66,8 @@ advantages TRL computed, so later passes (num_iterations > 1) read the same weig
 
 The post-step pass calls TRL's function once per distinct (prompt, completion) row (a confident
 policy repeats its completions; the values are copied to the repeats). With `gap_unmixed` < 1 it
-runs on a stratified sample of the groups: every group with both outcomes and that share of the
-others, drawn from every process's successes with one seed, so that every process draws the same
+runs on a stratified sample of the groups: every group with both outcomes (and, on one process,
+every group of one completion repeated) and that share of the others, drawn from every process's successes with one seed, so that every process draws the same
 (rlvrlab.lm.diagnostics.measured_groups; under DeepSpeed or FSDP, whose forward is collective, and
 on a multimodal batch every group is measured).
 

@@ -76,8 +76,8 @@ class TrainConfig:
     diagnostics: bool = _doc(True, "Gradient-Gap diagnostics (gap/*) from one extra forward pass per step; "
                                    "schedule gap-adaptive and fresh_samples need them.")
     diagnostics_unmixed: float = _doc(1.0, "Share of the groups without reward variance (all right or all wrong) that the "
-                                           "post-step pass measures, at least 2 of each kind; groups with both outcomes are "
-                                           "always measured. 1: every group (the exact full pass); less: a stratified sample "
+                                           "post-step pass measures, at least 2 of each kind; groups with both outcomes, and "
+                                           "groups of one completion repeated, are always measured. 1: every group (the exact full pass); less: a stratified sample "
                                            "whose gap/* values are unbiased for the full pass's, their standard errors "
                                            "including the sampling's (rlvrlab.lm.diagnostics.measured_groups).")
     fresh_samples: int = _doc(0, "Completions per prompt drawn and never trained on, for unbiased gap_fresh/* diagnostics; "

@@ -15,8 +15,9 @@ log-odds gain turns negative. Per-prompt values need both correct and incorrect 
 group ("mixed" prompts); the batch values pool every sample (P+ and P- of Section 5).
 
 A post-step pass may measure a stratified sample of the groups instead of all of them
-(``measured_groups``): every group with both outcomes, and of the groups all right (all wrong) a
-random k of U, each counted U/k times (``group_weights``). The counts of each side are then the
+(``measured_groups``): every group with both outcomes, every group the caller measures for
+certain (the trainers: one completion repeated, ``repeated_groups``, which costs one row), and of
+the other groups all right (all wrong) a random k of U, each counted U/k times (``group_weights``). The counts of each side are then the
 batch's own, so each side's mean of ΔL (of e^ΔL) is unbiased for the full pass's, and the
 standard errors add the variance of that sampling (``_sampling_variance``, unbiased from k = 2
 on). The per-prompt values of the mixed groups are exact; the groups left out have no var±.
