@@ -141,8 +141,9 @@ def test_groups_measured_for_certain_are_outside_the_strata():
     always[right.nonzero().flatten()[:2]] = True  # two of the all-right groups cost one row each
     keep = measured_groups(reward, 0.1, _gen(0), always=always)
     assert bool(keep[always].all())
-    U = int((right & ~always).sum())
-    assert int((keep & right & ~always).sum()) == min(U, 2)
+    for stratum in (right & ~always, wrong):
+        U = int(stratum.sum())
+        assert int((keep & stratum).sum()) == min(U, max(2, math.ceil(0.1 * U)))
     assert float((group_weights(reward, keep, always)[:, None] * reward).sum()) == pytest.approx(float(reward.sum()))
 
 

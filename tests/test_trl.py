@@ -11,7 +11,6 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
 import warnings
@@ -384,26 +383,37 @@ def test_example_trains_and_writes_the_gap_metrics(tiny_base_model, tmp_path):
         example.main(_example_args(tiny_base_model, data, tmp_path / "bad", 1) + ["--eval_fraction", "1.5"])
 
 
-def test_example_under_accelerate_with_two_processes(tiny_base_model, tmp_path):
-    """Two CPU processes (gloo): each generates and trains on half of every group set, and the
-    monitor gathers both halves: its success rate is TRL's reward over the whole batch, and it sees
-    all of the step's groups (2 processes × 8 completions / 4 = 4 groups)."""
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    assert accelerate, "accelerate's launcher is missing from the environment"
+@pytest.mark.parametrize("G, unmixed", [(4, 1.0), (2, 0.3)], ids=["full-pass", "sampled-pass"])
+def test_example_with_two_processes(tiny_base_model, tmp_path, G, unmixed):
+    """Two CPU processes (torchrun, gloo; accelerate inside TRL reads their ranks): each generates
+    and trains on half of every group set, and the monitor gathers both halves: its success rate is
+    TRL's reward over the whole batch, and it sees all of the step's groups (2 processes × 8
+    completions / G). With gap_unmixed < 1 both processes draw the same groups from the gathered
+    successes and measure their own rows of them. (`accelerate launch --cpu --num_processes 2`,
+    which this test used before, starts a single process: accelerate's CPU path is its simple
+    launcher, so the test saw 2 groups, not 4, and passed only because every group was all wrong.)"""
     data = _gsm8k_file(tmp_path / "train.jsonl")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(EXAMPLE.parents[1] / "src")}
-    done = subprocess.run([accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                           "--dynamo_backend", "no", "--cpu", str(EXAMPLE), *_example_args(tiny_base_model, data, tmp_path / "run", 4)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    args = _example_args(tiny_base_model, data, tmp_path / "run", 4)
+    args[args.index("--num_generations") + 1] = str(G)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(EXAMPLE), *args,
+                           "--gap_unmixed", str(unmixed)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "done: 4 steps" in done.stdout
     rows = read_table(tmp_path / "run" / "gap_metrics.parquet").to_pylist()
     logs = [h for h in json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
             if "reward" in h]
     assert [r["step"] for r in rows] == [h["step"] for h in logs] == [1, 2, 3, 4]
+    groups = 2 * 8 // G
     for r, h in zip(rows, logs):
         assert r["gap/J"] == pytest.approx(h["reward"])
-        assert r["gap/mixed_prompts"] + 4 * r["gap/zero_variance_groups"] == pytest.approx(4)
+        assert r["gap/mixed_prompts"] + groups * r["gap/zero_variance_groups"] == pytest.approx(groups)
+        if unmixed == 1:
+            assert r["gap/measured_groups"] == groups
+        elif r["gap/J"] == 0:  # every group all wrong: 3 of the 8 (max(2, ⌈0.3 · 8⌉)) are measured
+            assert r["gap/measured_groups"] == 3
+        else:
+            assert r["gap/mixed_prompts"] <= r["gap/measured_groups"] <= groups
 
 
 def test_adaptive_vs_fixed_example_runs(tiny_base_model, tmp_path):
