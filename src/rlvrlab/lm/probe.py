@@ -209,7 +209,7 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
         measured = trainer._rollout(problems, fresh, torch.Generator(trainer.device).manual_seed(seed))
         J0, se0 = success_rate(measured[1])
         with torch.inference_mode():
-            old = token_logprobs(trainer.model, measured[0])[0]
+            old = token_logprobs(trainer.model, measured[0], distinct=True)[0]  # a repeated completion runs once
         trainer._set_lr(lr_probe)
         second_order = math.nan
         for b in range(steps):
@@ -217,7 +217,7 @@ def scan(trainer: Any, *, steps: int = 4, fresh: int = 4, lr_probe: float = 1e-5
             trainer.train_step()
             if b == 0:
                 with torch.inference_mode():
-                    delta = (token_logprobs(trainer.model, measured[0])[0] - old).sum(-1)[None]
+                    delta = (token_logprobs(trainer.model, measured[0], distinct=True)[0] - old).sum(-1)[None]
                 stats = gap_stats_mc(measured[1].reshape(1, -1), proj=delta)
                 ratio = float(critical_ratio(stats.delta_mu, stats.var_plus, stats.var_minus)[0])
                 second_order = math.nan if math.isnan(ratio) else math.inf if ratio == 0 else lr_probe / ratio
