@@ -161,7 +161,8 @@ class GapConfig:
     gap_unmixed: float = field(default=1.0, metadata={
         "help": "share of the groups without reward variance (all right or all wrong) the post-step pass measures, at least 2 "
                 "of each kind (groups with both outcomes always; 1: every group, the exact full pass; less: a stratified "
-                "sample, unbiased for the full pass; DeepSpeed and FSDP measure every group)"})
+                "sample, unbiased for the full pass, for monitoring: gap-adaptive read it worse in rlvrlab's trainer; "
+                "DeepSpeed and FSDP measure every group)"})
     gap_step_norm: bool = field(default=True, metadata={
         "help": "measure η = ‖θ_new − θ_old‖ (a copy of the trainable weights each measured step)"})
 

@@ -77,9 +77,11 @@ class TrainConfig:
                                    "schedule gap-adaptive and fresh_samples need them.")
     diagnostics_unmixed: float = _doc(1.0, "Share of the groups without reward variance (all right or all wrong) that the "
                                            "post-step pass measures, at least 2 of each kind; groups with both outcomes, and "
-                                           "groups of one completion repeated, are always measured. 1: every group (the exact full pass); less: a stratified sample "
-                                           "whose gap/* values are unbiased for the full pass's, their standard errors "
-                                           "including the sampling's (rlvrlab.lm.diagnostics.measured_groups).")
+                                           "groups of one completion repeated, are always measured. 1: every group (the exact "
+                                           "full pass); less: a stratified sample whose gap/* values are unbiased for the full "
+                                           "pass's, their standard errors including the sampling's "
+                                           "(rlvrlab.lm.diagnostics.measured_groups). For monitoring: schedule gap-adaptive read "
+                                           "it worse (arith, 3 seeds: higher rates, lower accuracy).")
     fresh_samples: int = _doc(0, "Completions per prompt drawn and never trained on, for unbiased gap_fresh/* diagnostics; "
                                  "0: off, else >= 2.")
     prompt_table: bool = _doc(False, "Also write prompts.parquet: the diagnostics per prompt and step (J_q, Δμ_q·η, var±, "
