@@ -187,28 +187,26 @@ def step_diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: flo
 def diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, grad_norm: float = math.nan,
                 mean_length: float = math.nan, measured: torch.Tensor | None = None, always: torch.Tensor | None = None
                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """``step_diagnostics`` and ``prompt_diagnostics`` of the same inputs at once: the B groups and
-    the pooled batch are the B + 1 rows of one computation (B·G samples each, a group's row
-    weighting only its own)."""
+    """``step_diagnostics`` and ``prompt_diagnostics`` of the same inputs at once (the monitor needs
+    both, and the per-group values feed the step's prompt means): the groups (B, G) and the
+    pooled batch (1, B·G), each in one call."""
     B, G = reward.shape
     weight = None if measured is None or bool(measured.all()) else group_weights(reward, measured, always)
-    rows = torch.eye(B, dtype=torch.float64, device=reward.device).repeat_interleave(G, 1)  # (B, B·G)
-    pooled_weight = torch.ones(1, B * G, dtype=torch.float64, device=reward.device) if weight is None \
-        else weight.repeat_interleave(G)[None]
-    w = torch.cat([rows, pooled_weight])  # (B + 1, B·G)
-    x, r = delta_logp.reshape(1, -1).expand(B + 1, -1), reward.reshape(1, -1).expand(B + 1, -1)
-    stats = gap_stats_mc(r, proj=x, weight=w)  # delta_mu = first order Δμ·η, var± of ΔL
-    realized, se_realized = realized_log_odds_change(x, r, weight=w)
-    ratios = critical_ratio(stats.delta_mu, stats.var_plus, stats.var_minus)
-    mixed = stats.defined[:B]
+    stats = gap_stats_mc(reward, proj=delta_logp)  # per group: delta_mu = first order Δμ·η, var± of ΔL
+    realized, _ = realized_log_odds_change(delta_logp, reward)
+    flat = None if weight is None else weight.repeat_interleave(G)[None]
+    pooled = gap_stats_mc(reward.reshape(1, -1), proj=delta_logp.reshape(1, -1), weight=flat)  # the batch as one
+    change, se_change = realized_log_odds_change(delta_logp.reshape(1, -1), reward.reshape(1, -1), weight=flat)
+    mixed = stats.defined
     e2 = eta * eta if eta > 0 else math.nan
     seen = torch.ones_like(mixed) if measured is None else measured.to(torch.bool)
-    per = {"J": reward.float().mean(-1), "delta_mu_eta": torch.where(mixed, stats.delta_mu[:B], torch.nan),
-           "log_odds_change": torch.where(mixed, realized[:B], torch.nan),
-           "var_plus": torch.where(seen, stats.var_plus[:B] / e2, torch.nan),
-           "var_minus": torch.where(seen, stats.var_minus[:B] / e2, torch.nan),
-           "crit_ratio": torch.where(mixed, ratios[:B], torch.nan), "mixed": mixed}
-    se_first, se_change = float(stats.se_delta_mu[B]), float(se_realized[B])
+    per = {"J": reward.float().mean(-1), "delta_mu_eta": torch.where(mixed, stats.delta_mu, torch.nan),
+           "log_odds_change": torch.where(mixed, realized, torch.nan),
+           "var_plus": torch.where(seen, stats.var_plus / e2, torch.nan),
+           "var_minus": torch.where(seen, stats.var_minus / e2, torch.nan),
+           "crit_ratio": torch.where(mixed, critical_ratio(stats.delta_mu, stats.var_plus, stats.var_minus), torch.nan),
+           "mixed": mixed}
+    se_first, se_change = float(pooled.se_delta_mu[0]), float(se_change[0])
     if weight is not None:  # add what measuring a sample of the unmixed groups costs
         add_first = add_change = 0.0
         for side, stratum in zip((reward.to(torch.bool), ~reward.to(torch.bool)), _strata(reward.to(torch.bool), always)):
@@ -224,15 +222,15 @@ def diagnostics(delta_logp: torch.Tensor, reward: torch.Tensor, *, eta: float, g
         se_first, se_change = math.sqrt(se_first**2 + add_first), math.sqrt(se_change**2 + add_change)
     ratio = per["crit_ratio"]
     finite = torch.isfinite(ratio)
-    b_ratio = float(ratios[B])
-    b_first, b_vp, b_vm = float(stats.delta_mu[B]), float(stats.var_plus[B]), float(stats.var_minus[B])
+    b_ratio = float(critical_ratio(pooled.delta_mu, pooled.var_plus, pooled.var_minus)[0])
+    b_first, b_vp, b_vm = float(pooled.delta_mu[0]), float(pooled.var_plus[0]), float(pooled.var_minus[0])
     spread = torch.sqrt(per["J"] * (1 - per["J"]))
     proxy = grad_norm * mean_length / float(spread[mixed].mean()) if bool(mixed.any()) else math.nan
     return {
         "gap/J": float(reward.float().mean()),
         "gap/delta_mu_eta": b_first,
         "gap/se_delta_mu_eta": se_first,
-        "gap/log_odds_change": float(realized[B]),
+        "gap/log_odds_change": float(change[0]),
         "gap/se_log_odds_change": se_change,
         "gap/delta_mu_eta_prompt": _mean(per["delta_mu_eta"][mixed]),
         "gap/log_odds_change_prompt": _mean(per["log_odds_change"][mixed]),
