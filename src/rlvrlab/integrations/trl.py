@@ -97,6 +97,7 @@ import torch
 from rlvrlab import _checks
 from rlvrlab.io import write_table
 from rlvrlab.lm.diagnostics import GapAdaptiveRate, measured_groups, repeated_groups
+from rlvrlab.lm.logprobs import unique_rows
 from rlvrlab.lm.monitor import GapMonitor, GapWarning
 from rlvrlab.updates import WEIGHTINGS
 
@@ -440,9 +441,7 @@ class GapGRPOTrainer(GRPOTrainer):
             attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)[rows]
             repeat = torch.arange(len(ids), device=ids.device)
             if not media:  # a completion sampled again and again (a confident policy) runs once
-                _, repeat = torch.unique(ids.masked_fill(attention == 0, -1), dim=0, return_inverse=True)
-                first = torch.full((int(repeat.max()) + 1,), len(ids), device=ids.device).scatter_reduce(
-                    0, repeat, torch.arange(len(ids), device=ids.device), "amin")
+                first, repeat = unique_rows(ids.masked_fill(attention == 0, -1))
                 ids, attention = ids[first], attention[first]
             # the training forward's mode, autocast and adapter; checkpointing off changes no value, and neither does
             # no_grad (the callback runs with grad enabled, where TRL's function would record a graph for nothing)

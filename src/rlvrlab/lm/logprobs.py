@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUCKET_MIN_POSITIONS", "BUCKET_MIN_SAVING", "CHUNK_ELEMENTS", "EAGER_ATTENTION_SCORES", "GROUPED_ATTENTION", "attention_for",
            "chunk_positions", "distinct_rows", "eager_attention", "grouped_attention", "head_inputs", "length_buckets", "llama_family",
-           "log_softmax_chunks", "next_token_logprobs", "positions", "prefill", "token_logprobs"]
+           "log_softmax_chunks", "next_token_logprobs", "positions", "prefill", "token_logprobs", "unique_rows"]
 
 # Logits per chunk (C·V): 64 MB of float32; C = 110 positions at V = 151,936. A chunk's working
 # set is a few such tensors (logits, log-softmax, their gradients).
@@ -360,25 +360,27 @@ def _chunk_logprobs(x: torch.Tensor, tokens: torch.Tensor, head, entropy: bool) 
         return logp, -(logp_all.exp() * logp_all).sum(-1)
 
 
+def unique_rows(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of ``key`` (N, L), in order of first appearance: (each one's first row
+    (U,), each row's index into them (N,))."""
+    N = key.shape[0]
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # into the distinct rows in sorted order
+    first = torch.full((int(inverse.max()) + 1,), N, device=key.device).scatter_reduce(
+        0, inverse, torch.arange(N, device=key.device), "amin")
+    order = torch.argsort(first)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=key.device))
+    return first[order], rank[inverse]
+
+
 def distinct_rows(rollout: Rollout) -> tuple[Rollout, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """The rollout's distinct (prompt, completion) rows, in order of first appearance: (that
     rollout (U rows), each row's index into it (N,), and for `_selected` the distinct rows whose
     prompts run and each distinct row's index into them)."""
-    N = rollout.completion_ids.shape[0]
     prompt = rollout.prompt_ids.masked_fill(~rollout.prompt_mask, -1)
-    key = torch.cat([prompt, rollout.completion_ids.masked_fill(~rollout.completion_mask, -1)], 1)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), N, device=key.device).scatter_reduce(
-        0, inverse, torch.arange(N, device=key.device), "amin")  # each distinct row's first appearance
-    order = torch.argsort(first)
-    rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=key.device))
-    rows = first[order]  # the distinct rows, in order of first appearance
+    rows, inverse = unique_rows(torch.cat([prompt, rollout.completion_ids.masked_fill(~rollout.completion_mask, -1)], 1))
     unique = dataclasses.replace(rollout, prompt_ids=rollout.prompt_ids[rows], prompt_mask=rollout.prompt_mask[rows],
                                  completion_ids=rollout.completion_ids[rows], completion_mask=rollout.completion_mask[rows])
-    _, owner = torch.unique(prompt[rows], dim=0, return_inverse=True)
-    heads = torch.full((int(owner.max()) + 1,), len(rows), device=key.device).scatter_reduce(
-        0, owner, torch.arange(len(rows), device=key.device), "amin")
-    return unique, rank[inverse], (heads, owner)
+    return unique, inverse, unique_rows(prompt[rows])
 
 
 def token_logprobs(model, rollout: Rollout, *, entropy: bool = False, chunk_size: int | None = None,
