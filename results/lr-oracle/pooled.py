@@ -50,6 +50,14 @@ def compare(rule: np.ndarray, best: np.ndarray) -> dict[str, float | bool]:
             "gap_low": float(d.mean()) - half, "gap_high": float(d.mean()) + half}
 
 
+def tally(rows: list[dict]) -> dict[str, str | int | float]:
+    """What the summaries report of rows of ``compare``'s fields and ``collapsed``: cells within,
+    collapses, the mean gap and the cells whose gap interval lies wholly below -0.02."""
+    return {"within": f"{sum(r['within'] for r in rows)}/{len(rows)}", "collapsed": sum(r["collapsed"] for r in rows),
+            "mean_gap": round(float(np.mean([r["gap"] for r in rows])), 4),
+            "gap_interval_below_minus_0.02": sum(r["gap_high"] < -TOLERANCE for r in rows)}
+
+
 def main() -> None:
     seed3 = pq.read_table(HERE / "seed3.parquet").to_pylist()
     per_seed = {s: pq.read_table(HERE / f"seed{s}.parquet").to_pylist() for s in NEW_SEEDS}
@@ -78,10 +86,7 @@ def main() -> None:
     for lr in (*STARTS, None):
         mine = [r for r in rows if lr is None or r["start_lr"] == lr]
         name = f"from {lr:g}" if lr is not None else "both starts"
-        summary[name] = {"within": f"{sum(r['within'] for r in mine)}/{len(mine)}",
-                         "collapsed": sum(r["collapsed"] for r in mine),
-                         "mean_gap": round(float(np.mean([r["gap"] for r in mine])), 4),
-                         "gap_interval_below_minus_0.02": sum(r["gap_high"] < -TOLERANCE for r in mine)}
+        summary[name] = tally(mine)
     cells = rows[::len(STARTS)]
     summary["floor"] = {"what": "the best fixed rate's mean over seeds 0-2 within max(0.02, SE) of its mean over seeds 3-6",
                         "within": f"{sum(r['floor_within'] for r in cells)}/{len(cells)}"}

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from new_seed import _curve, _final  # this folder's scripts (a script's folder is on sys.path)
-from pooled import TOLERANCE, compare
+from pooled import compare, tally
 from rlvrlab.experiments.lr_oracle import _recommended_cell, grid_settings
 from rlvrlab.integrations.sweep import run_sweep
 
@@ -73,10 +73,7 @@ def main(runs: Path, out: Path) -> None:
                      "collapsed": any(min(curves[s].values()) <= curves[s][min(curves[s])] / 2 for s in seeds)})
     pq.write_table(pa.Table.from_pylist(rows), HERE / "recommended.parquet")
     summary = {"seeds": list(SEEDS), "runs": len(params), "probes without a recommendation": len(probes) - len(todo),
-               "within": f"{sum(r['within'] for r in rows)}/{len(rows)}", "collapsed": sum(r["collapsed"] for r in rows),
-               "mean_gap": round(float(np.mean([r["gap"] for r in rows])), 4),
-               "gap_interval_below_minus_0.02": sum(r["gap_high"] < -TOLERANCE for r in rows),
-               "floor": json.loads((HERE / "pooled.json").read_text())["floor"]}
+               **tally(rows), "floor": json.loads((HERE / "pooled.json").read_text())["floor"]}
     (HERE / "summary_recommended.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     for r in rows:
