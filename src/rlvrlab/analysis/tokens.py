@@ -73,8 +73,7 @@ def _chunks(rollout: Rollout, prompts: int):
     step = prompts * rollout.group
     for i in range(0, rollout.completion_ids.shape[0], step):
         s = slice(i, i + step)
-        yield s, Rollout(rollout.prompt_ids[s], rollout.prompt_mask[s], rollout.completion_ids[s], rollout.completion_mask[s],
-                         rollout.group)
+        yield s, rollout.rows(s)
 
 
 @torch.no_grad()

@@ -378,9 +378,7 @@ def distinct_rows(rollout: Rollout) -> tuple[Rollout, torch.Tensor, tuple[torch.
     prompts run and each distinct row's index into them)."""
     prompt = rollout.prompt_ids.masked_fill(~rollout.prompt_mask, -1)
     rows, inverse = unique_rows(torch.cat([prompt, rollout.completion_ids.masked_fill(~rollout.completion_mask, -1)], 1))
-    unique = dataclasses.replace(rollout, prompt_ids=rollout.prompt_ids[rows], prompt_mask=rollout.prompt_mask[rows],
-                                 completion_ids=rollout.completion_ids[rows], completion_mask=rollout.completion_mask[rows])
-    return unique, inverse, unique_rows(prompt[rows])
+    return rollout.rows(rows), inverse, unique_rows(prompt[rows])
 
 
 def token_logprobs(model, rollout: Rollout, *, entropy: bool = False, chunk_size: int | None = None,

@@ -57,11 +57,14 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
+    def rows(self, index) -> "Rollout":
+        """The completions at ``index`` (a slice, an (N,) bool mask or row indices), same group size."""
+        return Rollout(self.prompt_ids[index], self.prompt_mask[index], self.completion_ids[index], self.completion_mask[index],
+                       self.group)
+
     def groups(self, keep: torch.Tensor) -> "Rollout":
         """The completions of the groups where ``keep`` (B,) bool is True, in order."""
-        rows = keep.to(self.completion_ids.device).repeat_interleave(self.group)
-        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows], self.completion_mask[rows],
-                       self.group)
+        return self.rows(keep.to(self.completion_ids.device).repeat_interleave(self.group))
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
