@@ -139,6 +139,21 @@ def test_diagnostics_sampled_benchmark_smoke(tmp_path, tiny_base_model):
                 assert every[key]["z_median"] == every[key]["z_95"] == 0 and every[key]["se_ratio_median"] == 1
 
 
+def test_distinct_rows_benchmark_smoke(tmp_path, tiny_base_model):
+    out = tmp_path / "distinct.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "distinct_rows.py"), "--model", str(tiny_base_model), "--tasks", "add",
+         "--prompts", "2", "--group", "4", "--max-new-tokens", "6", "--steps", "2", "--rounds", "4", "--threads", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (r,) = json.loads(out.read_text())
+    assert r["rows"] == 8 and len(r["distinct_rows"]) == 2 and all(1 <= d <= 8 for d in r["distinct_rows"])
+    assert r["speedup"] == pytest.approx(r["forward_backward_every_row_s"] / r["forward_backward_distinct_s"])
+    assert r["max_logp_difference"] < 1e-5  # the same log-probs, on a batch of another shape
+    assert 0 <= r["repeated_share"] <= r["unmixed_share"] <= 1  # a repeated completion has one reward
+
+
 def test_memory_benchmark_smoke(tmp_path):
     pytest.importorskip("trl")
     # A small vocabulary and short completions: the structure and the arithmetic of the report, not

@@ -40,11 +40,11 @@ cache and module calls: 0.6-1.3 ms a pass of the tiny model), so a group must al
 BUCKET_MIN_POSITIONS positions. The numbers are those of one pass up to rounding: the same
 operations, on batches of other shapes.
 
-A confident policy samples the same completion again and again (the tiny model on arith: 65 to 79
-distinct (prompt, completion) rows among 128, on add 23 to 32, countdown 105 to 122). With
-``distinct`` `token_logprobs` runs each distinct row once (`distinct_rows`), its prompt still once
-per prompt, and copies the values to the repeats; the trainers' post-step pass uses it (on the
-benchmark's batch 9.4 ms against 14.6).
+A confident policy samples the same completion again and again (benchmarks/distinct_rows.py, the
+tiny model: 47 to 84 distinct (prompt, completion) rows among 128 on arith, 23 to 32 on add, 105 to
+122 on countdown). With ``distinct`` `token_logprobs` runs each distinct row once (`distinct_rows`),
+its prompt still once per prompt, and copies the values to the repeats; every pass of the trainers
+uses it (the forward + backward 1.56x faster on arith, 2.34x on add, 1.15x on countdown).
 
 Attention: where a pass's attention scores are few (`EAGER_ATTENTION_SCORES`), a model that runs
 PyTorch's SDPA runs transformers' eager attention for the pass instead (two matrix products and a

@@ -15,8 +15,7 @@ completions/clipped_ratio (truncated completions), advantage_std, learning_rate,
 
 Each distinct completion runs through the model once, in the training forward and in the post-step
 pass (a confident policy repeats itself; exact: the repeats' values are copied, their gradients add
-up; on the benchmark's arith batch the forward + backward took 35 ms against 54, on add 20 against
-52). With `diagnostics_unmixed` < 1 the post-step pass runs on a stratified sample of the groups instead of all of them:
+up; benchmarks/distinct_rows.py: the forward + backward 1.56x faster on arith, 2.34x on add). With `diagnostics_unmixed` < 1 the post-step pass runs on a stratified sample of the groups instead of all of them:
 every group with both outcomes, every group of one completion repeated (one row) and that share of
 the other groups all right or all wrong, counted U/k times (rlvrlab.lm.diagnostics.measured_groups): the gap/* values are then unbiased for the full
 pass's, with standard errors that include the sampling, and `gap/measured_groups` says how many
